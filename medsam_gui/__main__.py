@@ -1,0 +1,5 @@
+import sys
+
+from medsam_gui.cli import main
+
+sys.exit(main())

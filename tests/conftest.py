@@ -1,0 +1,30 @@
+"""Shared fixtures. Test data lives in tests/data (copied from ../shared/data with its
+licences) and tests/golden (reference inference outputs), so a clone runs its tests alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+DATA_DIR = TESTS_DIR / "data"
+GOLDEN_DIR = TESTS_DIR / "golden"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own settings/cache/data folders; no test touches the user's."""
+    home = tmp_path_factory.mktemp("medsam_home")
+    monkeypatch.setenv("MEDSAM_GUI_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return GOLDEN_DIR
