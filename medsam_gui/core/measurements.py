@@ -1,0 +1,294 @@
+"""Measurements of labelled structures: volume and RECIST-style diameters.
+
+For each label value > 0 of a label map (z, y, x int array) with voxel spacing (x, y, z mm):
+
+- ``voxels`` and ``volume_ml`` = voxels x (sx * sy * sz) / 1000 (exact, no smoothing);
+- ``slice_range``: first and last axial slice (array z index) holding the label;
+- on the axial slice where the label's area is largest (``axial_slice``; the lowest z on a
+  tie): the RECIST long axis, the longest distance in mm between two points of the in-slice
+  mask's boundary, and the short axis, the longest chord of the mask perpendicular to the
+  long axis, each with its endpoints.
+
+Boundary model: the in-slice mask is taken as the polygon(s) through the **midpoints of the
+pixel edges** that separate mask from background (the marching-squares contour at level 0.5
+of the 0/1 image, as scikit-image's ``feret_diameter_max`` uses). Along a row or column this
+places the boundary half a pixel beyond the outermost mask pixel centres, i.e. on the pixel
+edge; on slanted boundaries it cuts the staircase corners. Distances use the physical pixel
+size (sx for columns, sy for rows), so anisotropic pixels are measured correctly. The long
+axis is the largest distance between vertices of the convex hull of those boundary points;
+the short axis is the longest inside interval (even-odd rule, so holes and gaps between
+components are excluded) of the lines perpendicular to the long axis, evaluated at every
+boundary vertex's position along the long axis (where the maximum of a polygon's chord length
+lies). Both diameters are then shortened by :data:`DIGITISATION_CORRECTION` (a quarter) of the
+pixel's extent along them (|ux| sx + |uy| sy), half at each end, which removes the polygon's
+mean overshoot on staircase boundaries. The hull of voxel centres would instead
+underestimate by about half a pixel, the hull of voxel corners overestimate by about 0.6.
+Discretisation limits accuracy to about one pixel extent in the worst case; on random
+ellipses 94% of long axes and 96% of short axes fall within half a pixel of the truth.
+
+Endpoints are given as (x, y) = (column, row) float pixel coordinates on the axial slice,
+for drawing in the GUI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+Point = tuple[float, float]
+
+# Fraction of the pixel's extent along a diameter subtracted from the edge-midpoint polygon's
+# diameter. Measured on 180 random rotated ellipses (spacings 0.7x0.7, 0.5x1.0, 1x1): the raw
+# polygon long axis overshoots by +0.30 pixel-extent on average (short axis +0.23); after the
+# correction the mean error is +0.05 / -0.02 (see docs/propagation.md).
+DIGITISATION_CORRECTION = 0.25
+
+
+@dataclass
+class LabelMeasurement:
+    """Measurements of one label value. Lengths in mm, endpoints (x, y) float pixels on
+    axial slice ``axial_slice`` (z index)."""
+
+    value: int
+    name: str
+    voxels: int
+    volume_ml: float
+    slice_range: tuple[int, int]  # (z_min, z_max), inclusive
+    axial_slice: int
+    axial_area_mm2: float
+    long_axis_mm: float
+    long_axis_endpoints: tuple[Point, Point]
+    short_axis_mm: float
+    short_axis_endpoints: tuple[Point, Point] | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_slices(self) -> int:
+        """Number of axial slices from the first to the last holding the label (inclusive)."""
+        return self.slice_range[1] - self.slice_range[0] + 1
+
+
+CSV_COLUMNS = (
+    "label", "name", "volume_ml", "voxels", "z_min", "z_max", "axial_slice", "axial_area_mm2",
+    "long_axis_mm", "short_axis_mm", "long_x0", "long_y0", "long_x1", "long_y1",
+    "short_x0", "short_y0", "short_x1", "short_y1",
+)
+
+
+def _label_name(label_table: Any, value: int) -> str:
+    if label_table is None:
+        return f"label {value}"
+    if isinstance(label_table, Mapping):
+        entry = label_table.get(value)
+    else:
+        try:
+            entry = label_table.get(value)
+        except (KeyError, IndexError, AttributeError):
+            entry = None
+    if entry is None:
+        return f"label {value}"
+    if isinstance(entry, str):
+        return entry
+    return str(getattr(entry, "name", entry))
+
+
+def boundary_polygons(mask_2d: np.ndarray) -> list[np.ndarray]:
+    """Closed boundary polygons of a 2D bool mask (rows, cols): each an (N, 2) float array of
+    (row, col) points at pixel-edge midpoints (marching squares at level 0.5)."""
+    from skimage import measure
+
+    padded = np.pad(np.asarray(mask_2d, dtype=np.float64), 1)
+    contours = measure.find_contours(padded, 0.5)
+    return [c - 1.0 for c in contours if len(c) >= 2]
+
+
+def _edges(polys: list[np.ndarray], sxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Polygon edges as start and end arrays (E, 2) of physical (x, y) mm."""
+    starts, ends = [], []
+    for p in polys:
+        xy = p[:, ::-1] * sxy
+        if not np.allclose(xy[0], xy[-1]):
+            xy = np.vstack([xy, xy[:1]])
+        starts.append(xy[:-1])
+        ends.append(xy[1:])
+    return np.vstack(starts), np.vstack(ends)
+
+
+def longest_diameter(points_xy_mm: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Largest distance between two of the points (N, 2) mm; returns (length, p, q)."""
+    pts = np.unique(np.asarray(points_xy_mm, dtype=np.float64), axis=0)
+    if len(pts) == 1:
+        return 0.0, pts[0], pts[0]
+    cand = pts
+    if len(pts) > 3:
+        try:
+            from scipy.spatial import ConvexHull
+
+            cand = pts[ConvexHull(pts).vertices]
+        except Exception:  # collinear points: QhullError
+            cand = pts
+    d2 = ((cand[:, None, :] - cand[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
+    return float(math.sqrt(d2[i, j])), cand[i], cand[j]
+
+
+def _chords_at(t_values: np.ndarray, a: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray):
+    """For lines {p : p.u = t}, the longest inside interval along v of the polygon edges a->b
+    (even-odd rule). Returns (lengths (T,), s_lo (T,), s_hi (T,))."""
+    ta, tb = a @ u, b @ u
+    sa, sb = a @ v, b @ v
+    # half-open crossing rule: an edge crosses line t if t lies in [min, max)
+    lo_t, hi_t = np.minimum(ta, tb), np.maximum(ta, tb)
+    T = t_values[:, None]
+    cross = (T >= lo_t[None, :]) & (T < hi_t[None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = (T - ta[None, :]) / (tb - ta)[None, :]
+    s = np.where(cross, sa[None, :] + frac * (sb - sa)[None, :], np.nan)
+    s = np.sort(s, axis=1)  # NaNs last
+    count = cross.sum(axis=1)
+    best = np.zeros(len(t_values))
+    s_lo = np.full(len(t_values), np.nan)
+    s_hi = np.full(len(t_values), np.nan)
+    kmax = int(count.max()) if len(count) else 0
+    for k in range(0, kmax - 1, 2):
+        valid = count >= k + 2
+        length = np.where(valid, s[:, k + 1] - s[:, k], 0.0)
+        better = length > best
+        best = np.where(better, length, best)
+        s_lo = np.where(better, s[:, k], s_lo)
+        s_hi = np.where(better, s[:, k + 1], s_hi)
+    return best, s_lo, s_hi
+
+
+def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float]):
+    """Long and short axis of a 2D bool mask (rows, cols) with pixel spacing (sx, sy) mm.
+
+    Returns ``(long_mm, (p0, p1), short_mm, (q0, q1) or None)`` with endpoints as (x, y) float
+    pixel coordinates. An empty mask gives zeros and None endpoints.
+    """
+    mask = np.asarray(mask_2d, dtype=bool)
+    if not mask.any():
+        return 0.0, None, 0.0, None
+    sxy = np.asarray([float(spacing_xy[0]), float(spacing_xy[1])])
+    polys = boundary_polygons(mask)
+    pts = np.vstack([p[:, ::-1] for p in polys]) * sxy  # physical (x, y)
+    long_mm, p, q = longest_diameter(pts)
+    to_px = lambda m: (float(m[0] / sxy[0]), float(m[1] / sxy[1]))  # noqa: E731
+    if long_mm <= 0:
+        return 0.0, (to_px(p), to_px(q)), 0.0, None
+    u = (q - p) / long_mm
+    v = np.array([-u[1], u[0]])
+    a, b = _edges(polys, sxy)
+    t_all = np.unique(np.concatenate([a @ u]))
+    if len(t_all) > 4000:  # keep big masks cheap: evaluate a dense subset of positions
+        t_all = np.linspace(t_all.min(), t_all.max(), 4000)
+    eps = 1e-7 * max(1.0, long_mm)
+    best_len, best = 0.0, None
+    for chunk in np.array_split(t_all, max(1, len(t_all) // 500 + 1)):
+        for shift in (-eps, eps):
+            tt = chunk + shift
+            lengths, s_lo, s_hi = _chords_at(tt, a, b, u, v)
+            k = int(np.argmax(lengths))
+            if lengths[k] > best_len:
+                best_len = float(lengths[k])
+                best = (tt[k], s_lo[k], s_hi[k])
+    # digitisation correction: shorten each diameter by a quarter of the pixel's extent
+    # along it (an eighth at each end), the mean overshoot of the edge-midpoint polygon
+    cu = DIGITISATION_CORRECTION * float(abs(u[0]) * sxy[0] + abs(u[1]) * sxy[1])
+    cu = min(cu, long_mm / 2.0)
+    p, q = p + u * cu / 2.0, q - u * cu / 2.0
+    long_mm -= cu
+    short = None
+    short_mm = 0.0
+    if best is not None:
+        t, s0, s1 = best
+        cv = min(DIGITISATION_CORRECTION * float(abs(v[0]) * sxy[0] + abs(v[1]) * sxy[1]), best_len / 2.0)
+        s0, s1 = s0 + cv / 2.0, s1 - cv / 2.0
+        short_mm = best_len - cv
+        short = (to_px(t * u + s0 * v), to_px(t * u + s1 * v))
+    return float(long_mm), (to_px(p), to_px(q)), float(short_mm), short
+
+
+def measure_labels(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], label_table: Any = None,
+                   values: Iterable[int] | None = None) -> list[LabelMeasurement]:
+    """Measure every label value > 0 (or ``values``) of ``labels_zyx`` (z, y, x int array).
+
+    spacing_xyz: voxel size (x, y, z) mm. label_table: a LabelTable (``.get(value).name``), a
+    {value: name} mapping, or None. Returns measurements ordered by label value; values absent
+    from the map are skipped.
+    """
+    labels = np.asarray(labels_zyx)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be a 3D (z, y, x) array, got shape {labels.shape}")
+    sx, sy, sz = (float(s) for s in spacing_xyz)
+    voxel_ml = sx * sy * sz / 1000.0
+    if values is None:
+        present = np.unique(labels)
+        values = [int(v) for v in present if v > 0]
+    out: list[LabelMeasurement] = []
+    for value in sorted(int(v) for v in values):
+        m = labels == value
+        per_slice = m.sum(axis=(1, 2))
+        n = int(per_slice.sum())
+        if n == 0:
+            continue
+        zs = np.flatnonzero(per_slice)
+        z_best = int(np.argmax(per_slice))
+        long_mm, long_pts, short_mm, short_pts = recist_axes(m[z_best], (sx, sy))
+        out.append(LabelMeasurement(
+            value=value,
+            name=_label_name(label_table, value),
+            voxels=n,
+            volume_ml=n * voxel_ml,
+            slice_range=(int(zs[0]), int(zs[-1])),
+            axial_slice=z_best,
+            axial_area_mm2=float(per_slice[z_best]) * sx * sy,
+            long_axis_mm=long_mm,
+            long_axis_endpoints=long_pts,
+            short_axis_mm=short_mm,
+            short_axis_endpoints=short_pts,
+        ))
+    return out
+
+
+def _fmt(v: float | None, nd: int = 3) -> str:
+    return "" if v is None else f"{v:.{nd}f}"
+
+
+def to_rows(measurements: Iterable[LabelMeasurement]) -> list[dict[str, Any]]:
+    """One dict per measurement with the keys of :data:`CSV_COLUMNS`."""
+    rows = []
+    for m in measurements:
+        lp = m.long_axis_endpoints or ((None, None), (None, None))
+        sp = m.short_axis_endpoints or ((None, None), (None, None))
+        rows.append({
+            "label": m.value, "name": m.name, "volume_ml": f"{m.volume_ml:.6f}", "voxels": m.voxels,
+            "z_min": m.slice_range[0], "z_max": m.slice_range[1], "axial_slice": m.axial_slice,
+            "axial_area_mm2": _fmt(m.axial_area_mm2), "long_axis_mm": _fmt(m.long_axis_mm),
+            "short_axis_mm": _fmt(m.short_axis_mm),
+            "long_x0": _fmt(lp[0][0], 2), "long_y0": _fmt(lp[0][1], 2),
+            "long_x1": _fmt(lp[1][0], 2), "long_y1": _fmt(lp[1][1], 2),
+            "short_x0": _fmt(sp[0][0], 2), "short_y0": _fmt(sp[0][1], 2),
+            "short_x1": _fmt(sp[1][0], 2), "short_y1": _fmt(sp[1][1], 2),
+        })
+    return rows
+
+
+def to_csv(measurements: Iterable[LabelMeasurement], path: str | Path | None = None) -> str:
+    """CSV text (header :data:`CSV_COLUMNS`, one row per label); also written to ``path``
+    when given (UTF-8). Volumes in mL with 6 decimals, lengths in mm with 3."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in to_rows(measurements):
+        writer.writerow(row)
+    text = buf.getvalue()
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
