@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES="xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0 \
 libegl1 libgl1 libfontconfig1 libdbus-1-3 libxcb-image0 libxcb-render-util0 libxcb-shape0 \
-libxcb-xinerama0 libxcb-randr0 libxcb-xfixes0 libxcb-xkb1 libxkbcommon0 libglib2.0-0"
+libxcb-xinerama0 libxcb-randr0 libxcb-xfixes0 libxcb-xkb1 libxkbcommon0 libglib2.0-0 \
+libgl1-mesa-dri libglx-mesa0 libegl-mesa0 libxcb-util1 libxrender1 libxi6 libsm6 libice6 fonts-dejavu-core"
 
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""

@@ -1,0 +1,239 @@
+"""Hostile inputs: every malformed scan either opens as a valid Volume or raises a
+MedsamGuiError with a message, fast, without running code; every bad checkpoint raises
+CheckpointError from the MedSAM and UniverSeg loaders. The corpus is tests/hostile_corpus.py.
+
+Cases that currently fail because of another module's behaviour are listed in KNOWN_*
+below as strict xfails (so the suite says when they are fixed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hostile_corpus as hc  # tests/ is on sys.path (rootdir conftest, rootdir-relative import)
+from medsam_gui.errors import CheckpointError, MedsamGuiError
+
+REPO = Path(__file__).resolve().parent.parent
+CASE_TIMEOUT_S = 30.0
+
+# case name -> reason (strict xfail: remove the entry when the owning module is fixed)
+KNOWN_SCAN_FAILURES: dict[str, str] = {
+    "truncated .nii.gz at -40": "io.load_volume opens a .nii.gz whose last 40 compressed bytes are cut: "
+                                "returns the full (35, 52, 34) grid with 30 wrong voxels at the end, no error",
+    "truncated .nii at -7": "io.load_volume opens a .nii missing its last 7 bytes: full grid returned, the "
+                            "last 2 voxels wrong, no error (_check_nifti_complete misses short cuts)",
+    "dicom missing slices": "io.load_volume opens a series with a gap in ImagePositionPatient as a uniform "
+                            "grid (spacing averaged to 3.75 mm) with no notice in meta: slices after the gap "
+                            "are misplaced",
+    "dicom duplicate positions": "io.load_volume opens two slices at the same position as a uniform grid "
+                                 "(spacing 1.67 mm) with no notice",
+    "dicom truncated member": "io.load_volume silently drops a truncated file of a series (GDCM skips it) "
+                              "and opens 3 of 4 slices with no notice",
+}
+KNOWN_CHECKPOINT_FAILURES: dict[tuple[str, str], str] = {}
+
+
+def _run_with_timeout(fn, timeout=CASE_TIMEOUT_S):
+    """(result, exception) of fn() run on a daemon thread; AssertionError if it hangs."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise AssertionError(f"did not finish within {timeout} s (hangs on this input)")
+    return box.get("result"), box.get("exc")
+
+
+@pytest.fixture(scope="module")
+def scan_corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile_scans")
+    return folder, hc.build_scan_corpus(folder)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile_checkpoints")
+    return folder, hc.build_checkpoint_corpus(folder)
+
+
+def test_corpus_size():
+    assert len(hc.SCAN_CASES) >= 40
+    assert len(hc.CHECKPOINT_CASES) >= 10
+    assert {c.expect for c in hc.SCAN_CASES} <= {"open", "error", "either", "error_or_notice"}
+    assert sum(c.expect == "open" for c in hc.SCAN_CASES) >= 8  # the corpus is not only garbage
+
+
+def _check_valid_volume(vol, case) -> None:
+    from medsam_gui.core.volume import Volume
+
+    assert isinstance(vol, Volume), f"returned {type(vol).__name__}, not a Volume"
+    arr = vol.array
+    assert isinstance(arr, np.ndarray) and arr.ndim == 3 and min(arr.shape) >= 1, f"bad array {arr.shape}"
+    assert arr.dtype.kind in "biuf", f"non-numeric dtype {arr.dtype}"
+    if arr.dtype.kind == "f":
+        assert np.isfinite(arr).all(), "NaN/Inf voxels left in the array"
+    assert all(math.isfinite(s) and s > 0 for s in vol.spacing), f"bad spacing {vol.spacing}"
+    assert all(math.isfinite(o) for o in vol.origin), f"bad origin {vol.origin}"
+    d = np.asarray(vol.direction, float).reshape(3, 3)
+    assert np.isfinite(d).all() and abs(np.linalg.det(d)) > 1e-6, f"bad direction {vol.direction}"
+    assert vol.path, "no path recorded"
+    if case.notice == "2d":
+        assert arr.shape[0] == 1, f"2D image should be one slice, got {arr.shape}"
+    if case.notice == "nonfinite":
+        assert vol.meta.get("nonfinite_replaced", 0) >= 5, f"NaN/Inf count not reported: {vol.meta}"
+    if case.notice == "oblique":
+        from medsam_gui.core.orientation import DisplayOrientation
+
+        assert DisplayOrientation.from_direction(vol.direction, vol.shape).oblique, "oblique not flagged"
+    if "component" in case.kwargs:
+        assert vol.meta.get("component") == case.kwargs["component"]
+    if "series_uid" in case.kwargs:
+        assert vol.meta.get("series_uid") == case.kwargs["series_uid"]
+
+
+def _has_notice(vol) -> bool:
+    return any(("notice" in k or "warning" in k) and v for k, v in vol.meta.items())
+
+
+def _scan_params():
+    out = []
+    for case in hc.SCAN_CASES:
+        marks = []
+        if case.name in KNOWN_SCAN_FAILURES:
+            marks.append(pytest.mark.xfail(strict=True, reason=f"{case.name}: {KNOWN_SCAN_FAILURES[case.name]}"))
+        out.append(pytest.param(case.name, marks=marks, id=case.name))
+    return out
+
+
+@pytest.mark.parametrize("name", _scan_params())
+def test_load_volume_hostile(scan_corpus, name):
+    from medsam_gui.io import load_volume
+
+    folder, built = scan_corpus
+    b = built[name]
+    case = b.case
+    vol, exc = _run_with_timeout(lambda: load_volume(b.path, **case.kwargs))
+    assert not (folder / hc.MARKER_NAME).exists(), "loading a scan executed code"
+    if exc is not None:
+        assert isinstance(exc, MedsamGuiError), f"raised {type(exc).__name__}: {exc}"
+        assert str(exc).strip(), "empty error message"
+        assert case.expect != "open", f"should open ({case.why}) but raised {type(exc).__name__}: {exc}"
+        if case.error:
+            assert type(exc).__name__ == case.error or any(
+                k.__name__ == case.error for k in type(exc).__mro__), f"expected {case.error}, got {type(exc).__name__}"
+        return
+    assert case.expect != "error", f"should be refused ({case.why}) but opened with shape {vol.shape}"
+    _check_valid_volume(vol, case)
+    if case.expect == "error_or_notice":
+        assert _has_notice(vol), f"opened silently ({case.why}); meta={sorted(vol.meta)}"
+
+
+CLI_CASES = ["truncated .nii.gz at 0.5", "random bytes .nrrd", "huge nrrd 100000^3", "png named .nii.gz",
+             "empty folder", "dicom mixed series", "4d nifti without component", "singular directions nrrd",
+             "pickle named .nii.gz"]
+
+
+def test_cli_info_hostile(scan_corpus):
+    """``medsam-gui info`` on a handful of cases: exit 1 with a one-line message, no traceback;
+    the control (a 2D image) exits 0. All processes run concurrently."""
+    folder, built = scan_corpus
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = {}
+    for name in CLI_CASES + ["2d nifti"]:
+        procs[name] = subprocess.Popen([sys.executable, "-m", "medsam_gui", "info", str(built[name].path)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    problems = []
+    for name, p in procs.items():
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            problems.append(f"{name}: timed out")
+            continue
+        if name == "2d nifti":
+            if p.returncode != 0 or "size (x,y,z): 34 x 52 x 1" not in out:
+                problems.append(f"{name}: rc={p.returncode} out={out[-300:]} err={err[-300:]}")
+            continue
+        if p.returncode != 1:
+            problems.append(f"{name}: exit code {p.returncode}")
+        if "Traceback" in err:
+            problems.append(f"{name}: traceback in stderr: {err[-500:]}")
+        if "medsam-gui: error: " not in err:
+            problems.append(f"{name}: no error message: {err[-300:]}")
+    assert problems == []
+    assert not (folder / hc.MARKER_NAME).exists()
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------
+def _medsam_loader():
+    try:
+        from medsam_gui.models.medsam import load_medsam_state_dict
+    except ImportError as exc:  # pragma: no cover - module written in parallel
+        pytest.skip(f"medsam_gui.models.medsam not available: {exc}")
+    return load_medsam_state_dict
+
+
+def _universeg_loader():
+    try:
+        from medsam_gui.models.universeg import universeg_v1
+    except ImportError as exc:  # pragma: no cover
+        pytest.skip(f"medsam_gui.models.universeg not available: {exc}")
+    return lambda path: universeg_v1(weights=path)
+
+
+def _checkpoint_params():
+    out = []
+    for case in hc.CHECKPOINT_CASES:
+        for target in case.targets:
+            marks = []
+            if (case.name, target) in KNOWN_CHECKPOINT_FAILURES:
+                marks.append(pytest.mark.xfail(strict=True, reason=f"{case.name} -> {target}: "
+                                                                   f"{KNOWN_CHECKPOINT_FAILURES[(case.name, target)]}"))
+            out.append(pytest.param(case.name, target, marks=marks, id=f"{target}: {case.name}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def _torch_threads():
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name, target", _checkpoint_params())
+def test_bad_checkpoint_refused(checkpoint_corpus, name, target, _torch_threads):
+    folder, built = checkpoint_corpus
+    load = _medsam_loader() if target == "medsam" else _universeg_loader()
+    result, exc = _run_with_timeout(lambda: load(built[name].path), timeout=60)
+    assert not (folder / hc.MARKER_NAME).exists(), "loading a checkpoint executed code"
+    assert exc is not None, f"accepted a bad checkpoint ({built[name].case.why})"
+    assert isinstance(exc, CheckpointError), f"raised {type(exc).__name__}: {exc}"
+    assert len(str(exc).strip()) > 20, f"message too short: {exc}"
+
+
+def test_good_universeg_checkpoint_still_loads(checkpoint_corpus, _torch_threads):
+    """Control: the loader does not refuse everything (the golden state dict loads)."""
+    folder, built = checkpoint_corpus
+    model = _universeg_loader()(folder / "_universeg_full.pt")
+    assert sum(p.numel() for p in model.parameters()) == 1_182_785
