@@ -1,0 +1,143 @@
+"""Build and run the medsam-gui window (napari + PyQt6).
+
+``run_app`` is what ``medsam-gui [SCAN] [--labels L] [--demo] [--session S]`` calls;
+``build_app`` builds the same window without entering the Qt event loop (tests, scripts).
+
+Panels written by other modules plug in here: each module in :data:`PANEL_MODULES` that
+exists and defines ``install(controller)`` is installed after the window is built (see
+``medsam_gui.gui.controller`` for the hooks they can use).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import MedsamGuiError, ScanReadError, SessionError
+
+log = logging.getLogger(__name__)
+
+PANEL_MODULES = (
+    "medsam_gui.gui.medsam_panel",
+    "medsam_gui.gui.universeg_panel",
+    "medsam_gui.gui.session",
+)
+
+
+def _check_inputs(scan, labels, demo: bool, session) -> str | None:
+    """Validate CLI inputs before any window opens; returns the scan path to open (or None)."""
+    from .config import demo_scan_path
+
+    if demo and scan:
+        raise MedsamGuiError("Give either a scan or --demo, not both.")
+    if demo:
+        scan = demo_scan_path()
+        if not Path(scan).is_file():
+            raise ScanReadError(f"The demo scan {scan} is missing from this installation; reinstall medsam-gui.")
+    if scan is not None and not Path(scan).expanduser().exists():
+        raise ScanReadError(f"The scan {scan} does not exist. Check the path.")
+    if labels is not None:
+        if scan is None:
+            raise MedsamGuiError("--labels needs a scan to open them on (medsam-gui SCAN --labels LABELS).")
+        if not Path(labels).expanduser().is_file():
+            raise ScanReadError(f"The label map {labels} does not exist. Check the path.")
+    if session is not None and not Path(session).expanduser().exists():
+        raise SessionError(f"The session {session} does not exist. Check the path.")
+    return str(Path(scan).expanduser()) if scan is not None else None
+
+
+def _install_panels(controller) -> list[str]:
+    """Install the optional panels that exist; returns the module names installed."""
+    installed = []
+    for name in PANEL_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            controller.status(f"A panel could not be loaded ({name}): {exc}", 10000)
+            log.exception("panel %s failed to import", name)
+            continue
+        except Exception as exc:  # a broken panel must not stop the app
+            controller.status(f"A panel could not be loaded ({name}): {exc}", 10000)
+            log.exception("panel %s failed to import", name)
+            continue
+        install = getattr(module, "install", None)
+        if install is None:
+            continue
+        try:
+            install(controller)
+            installed.append(name)
+        except Exception as exc:
+            controller.status(f"A panel could not be installed ({name}): {exc}", 10000)
+            log.exception("panel %s failed to install", name)
+    return installed
+
+
+def _open_session(controller, session) -> None:
+    try:
+        module = importlib.import_module("medsam_gui.gui.session")
+    except ModuleNotFoundError:
+        raise SessionError("Sessions are not available in this version of medsam-gui.") from None
+    opener = getattr(module, "open_session", None) or getattr(module, "restore_session", None)
+    if opener is None:
+        raise SessionError("Sessions are not available in this version of medsam-gui.")
+    opener(controller, session)
+
+
+def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show: bool = True,
+              install_panels: bool = True):
+    """Build the main window (napari viewer + medsam-gui panels) and start opening the inputs.
+
+    Returns the :class:`medsam_gui.gui.main_window.MainWindow` (``.controller``, ``.viewer``).
+    The scan loads in the background; wait with ``window.controller.wait_idle()``.
+    """
+    scan_path = _check_inputs(scan, labels, demo, session)
+    import napari
+
+    from .gui.controller import Controller
+    from .gui.main_window import MainWindow
+
+    viewer = napari.Viewer(title="medsam-gui", show=show)
+    controller = Controller(viewer)
+    window = MainWindow(controller)
+    if install_panels:
+        _install_panels(controller)
+    if session is not None:
+        _open_session(controller, session)
+    elif scan_path is not None:
+        controller.open_scan(scan_path, labels=labels, confirm=False)
+    return window
+
+
+def install_excepthook(controller) -> None:
+    """Show unexpected exceptions (from Qt callbacks etc.) in a dialog instead of killing the app."""
+    previous = sys.excepthook
+
+    def hook(etype, value, tb):
+        if issubclass(etype, KeyboardInterrupt):
+            previous(etype, value, tb)
+            return
+        traceback.print_exception(etype, value, tb)
+        try:
+            controller.show_error(value if value is not None else etype())
+        except Exception:  # pragma: no cover - never let the hook itself crash
+            previous(etype, value, tb)
+
+    sys.excepthook = hook
+
+
+def run_app(scan=None, labels=None, demo: bool = False, session=None) -> int:
+    """Open the app window and run until it is closed; returns the exit status (0)."""
+    _check_inputs(scan, labels, demo, session)
+    from napari.qt import get_qapp
+
+    app = get_qapp()
+    app.setApplicationName("medsam-gui")
+    window = build_app(scan=scan, labels=labels, demo=demo, session=session, show=True)
+    install_excepthook(window.controller)
+    window.show()
+    return int(app.exec() or 0)

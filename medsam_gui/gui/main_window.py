@@ -1,0 +1,337 @@
+"""The main window: napari's window with medsam-gui's menus, docks, status bar and drops.
+
+napari's own File/Layers/Plugins menus are removed (they would open files with napari's
+readers, which do not keep the scan's geometry); files always open through
+``medsam_gui.io``. Drops of files/folders on the window are intercepted before napari's
+handler (an event filter) and go to the controller. Closing the window asks about unsaved
+labels.
+
+Status bar (right side, permanent widgets): message label, oblique-scan notice, progress
+bar + Cancel button for background work (``Controller.run_worker``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtGui import QAction, QKeySequence
+from qtpy.QtWidgets import (
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QToolBar,
+    QToolButton,
+    QWidget,
+)
+
+from .. import __version__
+from . import dialogs
+from .labels_panel import LabelsPanel
+from .window_panel import WindowPanel
+
+OBLIQUE_NOTICE = "Oblique scan: shown in voxel order (not re-sliced); edge letters are approximate"
+LABEL_DESCRIPTION_SUFFIXES = (".label", ".txt")
+_AREAS = {"right", "left", "bottom", "top"}
+
+
+class _DropFilter(QObject):
+    """Event filter taking drag-enter/drop of files away from napari's QtViewer."""
+
+    def __init__(self, window: "MainWindow") -> None:
+        super().__init__(window.qt_window)
+        self._window = window
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt naming
+        etype = event.type()
+        if etype in (QEvent.Type.DragEnter, QEvent.Type.DragMove):
+            mime = event.mimeData()
+            if mime is not None and mime.hasUrls():
+                event.acceptProposedAction()
+                return True
+            return False
+        if etype == QEvent.Type.Drop:
+            mime = event.mimeData()
+            if mime is not None and mime.hasUrls():
+                paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
+                event.acceptProposedAction()
+                # handle after the drop returns (dialogs inside a drop handler misbehave)
+                QTimer.singleShot(0, lambda p=paths: self._window.open_paths(p))
+                return True
+            return False
+        return False
+
+
+class _CloseFilter(QObject):
+    """Asks about unsaved labels before the window closes."""
+
+    def __init__(self, window: "MainWindow") -> None:
+        super().__init__(window.qt_window)
+        self._window = window
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.Close and obj is self._window.qt_window:
+            if not self._window.force_close and not self._window.controller.confirm_discard("quit"):
+                event.ignore()
+                return True
+            self._window.controller.cancel_all()
+        return False
+
+
+class MainWindow:
+    """medsam-gui's main window around a napari viewer.
+
+    Attributes: ``viewer`` (napari.Viewer), ``controller``, ``qt_window`` (the QMainWindow),
+    ``qt_viewer``, ``labels_panel``, ``window_panel``, ``actions`` ({name: QAction}),
+    ``view_buttons`` ({"axial"|"coronal"|"sagittal": QToolButton}), ``oblique_notice``,
+    ``message_label``, ``progress_bar``, ``cancel_button``.
+    """
+
+    def __init__(self, controller) -> None:
+        self.controller = controller
+        self.viewer = controller.viewer
+        self.qt_window = self.viewer.window._qt_window
+        self.qt_viewer = self.viewer.window._qt_viewer
+        self.force_close = False
+        self.actions: dict[str, QAction] = {}
+        self._tracked = []
+        controller.attach_window(self)
+
+        self.qt_window.setWindowTitle("medsam-gui")
+        self._build_status_bar()
+        self._build_menus()
+        self._build_toolbar()
+        self.labels_panel = LabelsPanel(controller)
+        self.window_panel = WindowPanel(controller)
+        self.labels_dock = self.add_dock(self.labels_panel, "Labels", "right")
+        self.window_dock = self.add_dock(self.window_panel, "Window / level", "right")
+
+        self._drop_filter = _DropFilter(self)
+        for widget in (self.qt_viewer, self.qt_window):
+            widget.setAcceptDrops(True)
+            widget.installEventFilter(self._drop_filter)
+        canvas = getattr(getattr(self.qt_viewer, "canvas", None), "native", None)
+        if isinstance(canvas, QWidget):
+            canvas.installEventFilter(self._drop_filter)
+        self._close_filter = _CloseFilter(self)
+        self.qt_window.installEventFilter(self._close_filter)
+        controller.view_changed.connect(self._on_view_changed)
+
+    # ------------------------------------------------------------------ building
+    def _build_status_bar(self) -> None:
+        bar = self.qt_window.statusBar()
+        self.message_label = QLabel("")
+        self.message_label.setMinimumWidth(200)
+        self.oblique_notice = QLabel(OBLIQUE_NOTICE)
+        self.oblique_notice.setStyleSheet(
+            "QLabel { background: #b35c00; color: white; padding: 1px 6px; border-radius: 3px; }")
+        self.oblique_notice.setVisible(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setMaximumWidth(160)
+        self.progress_bar.setMaximumHeight(16)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setVisible(False)
+        self.cancel_button = QToolButton()
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setToolTip("Cancel the running task")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.controller.cancel_all)
+        for w in (self.message_label, self.oblique_notice, self.progress_bar, self.cancel_button):
+            bar.addPermanentWidget(w)
+        self._message_timer = QTimer(self.qt_window)
+        self._message_timer.setSingleShot(True)
+        self._message_timer.timeout.connect(lambda: self.message_label.setText(""))
+
+    def _action(self, name: str, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        act = QAction(text, self.qt_window)
+        if shortcut is not None:
+            act.setShortcut(QKeySequence(shortcut))
+        if tip:
+            act.setStatusTip(tip)
+            act.setToolTip(tip)
+        act.triggered.connect(lambda _checked=False: slot())
+        self.actions[name] = act
+        return act
+
+    def _build_menus(self) -> None:
+        bar = self.qt_window.menuBar()
+        for act in list(bar.actions()):  # napari's menus: they would open files with napari's readers
+            bar.removeAction(act)
+        c = self.controller
+        file_menu = bar.addMenu("&File")
+        file_menu.addAction(self._action("open_scan", "Open scan…", self.ask_open_scan, QKeySequence.StandardKey.Open,
+                                         "Open a NIfTI, NRRD, MetaImage or MGZ scan"))
+        file_menu.addAction(self._action("open_dicom", "Open DICOM folder…", self.ask_open_dicom, "Ctrl+Shift+O",
+                                         "Open a folder holding a DICOM series"))
+        file_menu.addAction(self._action("open_labels", "Open labels…", self.ask_open_labels, "Ctrl+L",
+                                         "Open a label map on the current scan (same grid)"))
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("save_labels", "Save labels", lambda: c.save_labels(),
+                                         QKeySequence.StandardKey.Save, "Save the labels on the scan's grid"))
+        file_menu.addAction(self._action("save_labels_as", "Save labels as…", lambda: c.save_labels(ask=True),
+                                         "Ctrl+Shift+S"))
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("import_descriptions", "Import label descriptions (ITK-SNAP)…",
+                                         self.labels_panel_import))
+        file_menu.addAction(self._action("export_descriptions", "Export label descriptions (ITK-SNAP)…",
+                                         self.labels_panel_export))
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("quit", "Quit", self.qt_window.close, QKeySequence.StandardKey.Quit))
+
+        edit_menu = bar.addMenu("&Edit")
+        edit_menu.addAction(self._action("undo", "Undo label edit", c.undo, QKeySequence.StandardKey.Undo))
+        edit_menu.addAction(self._action("redo", "Redo label edit", c.redo, QKeySequence.StandardKey.Redo))
+        edit_menu.addSeparator()
+        edit_menu.addAction(self._action("add_label", "Add label", lambda: c.add_label(), "Ctrl+Shift+N"))
+
+        view_menu = bar.addMenu("&View")
+        for name, key in (("axial", "Ctrl+1"), ("coronal", "Ctrl+2"), ("sagittal", "Ctrl+3")):
+            act = self._action(f"view_{name}", name.capitalize(), lambda n=name: c.set_view(n), key,
+                               f"Show the {name} view")
+            act.setCheckable(True)
+            view_menu.addAction(act)
+        view_menu.addSeparator()
+        view_menu.addAction(self._action("reset_view", "Fit to window", self.viewer.reset_view, "Ctrl+0"))
+
+        help_menu = bar.addMenu("&Help")
+        help_menu.addAction(self._action("about", "About medsam-gui", self.show_about))
+
+    def _build_toolbar(self) -> None:
+        tb = QToolBar("Views", self.qt_window)
+        tb.setObjectName("medsam_views")
+        tb.setMovable(False)
+        self.view_buttons: dict[str, QToolButton] = {}
+        for name in ("axial", "coronal", "sagittal"):
+            btn = QToolButton()
+            btn.setDefaultAction(self.actions[f"view_{name}"])
+            btn.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            tb.addWidget(btn)
+            self.view_buttons[name] = btn
+        self.actions["view_axial"].setChecked(True)
+        self.qt_window.addToolBar(Qt.ToolBarArea.TopToolBarArea, tb)
+        self.toolbar = tb
+
+    # ------------------------------------------------------------------ services for the controller
+    def add_dock(self, widget: QWidget, name: str, area: str = "right", *, tabify: bool = False):
+        if area not in _AREAS:
+            raise ValueError(f"dock area must be one of {sorted(_AREAS)}, got {area!r}")
+        return self.viewer.window.add_dock_widget(widget, name=name, area=area, tabify=tabify)
+
+    def show_status(self, message: str, timeout_ms: int = 5000) -> None:
+        self.message_label.setText(message)
+        self.message_label.setToolTip(message)
+        self._message_timer.stop()
+        if timeout_ms and timeout_ms > 0:
+            self._message_timer.start(int(timeout_ms))
+
+    def status_text(self) -> str:
+        return self.message_label.text()
+
+    def track_worker(self, handle) -> None:
+        self._tracked = [h for h in self._tracked if not h.finished] + [handle]
+        handle._on_progress = lambda h: self._update_progress()
+        handle._on_finished.append(lambda h: self._update_progress())
+        self._update_progress()
+
+    def _update_progress(self) -> None:
+        active = [h for h in self._tracked if not h.finished]
+        self._tracked = active
+        busy = bool(active)
+        self.progress_bar.setVisible(busy)
+        self.cancel_button.setVisible(busy and any(h.cancellable for h in active))
+        if not busy:
+            return
+        h = active[-1]
+        self.progress_bar.setToolTip(h.description)
+        if h.progress and h.progress[1] > 0:
+            self.progress_bar.setRange(0, h.progress[1])
+            self.progress_bar.setValue(min(h.progress[0], h.progress[1]))
+        else:
+            self.progress_bar.setRange(0, 0)  # busy indicator
+        if h.description:
+            self.show_status(h.description, 0)
+
+    def on_volume_shown(self, volume, orientation) -> None:
+        self.oblique_notice.setVisible(bool(orientation.oblique))
+        name = volume.name or (Path(volume.path).name if volume.path else "scan")
+        self.qt_window.setWindowTitle(f"{name} — medsam-gui")
+
+    def _on_view_changed(self, view: str) -> None:
+        for name in ("axial", "coronal", "sagittal"):
+            self.actions[f"view_{name}"].setChecked(name == view)
+
+    # ------------------------------------------------------------------ user actions
+    def ask_open_scan(self) -> None:
+        path = dialogs.ask_open_file(self.qt_window, "Open scan", dialogs.SCAN_FILTER)
+        if path:
+            if Path(path).suffix.lower() == ".dcm":
+                path = str(Path(path).parent)
+            self.controller.open_scan(path)
+
+    def ask_open_dicom(self) -> None:
+        path = dialogs.ask_open_folder(self.qt_window, "Open DICOM folder")
+        if path:
+            self.controller.open_scan(path)
+
+    def ask_open_labels(self) -> None:
+        if self.controller.volume is None:
+            self.controller.show_error("Open a scan before opening labels: a label map is shown on its scan.")
+            return
+        path = dialogs.ask_open_file(self.qt_window, "Open labels", dialogs.LABELS_OPEN_FILTER)
+        if path:
+            self.controller.open_labels(path)
+
+    def labels_panel_import(self) -> None:
+        self.labels_panel.import_descriptions()
+
+    def labels_panel_export(self) -> None:
+        self.labels_panel.export_descriptions()
+
+    def open_paths(self, paths: list[str]) -> None:
+        """Open dropped files/folders with medsam-gui's loader.
+
+        A label description file (.label/.txt) is imported; with no scan open the first path
+        opens as the scan (a second one as its labels); with a scan open a folder opens as a new
+        scan and a file asks whether it is labels for this scan or a new scan.
+        """
+        paths = [p for p in paths if p]
+        if not paths:
+            return
+        c = self.controller
+        first = paths[0]
+        if os.path.isfile(first) and first.lower().endswith(LABEL_DESCRIPTION_SUFFIXES):
+            if c.volume is None:
+                c.show_error("Open a scan before importing label descriptions.")
+            else:
+                c.import_label_descriptions(first)
+            return
+        if first.lower().endswith(".dcm"):
+            first = str(Path(first).parent)
+        if c.volume is None or os.path.isdir(first):
+            c.open_scan(first, labels=paths[1] if len(paths) > 1 and os.path.isfile(paths[1]) else None)
+            return
+        choice = dialogs.ask_drop_action(self.qt_window, first)
+        if choice == "labels":
+            c.open_labels(first)
+        elif choice == "scan":
+            c.open_scan(first)
+
+    def show_about(self) -> None:
+        QMessageBox.about(
+            self.qt_window, "About medsam-gui",
+            f"medsam-gui {__version__}\n\nSegment 3D CT and MR scans with MedSAM and UniverSeg; "
+            "label maps are saved on the scan's own grid.\n\nNot a medical device: check every "
+            "segmentation before clinical use.",
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def show(self) -> None:
+        self.qt_window.show()
+        self.qt_window.raise_()
+
+    def close(self, force: bool = True) -> None:
+        """Close the window (``force``: without asking about unsaved labels)."""
+        self.force_close = force
+        self.controller.cancel_all()
+        self.viewer.close()

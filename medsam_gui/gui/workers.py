@@ -1,0 +1,182 @@
+"""Background work that never blocks the GUI thread.
+
+:func:`start_worker` runs a function (or a generator function / generator object) on a
+worker thread (napari/superqt thread workers, a ``QThreadPool``) and calls back on the GUI
+thread:
+
+- ``on_yield(value)`` for every value a generator yields;
+- ``on_done(result)`` with the function's return value (a generator's ``return`` value);
+- ``on_error(exc)`` with the exception raised in the worker.
+
+It returns a :class:`WorkerHandle`. ``handle.cancel()`` asks the work to stop: a generator
+stops at its next ``yield``; a plain function cannot be interrupted, but its result is then
+discarded (``on_done`` is not called). A cancelled handle calls ``on_cancel`` once.
+
+The controller (``medsam_gui.gui.controller.Controller.run_worker``) adds the status-bar
+progress bar and Cancel button on top of this module; panels should use the controller.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+class WorkerHandle:
+    """A running piece of background work.
+
+    Attributes: ``id`` (int), ``description`` (str), ``cancellable`` (bool),
+    ``cancelled`` / ``finished`` (bool), ``result`` (the return value once done),
+    ``error`` (the exception if it failed), ``progress`` ((done, total) or None).
+    """
+
+    def __init__(self, description: str = "", cancellable: bool = True) -> None:
+        self.id = next(_ids)
+        self.description = description
+        self.cancellable = cancellable
+        self.cancelled = False
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.progress: tuple[int, int] | None = None
+        self._worker = None
+        self._on_cancel: Callable[[], None] | None = None
+        self._on_progress: Callable[["WorkerHandle"], None] | None = None
+        self._on_finished: list[Callable[["WorkerHandle"], None]] = []
+
+    def cancel(self) -> None:
+        """Ask the work to stop (generators stop at their next yield); idempotent."""
+        if self.finished or self.cancelled:
+            return
+        self.cancelled = True
+        worker = self._worker
+        if worker is not None:
+            try:
+                worker.quit()
+            except RuntimeError:  # the C++ side may be gone already
+                pass
+        if self._on_cancel is not None:
+            try:
+                self._on_cancel()
+            except Exception:  # pragma: no cover - a callback error must not break cancelling
+                log.exception("on_cancel callback failed")
+        self._finish()
+
+    def set_progress(self, done: int, total: int) -> None:
+        """Report progress (``done`` of ``total`` steps); shown by the controller's status bar."""
+        self.progress = (int(done), int(total))
+        if self._on_progress is not None:
+            self._on_progress(self)
+
+    @property
+    def running(self) -> bool:
+        return not self.finished
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        callbacks, self._on_finished = self._on_finished, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:  # pragma: no cover
+                log.exception("worker finished callback failed")
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled else ("finished" if self.finished else "running")
+        return f"<WorkerHandle {self.id} {self.description!r} {state}>"
+
+
+def start_worker(
+    fn_or_generator: Callable[[], Any] | Any,
+    *,
+    on_yield: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_cancel: Callable[[], None] | None = None,
+    description: str = "",
+    cancellable: bool = True,
+) -> WorkerHandle:
+    """Run ``fn_or_generator`` on a worker thread; callbacks run on the GUI thread.
+
+    ``fn_or_generator``: a callable taking no arguments (use ``functools.partial``), a generator
+    function, or a generator object. Returns the :class:`WorkerHandle` at once.
+    """
+    from napari.qt.threading import create_worker
+
+    handle = WorkerHandle(description, cancellable)
+    handle._on_cancel = on_cancel
+
+    target = fn_or_generator
+    if inspect.isgenerator(fn_or_generator):
+        gen_obj = fn_or_generator
+
+        def target():  # noqa: F811 - wraps a generator object as a generator function
+            return (yield from gen_obj)
+
+    elif not callable(fn_or_generator):
+        raise TypeError(f"run_worker needs a callable or a generator, got {type(fn_or_generator).__name__}")
+
+    worker = create_worker(target, _start_thread=False, _ignore_errors=True)
+    handle._worker = worker
+
+    def _yielded(value: Any) -> None:
+        if handle.cancelled or on_yield is None:
+            return
+        try:
+            on_yield(value)
+        except Exception as exc:  # a failing callback stops the work and reports the error
+            handle.cancel()
+            handle.error = exc
+            if on_error is not None:
+                on_error(exc)
+            else:
+                raise
+
+    def _returned(result: Any) -> None:
+        if handle.cancelled:
+            return
+        handle.result = result
+        try:
+            if on_done is not None:
+                on_done(result)
+        except Exception as exc:  # a failing callback is reported like a failing task
+            handle.error = exc
+            if on_error is not None:
+                on_error(exc)
+            else:
+                raise
+        finally:
+            handle._finish()
+
+    def _errored(exc: BaseException) -> None:
+        if handle.cancelled:
+            return
+        handle.error = exc
+        try:
+            if on_error is not None:
+                on_error(exc)
+            else:
+                log.error("background task %r failed: %s", description, exc)
+        finally:
+            handle._finish()
+
+    def _finished() -> None:
+        # a generator stopped by quit() emits aborted/finished but not returned
+        if not handle.finished:
+            handle._finish()
+
+    if hasattr(worker, "yielded"):
+        worker.yielded.connect(_yielded)
+    worker.returned.connect(_returned)
+    worker.errored.connect(_errored)
+    worker.finished.connect(_finished)
+    worker.start()
+    return handle
