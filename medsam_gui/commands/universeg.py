@@ -1,0 +1,212 @@
+"""``medsam-gui universeg``: fill the unlabeled slices of a scan with UniverSeg (headless).
+
+    medsam-gui universeg SCAN (--support-labels PARTIAL.nii.gz | --example-set FILE)
+        [--label N] [--z-range A,B] [--support-size S] [--window L,W | --window-preset NAME]
+        [--checkpoint CKPT] --out OUT.nii.gz [--save-example-set FILE] [--device cpu|cuda|auto]
+
+With ``--support-labels``: the slices where a label is drawn are its support and are written
+unchanged; the slices between its first and last labeled slice (extended by ``--z-range``) are
+filled. Every label present is segmented unless ``--label`` picks one; several labels are
+combined without overlap (highest probability). With ``--example-set``: a saved support set is
+used on this scan; the targets are ``--z-range`` (default: all slices) and the label value is
+``--label`` or the one stored in the set. The output label map lies on the scan's exact grid.
+
+Window: ``--window``/``--window-preset``; otherwise CT uses the soft-tissue window (or, with an
+example set from a CT, the set's window) and MR the scan's percentile auto window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import CheckpointError, MedsamGuiError
+
+MODEL_NAME = "universeg_v1"
+
+
+class UniversegCommandError(MedsamGuiError):
+    """Bad combination of options for ``medsam-gui universeg``."""
+
+
+def _pair(kind: str, cast):
+    def parse(text: str):
+        parts = text.replace(":", ",").split(",")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"{kind} needs two comma-separated values, got {text!r}")
+        try:
+            return cast(parts[0]), cast(parts[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind}: cannot read {text!r} as two numbers") from None
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    from ..core.intensity import WINDOW_PRESETS
+
+    p = subparsers.add_parser(
+        "universeg",
+        help="fill unlabeled slices from a few labeled ones with UniverSeg (in-context segmentation)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scan", help="scan file or DICOM folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--support-labels", metavar="PARTIAL", help="label map with a few labeled slices (same grid)")
+    src.add_argument("--example-set", metavar="FILE", help="saved example set (.npz) to use as support")
+    p.add_argument("--label", type=_positive_int, metavar="N", help="label value to segment (default: all present)")
+    p.add_argument("--z-range", type=_pair("--z-range", int), metavar="A,B",
+                   help="slice range (inclusive, 0-based along --axis) to extend the targets to")
+    p.add_argument("--support-size", type=_positive_int, metavar="S",
+                   help="support slices per run (default 64 on GPU, 16 on CPU)")
+    win = p.add_mutually_exclusive_group()
+    win.add_argument("--window", type=_pair("--window", float), metavar="L,W", help="window level,width")
+    win.add_argument("--window-preset", choices=sorted(WINDOW_PRESETS), metavar="NAME",
+                     help=f"window preset: {', '.join(sorted(WINDOW_PRESETS))}")
+    p.add_argument("--checkpoint", metavar="CKPT", help="UniverSeg weights (universeg_v1_nf64_ss64_STA.pt)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output label map (.nii.gz, .nrrd ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--save-example-set", metavar="FILE", help="also save the support set used (.npz)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--ensemble", type=_positive_int, default=1, metavar="K",
+                   help="average K different support subsets (default 1)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="target slices per model call")
+    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=0,
+                   help="slicing axis of the (z, y, x) array (default 0: z)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+    return p
+
+
+def resolve_checkpoint(path: str | None) -> Path:
+    """``--checkpoint`` if given, else the model manager's local copy of ``universeg_v1``."""
+    if path:
+        return Path(path).expanduser()
+    found = None
+    try:
+        from ..models import weights as manager
+    except ImportError:  # model manager not installed with this build
+        manager = None
+    if manager is not None:
+        try:
+            found = manager.resolve(MODEL_NAME)
+        except MedsamGuiError:
+            found = None
+    if found and Path(found).is_file():
+        return Path(found)
+    raise CheckpointError(
+        "No UniverSeg checkpoint: pass --checkpoint universeg_v1_nf64_ss64_STA.pt, or download it "
+        f"once with `medsam-gui weights download {MODEL_NAME}`.")
+
+
+def _bounds(args, volume, example_set):
+    from ..core.intensity import WINDOW_PRESETS, default_bounds, window_bounds
+
+    if args.window is not None:
+        try:
+            return window_bounds(*args.window)
+        except ValueError as exc:
+            raise UniversegCommandError(f"--window: {exc}") from None
+    if args.window_preset:
+        return window_bounds(*WINDOW_PRESETS[args.window_preset])
+    if example_set is not None and volume.modality == "CT" and example_set.modality == "CT":
+        return tuple(example_set.window_bounds)
+    return default_bounds(volume.array, volume.modality)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..core.example_sets import load_example_set, save_example_set
+    from ..io import load_labels, load_volume, save_labels
+    from ..models import incontext as ic
+    from ..models.universeg import universeg_v1
+
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.overwrite:
+        raise UniversegCommandError(f"{out} already exists; choose another --out or add --overwrite.")
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model = universeg_v1(ckpt)
+    device = ic.resolve_device(args.device)
+    volume = load_volume(args.scan)
+    axis = args.axis
+    example_set = load_example_set(args.example_set) if args.example_set else None
+    bounds = _bounds(args, volume, example_set)
+    S = args.support_size or ic.default_support_size(device)
+    common = dict(model=model, bounds=bounds, support_size=S, z_range=args.z_range, device=device,
+                  ensemble=args.ensemble, axis=axis, batch_size=args.batch_size)
+    t0 = time.perf_counter()
+
+    def progress(done, total):
+        say(f"  {done}/{total} slices ({time.perf_counter() - t0:.1f} s)")
+
+    if example_set is not None:
+        value = args.label or int(example_set.label_value) or 1
+        labels = np.zeros(volume.shape, dtype=np.uint8 if value <= 255 else np.uint16)
+        if example_set.axis != axis:
+            say(f"note: the example set was taken along axis {example_set.axis}, this run uses axis {axis}")
+        say(f"UniverSeg: label {value} from example set {args.example_set} ({len(example_set)} slices, "
+            f"S={S}, window {bounds[0]:g}..{bounds[1]:g}, {device})")
+        support = ic.SupportSet.from_example_set(example_set)
+        result = ic.segment_rest(volume.array, None, value, support=support, progress=progress, **common)
+        values = [value]
+        support_for_save = {value: support}
+    else:
+        labels = np.asarray(load_labels(args.support_labels, like=volume))
+        if not np.issubdtype(labels.dtype, np.integer):
+            labels = np.rint(labels).astype(np.int64)
+        present = [int(v) for v in np.unique(labels) if v > 0]
+        if args.label is not None:
+            if args.label not in present:
+                raise UniversegCommandError(
+                    f"label {args.label} is not drawn in {args.support_labels} (labels present: "
+                    f"{', '.join(map(str, present)) or 'none'}).")
+            values = [args.label]
+        else:
+            values = present
+        if not values:
+            raise UniversegCommandError(f"{args.support_labels} is empty: draw the structure on a few slices first.")
+        if args.save_example_set and len(values) > 1:
+            raise UniversegCommandError("--save-example-set saves one label: add --label N "
+                                        f"(labels present: {', '.join(map(str, values))}).")
+        say(f"UniverSeg: label(s) {', '.join(map(str, values))} (S={S}, window {bounds[0]:g}..{bounds[1]:g}, "
+            f"{device})")
+        result = ic.segment_rest_multi(volume.array, labels, values, progress=progress, **common)
+        support_for_save = {}
+        if args.save_example_set:
+            v = values[0]
+            used = ic.choose_support(ic.labeled_slices(labels, v, axis), S)
+            support_for_save[v] = ic.prepare_support(
+                np.stack([np.take(volume.array, i, axis) for i in used]),
+                np.stack([np.take(labels, i, axis) == v for i in used]), bounds, indices=used,
+                modality=volume.modality, source=volume.name or Path(args.scan).name)
+
+    output = labels.copy()
+    changed = result.apply(output)
+    max_value = int(output.max()) if output.size else 0
+    output = output.astype(np.uint8 if max_value <= 255 else np.uint16)
+    save_labels(output, volume, out, overwrite=args.overwrite)
+    say(f"filled {len(changed)} slice(s) in {time.perf_counter() - t0:.1f} s; wrote {out}")
+    if args.save_example_set:
+        v = values[0]
+        sup = support_for_save[v]
+        if example_set is not None:
+            sup.modality = example_set.modality
+        es = sup.to_example_set(label_name=(example_set.label_name if example_set is not None else f"label {v}"),
+                                label_value=v, axis=axis)
+        save_example_set(args.save_example_set, es)
+        say(f"saved example set ({len(es)} slices) to {args.save_example_set}")
+    return 0

@@ -1,0 +1,539 @@
+"""In-context segmentation of a scan with UniverSeg: label a few slices, the model does the rest.
+
+Workflow (numpy + torch, no Qt; meant to run in a worker thread, never on the GUI thread):
+
+1. *Support*: the slices (along ``axis`` of the (z, y, x) arrays) on which the label being
+   segmented is present. Each is windowed with the display bounds (lo, hi), scaled to [0, 1]
+   and resized to 128 x 128 (bilinear with anti-aliasing); its mask is resized so that an output
+   pixel is foreground when **more than half** of it is covered by the mask (area average > 0.5)
+   along axes that shrink, and by nearest-neighbour along axes that grow: no blurring, binary
+   0/1. Slices are resized to 128 x 128 directly (no padding): all slices of one scan share a
+   shape, so support and target are distorted alike.
+2. If there are more support slices than the support size S, an evenly spaced subset is used
+   (:func:`choose_support`); ``ensemble=n`` runs n different evenly spread subsets and averages
+   the probabilities.
+3. *Targets*: by default the slices between the first and the last support slice that do not
+   contain the label; ``z_range=(a, b)`` (inclusive) extends that range; an explicit ``targets``
+   list replaces it. Support slices (the user's slices with this label) are never targets, so
+   they are never changed. Other labels on target slices are kept (see ``apply``).
+4. Targets go through the model in batches sharing the same support; sigmoid probabilities at
+   128 x 128 are resized back to the slice size (bilinear, align_corners=False) and stored as
+   float16; probability > 0.5 is the mask.
+
+A support set from another scan or a saved example set is just arrays: pass a
+:class:`SupportSet` (or an :class:`~medsam_gui.core.example_sets.ExampleSet`) as ``support``.
+
+Default support size: 64 on a GPU, 16 on the CPU (settings ``universeg_support_size_gpu`` /
+``universeg_support_size_cpu``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MedsamGuiError
+
+SIZE = (128, 128)
+DEFAULT_SUPPORT_SIZE_GPU = 64
+DEFAULT_SUPPORT_SIZE_CPU = 16
+# Largest (targets x support items) run through the model at once: bounds memory.
+# Measured peak on the CPU: ~25 MiB per item (32 items ~ 0.9 GiB above the baseline).
+ITEMS_PER_BATCH_CPU = 32
+ITEMS_PER_BATCH_GPU = 1024
+
+
+class InContextError(MedsamGuiError):
+    """The in-context segmentation cannot run as asked (no labeled slice, bad range ...)."""
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without a GPU raises InContextError."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InContextError("CUDA was requested but no usable GPU is available; use --device cpu.")
+    return dev
+
+
+def default_support_size(device: str | torch.device | None = "auto") -> int:
+    """Support size S: setting ``universeg_support_size_gpu`` (64) or ``..._cpu`` (16)."""
+    from ..config import get_setting
+
+    dev = resolve_device(device)
+    key, default = (("universeg_support_size_gpu", DEFAULT_SUPPORT_SIZE_GPU) if dev.type == "cuda"
+                    else ("universeg_support_size_cpu", DEFAULT_SUPPORT_SIZE_CPU))
+    try:
+        value = int(get_setting(key, default))
+    except (TypeError, ValueError):
+        value = default
+    return max(1, value)
+
+
+def window_unit(images: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    """Clip to bounds (lo, hi) and scale to [0, 1] as float32; bounds None: clip to [0, 1] only."""
+    data = np.asarray(images, dtype=np.float32)
+    if bounds is None:
+        return np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not hi > lo:
+        raise InContextError(f"window bounds must be increasing, got ({lo}, {hi})")
+    out = (np.nan_to_num(data, nan=lo) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """(N, h, w) float -> (N, *size) float32, bilinear (align_corners=False, anti-aliased)."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x[:, 0].numpy().copy()
+    y = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return y[:, 0].numpy()
+
+
+def resize_masks(masks: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """(N, h, w) binary -> (N, *size) uint8 0/1 without blurring.
+
+    Per axis: where the axis shrinks, an output pixel is 1 when more than half of its area is
+    covered (area average > 0.5); where it grows, nearest neighbour ("nearest-exact").
+    """
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(masks) > 0, dtype=np.float32))[:, None]
+    h, w = x.shape[-2:]
+    oh, ow = size
+    if oh != h:
+        x = F.interpolate(x, size=(oh, w), mode="area" if oh < h else "nearest-exact")
+    if ow != w:
+        x = F.interpolate(x, size=(oh, ow), mode="area" if ow < w else "nearest-exact")
+    return (x[:, 0] > 0.5).numpy().astype(np.uint8)
+
+
+def resize_probabilities(probs: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, 128, 128) probabilities -> (B, h, w), bilinear (align_corners=False)."""
+    if tuple(probs.shape[-2:]) == tuple(hw):
+        return probs[:, 0]
+    return F.interpolate(probs, size=tuple(hw), mode="bilinear", align_corners=False,
+                         antialias=bool(hw[0] < probs.shape[-2] or hw[1] < probs.shape[-1]))[:, 0]
+
+
+# ----------------------------------------------------------------------------- support
+
+
+@dataclass(eq=False)
+class SupportSet:
+    """Support for one label: ``images`` float32 (S,128,128) in [0,1], ``masks`` uint8 (S,128,128) 0/1.
+
+    ``indices``: slice index of each item in its source scan (informative), ``bounds``: the
+    window used, ``modality``/``source``: where it came from.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    indices: tuple[int, ...] = ()
+    bounds: tuple[float, float] | None = None
+    modality: str = "unknown"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.images = np.asarray(self.images, dtype=np.float32)
+        self.masks = (np.asarray(self.masks) > 0).astype(np.uint8)
+        if self.images.ndim != 3 or tuple(self.images.shape[1:]) != SIZE or self.masks.shape != self.images.shape:
+            raise InContextError(f"support images and masks must both be (S, 128, 128), got "
+                                 f"{self.images.shape} and {self.masks.shape}")
+        if len(self.images) == 0:
+            raise InContextError("the support set is empty: label the structure on at least one slice.")
+        if not self.indices:
+            self.indices = tuple(range(len(self.images)))
+        self.indices = tuple(int(i) for i in self.indices)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, positions: Sequence[int]) -> "SupportSet":
+        pos = list(positions)
+        return SupportSet(self.images[pos], self.masks[pos], tuple(self.indices[p] for p in pos),
+                          self.bounds, self.modality, self.source)
+
+    @classmethod
+    def from_example_set(cls, es) -> "SupportSet":
+        """From a :class:`medsam_gui.core.example_sets.ExampleSet`."""
+        return cls(es.images, es.masks, tuple(es.slice_indices), tuple(es.window_bounds), es.modality,
+                   es.source_scan)
+
+    def to_example_set(self, *, label_name: str = "", label_value: int = 1, axis: int = 0):
+        from ..core.example_sets import ExampleSet
+
+        return ExampleSet(images=self.images, masks=self.masks, label_name=label_name,
+                          label_value=int(label_value), modality=self.modality,
+                          window_bounds=self.bounds if self.bounds is not None else (0.0, 1.0),
+                          source_scan=self.source, slice_indices=self.indices, axis=axis)
+
+
+def prepare_support(slices: np.ndarray, masks: np.ndarray, bounds: tuple[float, float] | None = None,
+                    *, indices: Sequence[int] = (), modality: str = "unknown", source: str = "") -> SupportSet:
+    """Build a support set from 2D slices (S, h, w) (raw intensities windowed with ``bounds`` =
+    display (lo, hi); None: already in [0,1]) and their masks (S, h, w) (nonzero = foreground)."""
+    slices = np.asarray(slices)
+    masks = np.asarray(masks)
+    if slices.ndim == 2:
+        slices, masks = slices[None], masks[None]
+    if slices.shape != masks.shape or slices.ndim != 3:
+        raise InContextError(f"support slices {slices.shape} and masks {masks.shape} must both be (S, h, w)")
+    images = resize_images(window_unit(slices, bounds))
+    return SupportSet(images, resize_masks(masks), tuple(indices), None if bounds is None else
+                      (float(bounds[0]), float(bounds[1])), modality, source)
+
+
+def choose_support(labeled_indices: Sequence[int], S: int) -> list[int]:
+    """At most ``S`` of ``labeled_indices``, evenly spaced (first and last included), sorted."""
+    return choose_support_subsets(labeled_indices, S, 1)[0]
+
+
+def choose_support_subsets(labeled_indices: Sequence[int], S: int, n: int = 1) -> list[list[int]]:
+    """``n`` subsets of at most ``S`` of ``labeled_indices`` each, for ensembling.
+
+    With no more than S items, every subset is all of them. Otherwise subset 0 is evenly spaced
+    with both ends included; subset k >= 1 takes position floor((i + k/n) * N / S) for i < S, a
+    shifted even spread, so the subsets differ while each covers the whole range.
+    """
+    items = sorted(int(i) for i in labeled_indices)
+    if S < 1:
+        raise InContextError(f"support size must be at least 1, got {S}")
+    n = max(1, int(n))
+    N = len(items)
+    if N <= S:
+        return [list(items) for _ in range(n)]
+    out = []
+    for k in range(n):
+        if k == 0:
+            pos = np.round(np.linspace(0, N - 1, S)).astype(int) if S > 1 else np.array([N // 2])
+        else:
+            pos = np.minimum(np.floor((np.arange(S) + k / n) * N / S).astype(int), N - 1)
+        out.append([items[p] for p in sorted(set(pos.tolist()))])
+    return out
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def labeled_slices(labels: np.ndarray, label_value: int, axis: int = 0) -> list[int]:
+    """Indices along ``axis`` of the slices where ``label_value`` is present."""
+    other = tuple(a for a in range(labels.ndim) if a != axis)
+    return np.flatnonzero(np.any(np.asarray(labels) == label_value, axis=other)).tolist()
+
+
+def plan_targets(n_slices: int, support_slices: Sequence[int], *, targets: Sequence[int] | None = None,
+                 z_range: tuple[int, int] | None = None) -> list[int]:
+    """Target slice indices (sorted, never a support slice).
+
+    ``targets`` given: those (in range). Else the slices between the first and last support
+    slice, extended to cover ``z_range`` = (a, b) inclusive if given; no support: ``z_range`` or
+    all slices.
+    """
+    sup = set(int(i) for i in support_slices)
+    if targets is not None:
+        cand = sorted(set(int(t) for t in targets))
+        bad = [t for t in cand if not 0 <= t < n_slices]
+        if bad:
+            raise InContextError(f"target slices {bad[:5]} are outside the scan (0..{n_slices - 1}).")
+    else:
+        lo, hi = (min(sup), max(sup)) if sup else (None, None)
+        if z_range is not None:
+            a, b = sorted((int(z_range[0]), int(z_range[1])))
+            if b < 0 or a >= n_slices:
+                raise InContextError(f"slice range {z_range} lies outside the scan (0..{n_slices - 1}).")
+            a, b = max(a, 0), min(b, n_slices - 1)
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+        if lo is None:
+            lo, hi = 0, n_slices - 1
+        cand = list(range(lo, hi + 1))
+    return [t for t in cand if t not in sup]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(eq=False)
+class InContextResult:
+    """Per-slice probabilities for one label.
+
+    ``probabilities[i]``: float16 (rows, cols) of slice ``i`` (``np.take(volume, i, axis)``) for
+    each finished target ``i`` in ``indices``; ``support_indices``: slices used as support
+    (untouched); ``cancelled``: the run stopped early (only finished slices are present).
+    """
+
+    label_value: int
+    axis: int
+    slice_shape: tuple[int, int]
+    targets: list[int]
+    support_indices: list[int]
+    probabilities: dict[int, np.ndarray] = field(default_factory=dict)
+    cancelled: bool = False
+
+    @property
+    def indices(self) -> list[int]:
+        return sorted(self.probabilities)
+
+    def mask(self, index: int) -> np.ndarray:
+        """bool (rows, cols): probability > 0.5 on slice ``index``."""
+        return self.probabilities[index].astype(np.float32) > 0.5
+
+    def apply(self, labels: np.ndarray, *, overwrite_other: bool = False) -> list[int]:
+        """Write the masks into ``labels`` (z, y, x, in place) on the finished target slices.
+
+        Voxels of other labels are kept unless ``overwrite_other``. Returns the changed slices.
+        """
+        changed = []
+        for i in self.indices:
+            sl = _slice_view(labels, i, self.axis)
+            m = self.mask(i)
+            if not overwrite_other:
+                m &= sl == 0
+            m &= sl != self.label_value
+            if m.any():
+                sl[m] = self.label_value
+                changed.append(i)
+        return changed
+
+
+@dataclass(eq=False)
+class MultiResult:
+    """Several labels segmented separately; combined without overlap (highest probability > 0.5)."""
+
+    results: dict[int, InContextResult]
+    axis: int = 0
+    stopped: bool = False  # cancelled before every label was run
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stopped or any(r.cancelled for r in self.results.values())
+
+    @property
+    def indices(self) -> list[int]:
+        return sorted(set().union(*(r.probabilities for r in self.results.values())))
+
+    def combined(self, index: int) -> np.ndarray:
+        """(rows, cols) label values (0 = none) on slice ``index``: the label with the highest
+        probability, where that probability is > 0.5."""
+        cands = [(v, r.probabilities[index]) for v, r in self.results.items() if index in r.probabilities]
+        if not cands:
+            raise KeyError(index)
+        probs = np.stack([p.astype(np.float32) for _, p in cands])
+        values = np.array([v for v, _ in cands])
+        best = probs.argmax(axis=0)
+        out = values[best].astype(np.int64)
+        out[probs.max(axis=0) <= 0.5] = 0
+        return out
+
+    def apply(self, labels: np.ndarray, *, overwrite_other: bool = False) -> list[int]:
+        """Write the combined masks into ``labels`` (in place); voxels already labeled are kept
+        unless ``overwrite_other`` (user slices of a label are never its targets). Returns the
+        changed slice indices."""
+        changed = []
+        for i in self.indices:
+            sl = _slice_view(labels, i, self.axis)
+            comb = self.combined(i)
+            m = comb > 0
+            if not overwrite_other:
+                m &= sl == 0
+            # never write a label onto a slice that is support for that label
+            for v, r in self.results.items():
+                if i in r.support_indices:
+                    m &= comb != v
+            m &= sl != comb
+            if m.any():
+                sl[m] = comb[m].astype(labels.dtype)
+                changed.append(i)
+        return changed
+
+
+def _slice_view(arr: np.ndarray, index: int, axis: int) -> np.ndarray:
+    idx = [slice(None)] * arr.ndim
+    idx[axis] = index
+    return arr[tuple(idx)]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class BatchDone:
+    """One finished batch: ``probabilities`` float16 (n, rows, cols) for slices ``indices``."""
+
+    indices: list[int]
+    probabilities: np.ndarray
+    done: int
+    total: int
+
+
+def _auto_batch(S_eff: int, device: torch.device) -> int:
+    budget = ITEMS_PER_BATCH_GPU if device.type == "cuda" else ITEMS_PER_BATCH_CPU
+    return max(1, min(32, budget // max(1, S_eff)))
+
+
+def _support_from_labels(volume, labels, label_value, bounds, axis, S, ensemble):
+    sup_idx = labeled_slices(labels, label_value, axis)
+    if not sup_idx:
+        raise InContextError(f"label {label_value} is not drawn on any slice: label it on a few slices "
+                             "first (or use an example set).")
+    subsets = choose_support_subsets(sup_idx, S, ensemble)
+    used = sorted(set().union(*subsets))
+    prepared = prepare_support(np.stack([np.take(volume, i, axis) for i in used]),
+                               np.stack([np.take(labels, i, axis) == label_value for i in used]),
+                               bounds, indices=used)
+    pos = {i: p for p, i in enumerate(used)}
+    return sup_idx, [prepared.subset([pos[i] for i in sub]) for sub in subsets]
+
+
+def iter_segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value: int, *,
+                      model: torch.nn.Module, bounds: tuple[float, float] | None = None,
+                      support: SupportSet | None = None, support_size: int | None = None,
+                      targets: Sequence[int] | None = None, z_range: tuple[int, int] | None = None,
+                      batch_size: int | None = None, device: str | torch.device | None = "auto",
+                      ensemble: int = 1, axis: int = 0,
+                      cancel: Callable[[], bool] | None = None) -> Iterator[BatchDone]:
+    """Generator form of :func:`segment_rest`: yields a :class:`BatchDone` per batch.
+
+    Stops early (without error) when ``cancel()`` returns True before a batch.
+    """
+    yield from _run(volume, labels, label_value, model=model, bounds=bounds, support=support,
+                    support_size=support_size, targets=targets, z_range=z_range, batch_size=batch_size,
+                    device=device, ensemble=ensemble, axis=axis, cancel=cancel, plan_out={})
+
+
+def _run(volume, labels, label_value, *, model, bounds, support, support_size, targets, z_range,
+         batch_size, device, ensemble, axis, cancel, plan_out):
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise InContextError(f"the scan must be 3D (z, y, x), got shape {volume.shape}")
+    if axis not in (0, 1, 2):
+        raise InContextError(f"axis must be 0, 1 or 2, got {axis}")
+    if labels is not None and np.shape(labels) != volume.shape:
+        raise InContextError(f"label map {np.shape(labels)} and scan {volume.shape} differ in shape")
+    dev = resolve_device(device)
+    S = int(support_size) if support_size else default_support_size(dev)
+    ensemble = max(1, int(ensemble))
+    protected = labeled_slices(labels, label_value, axis) if labels is not None else []
+    if support is None:
+        if labels is None:
+            raise InContextError("give a label map with labeled slices or a support set (example set).")
+        _, subsets = _support_from_labels(volume, labels, label_value, bounds, axis, S, ensemble)
+    else:
+        if not isinstance(support, SupportSet):
+            support = SupportSet.from_example_set(support)
+        subsets = [support.subset(sorted(set(p))) for p in
+                   choose_support_subsets(range(len(support)), S, ensemble)]
+    # identical subsets (fewer items than S) would only repeat the same computation
+    uniq = {tuple(s.indices): s for s in subsets}
+    subsets = list(uniq.values())
+    tgt = plan_targets(volume.shape[axis], protected, targets=targets, z_range=z_range)
+    plan_out.update(targets=tgt, support=protected, subsets=subsets)
+    slice_hw = tuple(s for a, s in enumerate(volume.shape) if a != axis)
+
+    model = model.to(dev).eval()
+    sup_tensors = [(torch.from_numpy(s.images)[None, :, None].to(dev),
+                    torch.from_numpy(s.masks.astype(np.float32))[None, :, None].to(dev)) for s in subsets]
+    S_eff = max(len(s) for s in subsets)
+    bs = int(batch_size) if batch_size else _auto_batch(S_eff, dev)
+    total = len(tgt)
+    done = 0
+    for start in range(0, total, bs):
+        if cancel is not None and cancel():
+            return
+        idx = tgt[start:start + bs]
+        imgs = resize_images(window_unit(np.stack([np.take(volume, i, axis) for i in idx]), bounds))
+        x = torch.from_numpy(imgs)[:, None].to(dev)
+        acc = None
+        with torch.inference_mode():
+            for si, sl in sup_tensors:
+                b = x.shape[0]
+                logits = model(x, si.expand(b, *si.shape[1:]), sl.expand(b, *sl.shape[1:]))
+                p = torch.sigmoid(logits.float())
+                acc = p if acc is None else acc + p
+            probs = resize_probabilities(acc / len(sup_tensors), slice_hw)
+        probs = probs.clamp(0, 1).cpu().numpy().astype(np.float16)
+        done += len(idx)
+        yield BatchDone(list(idx), probs, done, total)
+
+
+def segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value: int, *,
+                 model: torch.nn.Module, bounds: tuple[float, float] | None = None,
+                 support: SupportSet | None = None, support_size: int | None = None,
+                 targets: Sequence[int] | None = None, z_range: tuple[int, int] | None = None,
+                 batch_size: int | None = None, device: str | torch.device | None = "auto",
+                 ensemble: int = 1, axis: int = 0, cancel: Callable[[], bool] | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 on_batch: Callable[[BatchDone], None] | None = None) -> InContextResult:
+    """Segment ``label_value`` on the remaining slices from the slices the user labeled.
+
+    volume: (z, y, x) raw intensities windowed with ``bounds`` = display (lo, hi), or already
+    in [0, 1] with ``bounds=None``. labels: (z, y, x) int label map (None with ``support``).
+    Slices are taken along ``axis``. ``support``: a :class:`SupportSet` / ExampleSet used instead
+    of the labeled slices (labeled slices of this label are still never targets).
+    ``support_size``: S (default :func:`default_support_size`); ``ensemble``: number of support
+    subsets whose probabilities are averaged; ``batch_size``: targets per model call (default:
+    from a memory budget). ``model`` is moved to ``device``. ``progress(done, total)`` is called
+    after each batch, ``on_batch(BatchDone)`` too; ``cancel()`` -> True stops before the next
+    batch and returns the finished part with ``cancelled=True``. ``labels`` is not modified:
+    call ``result.apply(labels)``.
+    """
+    plan: dict = {}
+    slice_hw = tuple(s for a, s in enumerate(np.shape(volume)) if a != axis) if np.ndim(volume) == 3 else ()
+    gen = _run(volume, labels, label_value, model=model, bounds=bounds, support=support,
+               support_size=support_size, targets=targets, z_range=z_range, batch_size=batch_size,
+               device=device, ensemble=ensemble, axis=axis, cancel=cancel, plan_out=plan)
+    probs: dict[int, np.ndarray] = {}
+    total = None
+    for ev in gen:
+        for i, p in zip(ev.indices, ev.probabilities):
+            probs[i] = p
+        total = ev.total
+        if on_batch is not None:
+            on_batch(ev)
+        if progress is not None:
+            progress(ev.done, ev.total)
+    tgt = plan.get("targets", [])
+    if total is None and progress is not None:
+        progress(0, len(tgt))
+    return InContextResult(label_value=int(label_value), axis=axis, slice_shape=slice_hw, targets=list(tgt),
+                           support_indices=list(plan.get("support", [])), probabilities=probs,
+                           cancelled=len(probs) < len(tgt))
+
+
+def segment_rest_multi(volume: np.ndarray, labels: np.ndarray, label_values: Sequence[int], *,
+                       progress: Callable[[int, int], None] | None = None,
+                       cancel: Callable[[], bool] | None = None, **kwargs) -> MultiResult:
+    """:func:`segment_rest` for each label of ``label_values`` separately (same keyword
+    arguments); combine with :meth:`MultiResult.apply` / :meth:`MultiResult.combined`.
+    ``progress(done, total)`` counts target slices over all labels."""
+    values = [int(v) for v in label_values]
+    if not values:
+        raise InContextError("no label to segment: draw at least one label on a few slices.")
+    axis = kwargs.get("axis", 0)
+    plans = {v: plan_targets(np.shape(volume)[axis], labeled_slices(labels, v, axis),
+                             targets=kwargs.get("targets"), z_range=kwargs.get("z_range")) for v in values}
+    grand = sum(len(p) for p in plans.values())
+    results: dict[int, InContextResult] = {}
+    offset = 0
+    for v in values:
+        if cancel is not None and cancel():
+            return MultiResult(results=results, axis=axis, stopped=True)
+
+        def _prog(done, total, _off=offset):
+            if progress is not None:
+                progress(_off + done, grand)
+
+        results[v] = segment_rest(volume, labels, v, progress=_prog, cancel=cancel, **kwargs)
+        offset += len(plans[v])
+        if results[v].cancelled:
+            return MultiResult(results=results, axis=axis, stopped=v != values[-1])
+    return MultiResult(results=results, axis=axis)
+

@@ -1,0 +1,270 @@
+"""UniverSeg v1: the in-context segmentation network (Butoi et al., ICCV 2023), our own code.
+
+Architecture (what the official checkpoint ``universeg_v1_nf64_ss64_STA.pt`` expects):
+
+- Two streams: the *target* (one image) and the *support set* (S image+label pairs, 2 channels).
+  Tensors inside the network are (B, S, C, H, W); the target stream has S = 1.
+- ``CrossBlock`` = ``cross`` (a 3x3 conv over every concatenated (target, support_j) feature
+  pair, channels ordered target first then support, no activation; the new target is the mean of
+  the S results, the new support the S results themselves) followed by ``target`` and
+  ``support``: separate 3x3 conv + LeakyReLU(0.01), each applied to every item of its stream.
+- Encoder: 4 CrossBlocks of 64 features, 2x2 max-pool between levels. Decoder: 3 CrossBlocks of
+  64 features; before each, both streams are upsampled x2 (bilinear, align_corners=True) and the
+  encoder's output of that level (skip) is concatenated on the channel axis (upsampled first).
+- ``out_conv``: 1x1 conv on the target stream -> 1 channel of logits (no sigmoid).
+- 1,182,785 parameters, 44 tensors. Module names reproduce the checkpoint's keys, e.g.
+  ``enc_blocks.0.cross.cross_conv.weight`` (64, 3, 3, 3), ``enc_blocks.0.target.vmapped.conv.bias``,
+  ``out_conv.conv.weight`` (1, 64, 1, 1).
+
+The cross conv is computed as ``W_t * t + W_s * s_j + b`` with the weight split along its input
+channels: mathematically the same as convolving the concatenated pair, but the target term is
+computed once instead of S times (less time and memory; parity with the reference is within
+float rounding, ~1e-6).
+
+Inputs are float32, images in [0, 1], labels binary 0/1, H and W divisible by 8 (the model was
+trained at 128 x 128; see :mod:`medsam_gui.models.incontext` for the resizing workflow).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+
+ENCODER_BLOCKS = (64, 64, 64, 64)
+N_PARAMETERS = 1_182_785
+N_TENSORS = 44
+CHECKPOINT_NAME = "universeg_v1_nf64_ss64_STA.pt"
+INPUT_SIZE = (128, 128)
+
+
+class _ConvOp(nn.Module):
+    """3x3 (or 1x1) 'same' conv, optionally followed by LeakyReLU(0.01). Key: ``conv``."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, activation: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return F.leaky_relu(x, 0.01, inplace=True) if self.activation else x
+
+
+class _PerItem(nn.Module):
+    """Applies a 2D module to every item of a (B, S, C, H, W) tensor. Key: ``vmapped``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.vmapped = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s = x.shape[:2]
+        y = self.vmapped(x.reshape(b * s, *x.shape[2:]))
+        return y.reshape(b, s, *y.shape[1:])
+
+
+def _per_item(fn, x: torch.Tensor) -> torch.Tensor:
+    b, s = x.shape[:2]
+    y = fn(x.reshape(b * s, *x.shape[2:]))
+    return y.reshape(b, s, *y.shape[1:])
+
+
+class _CrossOp(nn.Module):
+    """Pairwise (target, support_j) 3x3 conv without activation. Key: ``cross_conv``.
+
+    target (B, 1, Ct, H, W), support (B, S, Cs, H, W) -> new target (B, 1, Co, H, W) (mean over
+    the S pairs) and new support (B, S, Co, H, W).
+    """
+
+    def __init__(self, target_ch: int, support_ch: int, out_ch: int):
+        super().__init__()
+        self.target_ch = target_ch
+        self.cross_conv = nn.Conv2d(target_ch + support_ch, out_ch, 3, padding=1)
+
+    def forward(self, target: torch.Tensor, support: torch.Tensor):
+        w = self.cross_conv.weight
+        ct = self.target_ch
+        t_term = _per_item(lambda x: F.conv2d(x, w[:, :ct], self.cross_conv.bias, padding=1), target)
+        s_term = _per_item(lambda x: F.conv2d(x, w[:, ct:], None, padding=1), support)
+        pairs = s_term.add_(t_term)  # (B, S, Co, H, W); t_term broadcasts over S
+        return pairs.mean(dim=1, keepdim=True), pairs
+
+
+class _CrossBlock(nn.Module):
+    def __init__(self, target_ch: int, support_ch: int, features: int):
+        super().__init__()
+        self.cross = _CrossOp(target_ch, support_ch, features)
+        self.target = _PerItem(_ConvOp(features, features))
+        self.support = _PerItem(_ConvOp(features, features))
+
+    def forward(self, target: torch.Tensor, support: torch.Tensor):
+        target, support = self.cross(target, support)
+        return self.target(target), self.support(support)
+
+
+class UniverSeg(nn.Module):
+    """UniverSeg v1 network.
+
+    ``forward(target (B,1,H,W), support_images (B,S,1,H,W), support_labels (B,S,1,H,W))``
+    -> logits (B,1,H,W), all float32; H, W divisible by 8 (128 x 128 as trained).
+    """
+
+    def __init__(self, encoder_blocks=ENCODER_BLOCKS):
+        super().__init__()
+        enc = list(encoder_blocks)
+        dec = enc[-2::-1]
+        self.enc_blocks = nn.ModuleList()
+        self.dec_blocks = nn.ModuleList()
+        t_ch, s_ch = 1, 2
+        skips = []
+        for f in enc:
+            self.enc_blocks.append(_CrossBlock(t_ch, s_ch, f))
+            t_ch = s_ch = f
+            skips.append(f)
+        for f, skip in zip(dec, skips[-2::-1]):
+            self.dec_blocks.append(_CrossBlock(t_ch + skip, s_ch + skip, f))
+            t_ch = s_ch = f
+        self.out_conv = _ConvOp(t_ch, 1, kernel_size=1, activation=False)
+
+    def forward(self, target_image: torch.Tensor, support_images: torch.Tensor,
+                support_labels: torch.Tensor) -> torch.Tensor:
+        if target_image.ndim != 4 or target_image.shape[1] != 1:
+            raise ValueError(f"target must be (B,1,H,W), got {tuple(target_image.shape)}")
+        if support_images.ndim != 5 or support_images.shape != support_labels.shape:
+            raise ValueError("support_images and support_labels must both be (B,S,1,H,W), got "
+                             f"{tuple(support_images.shape)} and {tuple(support_labels.shape)}")
+        target = target_image.unsqueeze(1)  # (B,1,1,H,W)
+        support = torch.cat([support_images, support_labels], dim=2)  # (B,S,2,H,W)
+        skips = []
+        last = len(self.enc_blocks) - 1
+        for i, block in enumerate(self.enc_blocks):
+            target, support = block(target, support)
+            if i == last:
+                break
+            skips.append((target, support))
+            target = _per_item(lambda x: F.max_pool2d(x, 2), target)
+            support = _per_item(lambda x: F.max_pool2d(x, 2), support)
+
+        def up(x):
+            return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+        for block in self.dec_blocks:
+            t_skip, s_skip = skips.pop()
+            target = torch.cat([_per_item(up, target), t_skip], dim=2)
+            support = torch.cat([_per_item(up, support), s_skip], dim=2)
+            del t_skip, s_skip  # free the skip before the block runs (memory peak at full size)
+            target, support = block(target, support)
+        return self.out_conv(target[:, 0])
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_checkpoint(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"UniverSeg checkpoint not found: {path}. Check the path, or download "
+                              f"the official {CHECKPOINT_NAME}.")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the UniverSeg checkpoint file ({CHECKPOINT_NAME}).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"UniverSeg checkpoint {path} is empty (0 bytes); download it again.")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
+        msg = str(exc)
+        if "Weights only load failed" in msg or "Unsupported global" in msg:
+            raise CheckpointError(
+                f"{path} is not a plain weights file: it contains Python objects or code that are not "
+                "loaded for safety (torch.load weights_only=True). Use the official checkpoint "
+                f"{CHECKPOINT_NAME}.") from None
+        raise CheckpointError(f"Cannot read UniverSeg checkpoint {path}: the file is corrupt or truncated "
+                              f"({type(exc).__name__}: {msg.splitlines()[0][:200] if msg else ''}). "
+                              "Download it again.") from None
+
+
+def load_universeg_state_dict(weights: str | os.PathLike | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Read and validate UniverSeg v1 weights; return a state dict that loads with strict=True.
+
+    ``weights`` is a path (``torch.load(map_location="cpu", weights_only=True)``) or a mapping;
+    either may wrap the tensors as ``{"state_dict": {...}}``; a ``module.`` prefix (DataParallel)
+    is removed. Raises :class:`CheckpointError` naming what is wrong: unreadable/truncated file,
+    pickled code, not a dict, empty, MedSAM/SAM weights, missing or unexpected keys, wrong shapes.
+    """
+    source = "the given weights"
+    if isinstance(weights, (str, os.PathLike)):
+        source = str(weights)
+        obj = _read_checkpoint(Path(weights))
+    elif isinstance(weights, (bytes, bytearray)):
+        try:
+            obj = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"Cannot read UniverSeg weights from bytes: {exc}") from None
+    else:
+        obj = weights
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source} is not a UniverSeg checkpoint: expected a dict of tensors, "
+                              f"found {type(obj).__name__}.")
+    if len(obj) == 0:
+        raise CheckpointError(f"{source} is an empty dict: no UniverSeg weights in it.")
+    sd = {}
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"{source}: key {k!r} is not a string; not a UniverSeg checkpoint.")
+        sd[k[7:] if k.startswith("module.") else k] = v
+    if any(k.startswith(("image_encoder.", "mask_decoder.", "prompt_encoder.")) for k in sd):
+        raise CheckpointError(f"{source} holds MedSAM / Segment Anything weights, not UniverSeg. Use "
+                              f"the UniverSeg checkpoint ({CHECKPOINT_NAME}) here and the MedSAM one "
+                              "for MedSAM.")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(bad[:5])}.")
+    expected = {k: tuple(v.shape) for k, v in UniverSeg().state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    extra = [k for k in sd if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})")
+        hint = "This is not a UniverSeg v1 checkpoint" if len(missing) == len(expected) else \
+            "The checkpoint does not match UniverSeg v1 (nf64)"
+        raise CheckpointError(f"{source}: {hint}: keys {'; '.join(parts)}. Use {CHECKPOINT_NAME}.")
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {shape})" for k, shape in expected.items()
+             if tuple(sd[k].shape) != shape]
+    if wrong:
+        raise CheckpointError(f"{source}: tensors with wrong shapes: {'; '.join(wrong[:3])}"
+                              f"{' ...' if len(wrong) > 3 else ''}. This is a different UniverSeg "
+                              f"variant; use {CHECKPOINT_NAME}.")
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {k} has dtype {v.dtype}, expected floating point.")
+        if not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source}: tensor {k} contains NaN or infinite values; the file is "
+                                  "corrupt. Download it again.")
+    return {k: v.float() for k, v in sd.items()}
+
+
+def universeg_v1(weights: str | os.PathLike | Mapping[str, Any] | None = None) -> UniverSeg:
+    """Build UniverSeg v1 (encoder blocks [64, 64, 64, 64]) in eval mode on the CPU.
+
+    ``weights``: None (random initialisation), a checkpoint path, or a state dict (optionally
+    wrapped as ``{"state_dict": ...}``); loaded with ``strict=True`` after validation. Wrong
+    weights raise :class:`medsam_gui.errors.CheckpointError`. Call as
+    ``model(target (B,1,H,W), support_images (B,S,1,H,W), support_labels (B,S,1,H,W)) -> logits (B,1,H,W)``.
+    """
+    model = UniverSeg()
+    if weights is not None:
+        model.load_state_dict(load_universeg_state_dict(weights), strict=True)
+    return model.eval()
