@@ -1,0 +1,222 @@
+"""``medsam-gui segment``: segment structures in a scan with MedSAM from boxes (headless).
+
+    medsam-gui segment SCAN --box Z,X0,Y0,X1,Y1 [--box ...] [--recist Z,X0,Y0,X1,Y1]
+        [--margin PX] [--label N] [--checkpoint CKPT] --out OUT.nii.gz
+        [--window L,W | --window-preset NAME] [--modality CT|MR]
+        [--precision fp32|auto] [--device cpu|cuda|auto] [--propagate [--z-range A,B]]
+
+Boxes are on axial slices of the (z, y, x) voxel array: Z is the slice index, X0..X1 columns
+and Y0..Y1 rows (inclusive voxel indices, 0-based). ``--recist`` gives a long-axis line
+(X0,Y0)-(X1,Y1) on slice Z; it becomes a square box around the line, ``--margin`` pixels
+wider on each side (default 5). All boxes paint label ``--label`` (default 1). With
+``--propagate`` the structure is followed from the boxed (key) slices through the volume
+(between key slices with interpolated boxes, beyond them from each slice's mask), limited to
+``--z-range`` if given. The output label map lies on the scan's exact grid.
+
+The intensity window is ``--window`` / ``--window-preset``, else CT soft tissue (40/400) or
+the MR percentile auto window, applied to the whole volume as in MedSAM's reference.
+``--checkpoint`` may be left out once MedSAM's weights are installed
+(``medsam-gui weights download medsam_vit_b``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, MedsamGuiError
+
+DEFAULT_RECIST_MARGIN = 5.0
+
+
+class SegmentCommandError(MedsamGuiError):
+    """Bad input for ``medsam-gui segment`` (a box off the scan, conflicting options)."""
+
+
+def _numbers(kind: str, count: int, cast=float):
+    def parse(text: str):
+        parts = [p for p in text.replace(";", ",").split(",")]
+        if len(parts) != count:
+            raise argparse.ArgumentTypeError(f"{kind} needs {count} comma-separated numbers, got {text!r}")
+        try:
+            return tuple(cast(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind}: cannot read {text!r} as numbers") from None
+    return parse
+
+
+def _slice_box(kind: str):
+    inner = _numbers(kind, 5, float)
+
+    def parse(text: str):
+        vals = inner(text)
+        if vals[0] != int(vals[0]):
+            raise argparse.ArgumentTypeError(f"{kind}: the slice index Z must be a whole number, got {vals[0]}")
+        return (int(vals[0]), *vals[1:])
+    return parse
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    from ..core.intensity import WINDOW_PRESETS
+
+    p = subparsers.add_parser("segment", help="segment with MedSAM from boxes (optionally propagate in 3D)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scan", help="scan file or DICOM folder")
+    p.add_argument("--box", action="append", default=[], type=_slice_box("--box"), metavar="Z,X0,Y0,X1,Y1",
+                   help="box on axial slice Z (voxel indices; x = column, y = row); repeatable")
+    p.add_argument("--recist", action="append", default=[], type=_slice_box("--recist"), metavar="Z,X0,Y0,X1,Y1",
+                   help="RECIST long-axis line on slice Z, turned into a square box; repeatable")
+    p.add_argument("--margin", type=float, default=DEFAULT_RECIST_MARGIN, metavar="PX",
+                   help="margin around a --recist line in pixels (default 5); with --propagate also "
+                        "the margin around each propagated mask")
+    p.add_argument("--label", type=int, default=1, metavar="N", help="label value to paint (default 1)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="MedSAM weights (medsam_vit_b.pth); default: installed")
+    p.add_argument("--out", required=True, metavar="OUT", help="output label map (.nii.gz, .nii, .nrrd, .mha)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    win = p.add_mutually_exclusive_group()
+    win.add_argument("--window", type=_numbers("--window", 2), metavar="L,W", help="window level,width")
+    win.add_argument("--window-preset", choices=sorted(WINDOW_PRESETS), metavar="NAME",
+                     help=f"window preset: {', '.join(sorted(WINDOW_PRESETS))}")
+    p.add_argument("--modality", choices=("CT", "MR"), type=str.upper, help="override the detected modality")
+    p.add_argument("--precision", choices=("fp32", "auto"), default="fp32",
+                   help="fp32 (reference-exact, default) or auto (bf16 on CUDA)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--propagate", action="store_true", help="follow the structure through the volume")
+    p.add_argument("--z-range", type=_numbers("--z-range", 2, int), metavar="A,B",
+                   help="with --propagate: first and last slice (inclusive) it may reach")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=run)
+    return p
+
+
+def _make_engine(checkpoint: Path, device: str, precision: str):
+    """Build the MedSAM engine (a seam for tests)."""
+    from ..models.medsam import MedSAMEngine
+
+    return MedSAMEngine(checkpoint, device=device, precision=precision)
+
+
+def resolve_checkpoint(path: str | None) -> Path:
+    if path:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise CheckpointError(f"MedSAM weights not found: {p} does not exist.")
+        return p
+    from ..models import weights as manager
+
+    found = manager.resolve("medsam_vit_b")
+    if found is None:
+        raise CheckpointError(
+            "no MedSAM weights installed: pass --checkpoint medsam_vit_b.pth, or install them once with "
+            "`medsam-gui weights download medsam_vit_b` (or `medsam-gui weights import medsam_vit_b FILE`)."
+        )
+    return found
+
+
+def collect_boxes(shape_zyx, boxes, recists, margin: float) -> list[tuple[int, tuple[float, float, float, float]]]:
+    """[(z, (x0, y0, x1, y1))] from --box and --recist values, checked against the scan and
+    clipped to the slice."""
+    from ..core.prompts import Box, recist_to_box
+
+    nz, h, w = (int(s) for s in shape_zyx)
+    out = []
+    items = [("--box", b) for b in boxes] + [("--recist", r) for r in recists]
+    for kind, (z, x0, y0, x1, y1) in items:
+        if not 0 <= z < nz:
+            raise SegmentCommandError(f"{kind} slice {z} is outside the scan (slices 0..{nz - 1}).")
+        if kind == "--box":
+            box = Box(x0, y0, x1, y1)
+        else:
+            if margin < 0:
+                raise SegmentCommandError("--margin must be 0 or more.")
+            box = recist_to_box((x0, y0), (x1, y1), margin=margin)
+        if box.x1 < 0 or box.y1 < 0 or box.x0 > w - 1 or box.y0 > h - 1:
+            raise SegmentCommandError(
+                f"{kind} {z},{x0:g},{y0:g},{x1:g},{y1:g} lies outside slice {z} (columns 0..{w - 1}, rows 0..{h - 1})."
+            )
+        out.append((z, box.clip(h, w).xyxy()))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.intensity import WINDOW_PRESETS, default_bounds, volume_to_uint8, window_bounds
+    from ..io import load_volume, save_labels
+
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    if not args.box and not args.recist:
+        raise SegmentCommandError("give at least one --box Z,X0,Y0,X1,Y1 (or --recist).")
+    if not 1 <= args.label <= 65535:
+        raise SegmentCommandError(f"--label must be between 1 and 65535, got {args.label}.")
+    if args.z_range and not args.propagate:
+        raise SegmentCommandError("--z-range only applies with --propagate.")
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.overwrite:
+        raise SegmentCommandError(f"{out} already exists; choose another --out or add --overwrite.")
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    vol = load_volume(args.scan)
+    modality = args.modality or vol.modality
+    if args.window:
+        bounds = window_bounds(*args.window)
+    elif args.window_preset:
+        bounds = window_bounds(*WINDOW_PRESETS[args.window_preset])
+    else:
+        bounds = default_bounds(vol.array, modality)
+    prompts = collect_boxes(vol.shape, args.box, args.recist, args.margin)
+    nz, h, w = vol.shape
+    if args.z_range:
+        a, b = sorted(args.z_range)
+        if a < 0 or b >= nz:
+            raise SegmentCommandError(f"--z-range {a},{b} is outside the scan (slices 0..{nz - 1}).")
+    vol8 = volume_to_uint8(vol.array, modality, bounds)
+
+    t0 = time.perf_counter()
+    engine = _make_engine(checkpoint, args.device, args.precision)
+    say(f"MedSAM loaded from {checkpoint} on {engine.device} ({engine.precision}) in {time.perf_counter() - t0:.1f} s")
+
+    embeddings: dict[int, object] = {}
+
+    def embedding(z: int):
+        if z not in embeddings:
+            t = time.perf_counter()
+            embeddings[z] = engine.embed(np.ascontiguousarray(vol8[z]))
+            say(f"  slice {z}: image encoder {time.perf_counter() - t:.1f} s")
+        return embeddings[z]
+
+    def segment_slice(z: int, box) -> np.ndarray:
+        return engine.decode(embedding(int(z)), box, (h, w))
+
+    dtype = np.uint8 if args.label <= 255 else np.uint16
+    labels = np.zeros(vol.shape, dtype=dtype)
+    if args.propagate:
+        from ..core import propagation
+
+        key_boxes: dict[int, tuple] = {}
+        for z, box in prompts:
+            if z in key_boxes:  # several boxes on one key slice: use their union
+                k = key_boxes[z]
+                box = (min(k[0], box[0]), min(k[1], box[1]), max(k[2], box[2]), max(k[3], box[3]))
+            key_boxes[z] = box
+        limits = tuple(sorted(args.z_range)) if args.z_range else None
+        kinds: dict[str, int] = {}
+        for res in propagation.propagate(vol.shape, key_boxes, segment_slice, axis=0,
+                                         margin=args.margin, limits=limits):
+            labels[res.index][res.mask] = args.label
+            kinds[res.kind] = kinds.get(res.kind, 0) + 1
+        say("  propagated: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    else:
+        for z, box in prompts:
+            mask = segment_slice(z, box)
+            labels[z][mask] = args.label
+    path = save_labels(labels, vol, out, overwrite=args.overwrite)
+    n = int(np.count_nonzero(labels))
+    slices = int(np.count_nonzero(labels.reshape(nz, -1).any(axis=1)))
+    ml = n * vol.voxel_volume_mm3 / 1000.0
+    if not args.quiet:
+        print(f"{path}: label {args.label}, {n} voxels ({ml:.2f} mL) on {slices} slices "
+              f"in {time.perf_counter() - t0:.1f} s")
+    return 0

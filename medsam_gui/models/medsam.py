@@ -1,0 +1,235 @@
+"""MedSAM inference engine (segment-anything ViT-B), reproducing MedSAM's reference inference.
+
+Pipeline for one slice (H, W) uint8 (already windowed to 0..255 over the whole volume by
+:func:`medsam_gui.core.intensity.volume_to_uint8`):
+
+1. :func:`preprocess_slice`: repeat to 3 channels, ``skimage.transform.resize`` to
+   1024x1024 (order=3, preserve_range=True, anti_aliasing=True), truncate to uint8, then
+   min-max normalise to [0, 1] by the image's own min/max (denominator clipped at 1e-8); no
+   SAM pixel mean/std. Result (1, 3, 1024, 1024) float32.
+2. image encoder -> embedding (1, 256, 64, 64).
+3. :func:`box_to_1024`: box (x0, y0, x1, y1) in slice pixels -> box / [W, H, W, H] * 1024.
+4. prompt encoder (box only) + mask decoder with ``multimask_output=False`` and the prompt
+   encoder's dense positional encoding -> low-res logits (1, 1, 256, 256).
+5. :func:`postprocess_low_res_logits`: sigmoid, bilinear resize (align_corners=False) to
+   (H, W), > 0.5 -> bool mask (H, W).
+
+No Qt, no work at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import CheckpointError
+from .checkpoints import file_sha256, load_state_dict_file
+from .device import autocast, pick_device, resolve_precision
+
+MODEL_NAME = "MedSAM (SAM ViT-B)"
+INPUT_SIZE = 1024
+
+_KNOWN_EMBED_DIMS = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H"}
+
+
+# ---------------------------------------------------------------- checkpoint validation
+
+def _diagnose_sam_weights(sd: Mapping[str, Any]) -> str | None:
+    """A sentence naming the model ``sd`` seems to belong to, when it is not SAM ViT-B."""
+    pe = sd.get("image_encoder.patch_embed.proj.weight")
+    if pe is not None and getattr(pe, "ndim", 0) == 4:
+        dim = int(pe.shape[0])
+        if dim != 768:
+            name = _KNOWN_EMBED_DIMS.get(dim, "a SAM variant")
+            depth = len({k.split(".")[2] for k in sd if k.startswith("image_encoder.blocks.")})
+            return (f"this looks like SAM {name} (embed dim {dim}, {depth} encoder blocks), "
+                    f"MedSAM needs ViT-B (embed dim 768, 12 blocks)")
+    if any(k.startswith(("enc_blocks.", "dec_blocks.")) for k in sd):
+        return "this looks like UniverSeg weights, not MedSAM/SAM ViT-B"
+    if not any(k.startswith(("image_encoder.", "mask_decoder.", "prompt_encoder.")) for k in sd):
+        return "these weights have none of SAM's image_encoder/prompt_encoder/mask_decoder keys"
+    if not any(k.startswith("image_encoder.") for k in sd):
+        return "the image encoder weights are missing (only part of SAM is in the file)"
+    return None
+
+
+def load_medsam_state_dict(path: str | os.PathLike) -> dict:
+    """Load and strictly validate a MedSAM / SAM ViT-B weights file; returns the state dict.
+
+    Accepts the official ``medsam_vit_b.pth`` and ``sam_vit_b_01ec64.pth`` (plain state dicts)
+    and training checkpoints (``{"model": state_dict, ...}`` with ``module.`` prefixes).
+    Raises CheckpointError naming what is wrong otherwise.
+    """
+    from .sam_loader import vit_b_state_dict_shapes
+
+    return load_state_dict_file(
+        path, expected_keys=vit_b_state_dict_shapes(), model_name=MODEL_NAME, diagnose=_diagnose_sam_weights
+    )
+
+
+# ---------------------------------------------------------------- pre/post-processing
+
+def resize_to_1024_uint8(slice_hw: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (1024, 1024) uint8 as the reference does it (3 equal channels resized
+    with skimage order=3, preserve_range, anti_aliasing, truncated to uint8). The channels are
+    identical, so one channel is resized (bit-identical to resizing the 3-channel image)."""
+    from skimage import transform
+
+    arr = np.asarray(slice_hw)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2D slice (H, W), got shape {arr.shape}")
+    out = transform.resize(arr, (INPUT_SIZE, INPUT_SIZE), order=3, preserve_range=True, anti_aliasing=True)
+    return out.astype(np.uint8)
+
+
+def normalize_1024(img_1024_uint8: np.ndarray) -> np.ndarray:
+    """(1024, 1024) uint8 -> float64 in [0, 1] by the image's own min/max (denominator >= 1e-8)."""
+    img = img_1024_uint8.astype(np.float64)
+    lo = img.min()
+    return (img - lo) / np.clip(img.max() - lo, a_min=1e-8, a_max=None)
+
+
+def preprocess_slice(slice_hw: np.ndarray):
+    """(H, W) uint8 slice -> encoder input tensor (1, 3, 1024, 1024) float32 on CPU."""
+    import torch
+
+    norm = normalize_1024(resize_to_1024_uint8(slice_hw))
+    t = torch.from_numpy(norm).float()
+    return t.unsqueeze(0).unsqueeze(0).expand(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous()
+
+
+def box_to_1024(box_xyxy: Sequence[float], hw: tuple[int, int]) -> np.ndarray:
+    """Box (x0, y0, x1, y1) in slice pixels of an (H, W) slice -> float64 (4,) in 1024 space."""
+    h, w = int(hw[0]), int(hw[1])
+    box = np.asarray(box_xyxy, dtype=np.float64).reshape(4)
+    return box / np.array([w, h, w, h], dtype=np.float64) * INPUT_SIZE
+
+
+def postprocess_low_res_logits(logits, hw: tuple[int, int]) -> np.ndarray:
+    """Low-res logits (B, 1, 256, 256) (torch tensor or numpy) -> bool mask (H, W) for B == 1,
+    or (B, H, W) for B > 1: sigmoid, bilinear resize to (H, W) (align_corners=False), > 0.5."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(logits).detach().float().cpu()
+    if t.ndim == 2:
+        t = t[None, None]
+    elif t.ndim == 3:
+        t = t[:, None]
+    prob = torch.sigmoid(t)
+    prob = F.interpolate(prob, size=(int(hw[0]), int(hw[1])), mode="bilinear", align_corners=False)
+    mask = (prob[:, 0] > 0.5).numpy()
+    return mask[0] if mask.shape[0] == 1 else mask
+
+
+# ---------------------------------------------------------------- engine
+
+class MedSAMEngine:
+    """MedSAM ViT-B on one device.
+
+    ``checkpoint``: path to the weights (validated strictly), or an already-validated state
+    dict (then ``checkpoint_id`` is derived from its tensors). ``device``: "auto" | "cpu" |
+    "cuda" | "mps". ``precision``: "fp32" (reference-exact) | "auto" | "bf16" (see
+    :mod:`medsam_gui.models.device`). Thread-safe: encoder calls are serialised by one lock
+    and decoder calls by another, so a box can be decoded (~0.1 s) while a background thread
+    runs the encoder (tens of seconds on a CPU) on another slice.
+    """
+
+    def __init__(self, checkpoint, device: str = "auto", precision: str = "fp32") -> None:
+        import torch
+
+        from .sam_loader import build_sam_vit_b
+
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if isinstance(checkpoint, Mapping):
+            sd = dict(checkpoint)
+            self.checkpoint_path: Path | None = None
+            self.checkpoint_id = _state_dict_id(sd)
+        else:
+            self.checkpoint_path = Path(checkpoint)
+            sd = load_medsam_state_dict(self.checkpoint_path)
+            self.checkpoint_id = file_sha256(self.checkpoint_path)
+        # Build on the meta device (no random init), then adopt the checkpoint's tensors.
+        with torch.device("meta"):
+            model = build_sam_vit_b()
+        try:
+            model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+        except RuntimeError as exc:  # a dict passed in directly that was not validated
+            raise CheckpointError(f"the weights do not fit {MODEL_NAME}: {str(exc)[:400]}") from None
+        del sd
+        # Non-persistent buffers (not in any checkpoint; unused by MedSAM's preprocessing).
+        model.register_buffer("pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1), False)
+        model.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1), False)
+        leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+        if leftover:  # pragma: no cover - would mean segment-anything changed
+            raise CheckpointError(f"internal error: {MODEL_NAME} tensors not loaded: {leftover[:5]}")
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._enc_lock = threading.Lock()
+        self._dec_lock = threading.Lock()
+        self._torch = torch
+
+    # -- encoder
+    def embed(self, slice_uint8_hw: np.ndarray):
+        """(H, W) uint8 slice -> image embedding (1, 256, 64, 64) float32 on CPU."""
+        x = preprocess_slice(slice_uint8_hw)
+        return self.embed_preprocessed(x)
+
+    def embed_preprocessed(self, x):
+        """Encoder input (1, 3, 1024, 1024) float32 -> embedding (1, 256, 64, 64) float32, CPU."""
+        torch = self._torch
+        with self._enc_lock, torch.inference_mode(), autocast(self.device, self.precision):
+            emb = self.model.image_encoder(x.to(self.device))
+        return emb.float().cpu()
+
+    # -- decoder
+    def decode_logits(self, embedding, box_xyxy, hw: tuple[int, int]):
+        """Low-res logits (B, 1, 256, 256) float32 (CPU) for box(es) (x0, y0, x1, y1) in slice
+        pixels on an (H, W) slice. ``box_xyxy`` is 4 numbers or (B, 4)."""
+        torch = self._torch
+        boxes = np.asarray(box_xyxy, dtype=np.float64).reshape(-1, 4)
+        boxes_1024 = np.stack([box_to_1024(b, hw) for b in boxes])
+        with self._dec_lock, torch.inference_mode(), autocast(self.device, self.precision):
+            emb = torch.as_tensor(embedding).to(self.device, dtype=torch.float32)
+            if emb.ndim == 3:
+                emb = emb[None]
+            box_t = torch.as_tensor(boxes_1024, dtype=torch.float, device=self.device)[:, None, :]
+            pe = self.model.prompt_encoder
+            sparse, dense = pe(points=None, boxes=box_t, masks=None)
+            logits, _ = self.model.mask_decoder(
+                image_embeddings=emb,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+        return logits.float().cpu()
+
+    def decode(self, embedding, box_xyxy, hw: tuple[int, int]) -> np.ndarray:
+        """bool mask (H, W) for one box (x0, y0, x1, y1) in slice pixels; (B, H, W) for B boxes."""
+        return postprocess_low_res_logits(self.decode_logits(embedding, box_xyxy, hw), hw)
+
+    def segment(self, slice_uint8_hw: np.ndarray, box_xyxy) -> np.ndarray:
+        """Embed one (H, W) uint8 slice and decode one box -> bool mask (H, W)."""
+        hw = tuple(np.asarray(slice_uint8_hw).shape[:2])
+        return self.decode(self.embed(slice_uint8_hw), box_xyxy, hw)
+
+
+def _state_dict_id(sd: Mapping[str, Any]) -> str:
+    """A sha256 over a state dict's names, shapes and a sample of each tensor's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        v = sd[k]
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        flat = v.detach().reshape(-1)[:4096].float().cpu().numpy()
+        h.update(flat.tobytes())
+    return "sd-" + h.hexdigest()

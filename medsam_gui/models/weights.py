@@ -1,0 +1,345 @@
+"""Model manager: which weight files the app knows, where they are, download and import.
+
+Known models (official sources):
+
+- ``medsam_vit_b``: MedSAM ViT-B, ``medsam_vit_b.pth`` (~358 MiB), Zenodo record 10689643
+  (doi:10.5281/zenodo.10689643, the file the MedSAM repository links besides its Google Drive
+  folder). Zenodo publishes an MD5 checksum (``3bb6db55bd0c9ca30b61248bca72f8d6``), no SHA-256:
+  downloads are verified with that MD5 (SHA-256 is None).
+- ``sam_vit_b``: Segment Anything ViT-B, ``sam_vit_b_01ec64.pth``, from dl.fbaipublicfiles.com;
+  SHA-256 ``ec2df627...c912`` (widely published; the name's ``01ec64`` is Meta's own tag).
+- ``universeg_v1``: UniverSeg v1, ``universeg_v1_nf64_ss64_STA.pt``, GitHub release of
+  JJGO/UniverSeg; no checksum is published (None): the file is validated by loading it.
+
+Downloads stream to ``<file>.part`` in ``config.weights_dir()``, are checked (length,
+checksum, and by loading the weights), and only then renamed into place; a failed or partial
+download never leaves a usable file. The URL of a model can be overridden with the
+environment variable ``MEDSAM_GUI_URL_<NAME>`` (e.g. ``MEDSAM_GUI_URL_MEDSAM_VIT_B``) or the
+``url=`` argument. Chosen files are remembered in the settings store (key ``"weights"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import config
+from ..errors import CheckpointError, MedsamGuiError, WeightsDownloadError
+
+SETTINGS_KEY = "weights"
+USER_AGENT = "medsam-gui (model download)"
+_USE_KNOWN: Any = object()
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    title: str
+    filename: str
+    url: str
+    source: str  # human-readable page of the official source
+    sha256: str | None
+    md5: str | None
+    size_bytes: int | None  # exact size when published (verified), else None
+    approx_mib: int
+    kind: str  # "sam" (MedSAM / SAM ViT-B) or "universeg"
+    note: str = ""
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            name="medsam_vit_b",
+            title="MedSAM ViT-B",
+            filename="medsam_vit_b.pth",
+            url="https://zenodo.org/records/10689643/files/medsam_vit_b.pth?download=1",
+            source="https://github.com/bowang-lab/MedSAM (weights: doi:10.5281/zenodo.10689643)",
+            sha256=None,
+            md5="3bb6db55bd0c9ca30b61248bca72f8d6",
+            size_bytes=None,
+            approx_mib=358,
+            kind="sam",
+            note="Zenodo publishes MD5 only; no SHA-256 is published.",
+        ),
+        KnownModel(
+            name="sam_vit_b",
+            title="Segment Anything ViT-B",
+            filename="sam_vit_b_01ec64.pth",
+            url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+            source="https://github.com/facebookresearch/segment-anything#model-checkpoints",
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            md5=None,
+            size_bytes=None,
+            approx_mib=358,
+            kind="sam",
+        ),
+        KnownModel(
+            name="universeg_v1",
+            title="UniverSeg v1",
+            filename="universeg_v1_nf64_ss64_STA.pt",
+            url="https://github.com/JJGO/UniverSeg/releases/download/weights/universeg_v1_nf64_ss64_STA.pt",
+            source="https://github.com/JJGO/UniverSeg",
+            sha256=None,
+            md5=None,
+            size_bytes=None,
+            approx_mib=5,
+            kind="universeg",
+            note="No checksum is published; the file is validated by loading it.",
+        ),
+    )
+}
+ALIASES = {"medsam": "medsam_vit_b", "sam": "sam_vit_b", "universeg": "universeg_v1"}
+
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+def get_model(name: str) -> KnownModel:
+    key = ALIASES.get(name.strip().lower(), name.strip().lower())
+    try:
+        return KNOWN_MODELS[key]
+    except KeyError:
+        raise MedsamGuiError(
+            f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)}"
+        ) from None
+
+
+def env_var_for(name: str) -> str:
+    return "MEDSAM_GUI_URL_" + get_model(name).name.upper()
+
+
+def model_url(name: str, url: str | None = None) -> str:
+    """The download URL: ``url`` if given, else $MEDSAM_GUI_URL_<NAME>, else the official one."""
+    if url:
+        return url
+    return os.environ.get(env_var_for(name)) or get_model(name).url
+
+
+# ------------------------------------------------------------------ remembered files
+
+def _recorded() -> dict[str, str]:
+    data = config.get_setting(SETTINGS_KEY, {})
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def _record(name: str, path: Path) -> None:
+    data = _recorded()
+    data[name] = str(Path(path).resolve())
+    config.set_setting(SETTINGS_KEY, data)
+
+
+def resolve(name: str) -> Path | None:
+    """Where the weights of ``name`` are: the remembered file if it still exists, else the
+    standard file in ``config.weights_dir()``, else None."""
+    model = get_model(name)
+    recorded = _recorded().get(model.name)
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    default = config.weights_dir() / model.filename
+    return default if default.is_file() else None
+
+
+def list_models() -> list[dict]:
+    """One dict per known model: its KnownModel fields plus ``path`` (str or None)."""
+    out = []
+    for m in KNOWN_MODELS.values():
+        d = asdict(m)
+        p = resolve(m.name)
+        d["path"] = str(p) if p else None
+        out.append(d)
+    return out
+
+
+# ------------------------------------------------------------------ validation
+
+def validate_file(name: str, path: str | os.PathLike) -> None:
+    """Load ``path`` as weights of ``name`` (strictly); raises CheckpointError if unusable."""
+    model = get_model(name)
+    if model.kind == "sam":
+        from .medsam import load_medsam_state_dict
+
+        load_medsam_state_dict(path)
+        return
+    # universeg: read the file safely here (file-level errors), then let the real network's
+    # strict loader judge the keys when that module exists
+    from .checkpoints import load_checkpoint_object
+
+    obj = load_checkpoint_object(path, model_name="UniverSeg v1")
+    try:
+        from .universeg import universeg_v1  # type: ignore[attr-defined]
+    except ImportError:
+        universeg_v1 = None
+    if universeg_v1 is not None:
+        try:
+            universeg_v1(weights=obj)
+        except MedsamGuiError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{path} does not hold UniverSeg v1 weights: {str(exc)[:300]}") from None
+        return
+    from .checkpoints import extract_state_dict
+
+    sd = extract_state_dict(obj, source=str(path), model_name="UniverSeg v1")
+    if not any(k.startswith("enc_blocks.") for k in sd):
+        raise CheckpointError(
+            f"{path} does not hold UniverSeg v1 weights (no enc_blocks.* keys; first keys: "
+            f"{', '.join(list(sd)[:4])})."
+        )
+
+
+# ------------------------------------------------------------------ import
+
+def import_weights(name: str, file: str | os.PathLike, *, copy: bool = True) -> Path:
+    """Use a weights file the user already has: validate it by loading it, then copy it into
+    ``config.weights_dir()`` (``copy=True``) or just remember its path. Returns the path used."""
+    model = get_model(name)
+    src = Path(file).expanduser()
+    validate_file(model.name, src)
+    if copy:
+        dest = config.weights_dir() / model.filename
+        if not (dest.exists() and dest.resolve() == src.resolve()):
+            part = dest.with_name(dest.name + ".part")
+            try:
+                shutil.copyfile(src, part)
+                os.replace(part, dest)
+            except OSError as exc:
+                _unlink(part)
+                raise MedsamGuiError(
+                    f"could not copy {src} to {dest}: {exc.strerror or exc}. Free some disk space "
+                    f"or import without copying."
+                ) from None
+        used = dest
+    else:
+        used = src.resolve()
+    _record(model.name, used)
+    return used
+
+
+# ------------------------------------------------------------------ download
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
+
+
+def _offline_message(host: str, url: str, model: KnownModel, detail: str) -> str:
+    return (
+        f"could not reach {host}: you seem to be offline ({detail}); download {url} in a browser "
+        f"and import it with `medsam-gui weights import {model.name} FILE` or File > Load weights"
+    )
+
+
+def download(
+    name: str,
+    *,
+    url: str | None = None,
+    progress: ProgressCallback | None = None,
+    sha256: str | None = _USE_KNOWN,
+    md5: str | None = _USE_KNOWN,
+    validate: bool = True,
+    dest_dir: str | os.PathLike | None = None,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+) -> Path:
+    """Download the weights of ``name`` and return the final path.
+
+    ``progress(done_bytes, total_bytes_or_None)`` is called as data arrives. ``sha256`` /
+    ``md5`` default to the known checksums (pass None to skip, or a hex digest for a custom
+    URL). ``validate`` also loads the file as weights before accepting it. The file is
+    written as ``<name>.part`` and renamed only when everything checks out; on any failure no
+    file is left. Raises WeightsDownloadError (or CheckpointError for a file that is not
+    the model's weights).
+    """
+    model = get_model(name)
+    src = model_url(model.name, url)
+    want_sha = model.sha256 if sha256 is _USE_KNOWN else sha256
+    want_md5 = model.md5 if md5 is _USE_KNOWN else md5
+    host = urllib.parse.urlsplit(src).hostname or src
+    folder = Path(dest_dir) if dest_dir is not None else config.weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / model.filename
+    part = folder / (model.filename + ".part")
+    _unlink(part)
+    how_to = (f"download {src} in a browser and import it with `medsam-gui weights import "
+              f"{model.name} FILE` or File > Load weights")
+    sha = hashlib.sha256()
+    md = hashlib.md5(usedforsecurity=False)
+    done = 0
+    total: int | None = None
+    try:
+        req = urllib.request.Request(src, headers={"User-Agent": USER_AGENT})
+        try:
+            resp = urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            raise WeightsDownloadError(
+                f"the server {host} answered HTTP {exc.code} ({exc.reason}) for {src}; the file may "
+                f"have moved. {how_to[0].upper() + how_to[1:]}"
+            ) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            detail = getattr(reason, "strerror", None) or str(reason)
+            raise WeightsDownloadError(_offline_message(host, src, model, detail)) from None
+        except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+            raise WeightsDownloadError(_offline_message(host, src, model, str(exc) or type(exc).__name__)) from None
+        with resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if progress:
+                progress(0, total)
+            with open(part, "wb") as fh:
+                while True:
+                    try:
+                        block = resp.read(chunk_size)
+                    except (HTTPException, OSError) as exc:
+                        raise WeightsDownloadError(
+                            f"the download of {model.filename} from {host} was interrupted after "
+                            f"{done} bytes ({type(exc).__name__}); nothing was kept. Try again, or {how_to}"
+                        ) from None
+                    if not block:
+                        break
+                    fh.write(block)
+                    sha.update(block)
+                    md.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+        if total is not None and done != total:
+            raise WeightsDownloadError(
+                f"the download of {model.filename} from {host} was interrupted after {done} of "
+                f"{total} bytes; nothing was kept. Try again, or {how_to}"
+            )
+        if done == 0:
+            raise WeightsDownloadError(f"the server {host} sent an empty file for {src}; nothing was kept. {how_to}")
+        if model.size_bytes is not None and url is None and done != model.size_bytes:
+            raise WeightsDownloadError(
+                f"{model.filename} has {done} bytes, expected {model.size_bytes}; it was deleted. {how_to}"
+            )
+        if want_sha and sha.hexdigest().lower() != want_sha.lower():
+            raise WeightsDownloadError(
+                f"{model.filename} failed its SHA-256 check (expected {want_sha}, got {sha.hexdigest()}); "
+                f"the file was deleted. Try again, or {how_to}"
+            )
+        if want_md5 and md.hexdigest().lower() != want_md5.lower():
+            raise WeightsDownloadError(
+                f"{model.filename} failed its MD5 check (expected {want_md5}, got {md.hexdigest()}); "
+                f"the file was deleted. Try again, or {how_to}"
+            )
+        if validate:
+            validate_file(model.name, part)
+        os.replace(part, dest)
+    except BaseException:
+        _unlink(part)
+        raise
+    _record(model.name, dest)
+    return dest
