@@ -10,7 +10,7 @@ parametrisation at collection time); ``build_scan_corpus(folder)`` and
   replaced and counted in ``meta["nonfinite_replaced"]``, ``"oblique"`` an oblique direction),
   ``"error"`` (must raise a MedsamGuiError, of class ``error`` when given), ``"either"``
   (a valid Volume or a MedsamGuiError are both acceptable), or ``"error_or_notice"`` (a
-  MedsamGuiError, or a valid Volume whose ``meta`` carries a non-empty notice/warning entry:
+  MedsamGuiError, or a valid Volume whose ``meta["notices"]`` is a non-empty list of strings:
   the user must be told, never handed silently wrong geometry);
 - checkpoints: every case must raise CheckpointError from the loaders named in ``targets``
   (``"medsam"``, ``"universeg"``).

@@ -25,19 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CASE_TIMEOUT_S = 30.0
 
 # case name -> reason (strict xfail: remove the entry when the owning module is fixed)
-KNOWN_SCAN_FAILURES: dict[str, str] = {
-    "truncated .nii.gz at -40": "io.load_volume opens a .nii.gz whose last 40 compressed bytes are cut: "
-                                "returns the full (35, 52, 34) grid with 30 wrong voxels at the end, no error",
-    "truncated .nii at -7": "io.load_volume opens a .nii missing its last 7 bytes: full grid returned, the "
-                            "last 2 voxels wrong, no error (_check_nifti_complete misses short cuts)",
-    "dicom missing slices": "io.load_volume opens a series with a gap in ImagePositionPatient as a uniform "
-                            "grid (spacing averaged to 3.75 mm) with no notice in meta: slices after the gap "
-                            "are misplaced",
-    "dicom duplicate positions": "io.load_volume opens two slices at the same position as a uniform grid "
-                                 "(spacing 1.67 mm) with no notice",
-    "dicom truncated member": "io.load_volume silently drops a truncated file of a series (GDCM skips it) "
-                              "and opens 3 of 4 slices with no notice",
-}
+KNOWN_SCAN_FAILURES: dict[str, str] = {}
 KNOWN_CHECKPOINT_FAILURES: dict[tuple[str, str], str] = {}
 
 
@@ -92,6 +80,9 @@ def _check_valid_volume(vol, case) -> None:
     d = np.asarray(vol.direction, float).reshape(3, 3)
     assert np.isfinite(d).all() and abs(np.linalg.det(d)) > 1e-6, f"bad direction {vol.direction}"
     assert vol.path, "no path recorded"
+    assert isinstance(vol.meta.get("notices"), list), f"meta['notices'] missing: {sorted(vol.meta)}"
+    if case.notice or "component" in case.kwargs:  # every non-fatal finding is told to the user
+        assert _has_notice(vol), f"no notice for {case.notice or 'component'}: {vol.meta.get('notices')}"
     if case.notice == "2d":
         assert arr.shape[0] == 1, f"2D image should be one slice, got {arr.shape}"
     if case.notice == "nonfinite":
@@ -107,7 +98,9 @@ def _check_valid_volume(vol, case) -> None:
 
 
 def _has_notice(vol) -> bool:
-    return any(("notice" in k or "warning" in k) and v for k, v in vol.meta.items())
+    """The agreed convention: ``meta["notices"]`` is a non-empty list of non-empty strings."""
+    notices = vol.meta.get("notices")
+    return isinstance(notices, list) and bool(notices) and all(isinstance(n, str) and n.strip() for n in notices)
 
 
 def _scan_params():

@@ -148,8 +148,9 @@ def test_read_only_folder_chmod(tmp_path, volumes):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        with pytest.raises(ExportError, match="Cannot write in the folder"):
+        with pytest.raises(ExportError, match=r"seg\.nii\.gz: the folder .*ro is read-only for you") as ei:
             save_labels(np.zeros(vol.shape, np.uint8), vol, ro / "seg.nii.gz")
+        assert "Choose a folder you can write to" in str(ei.value)
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
@@ -160,7 +161,8 @@ def test_unwritable_system_folder(volumes):
     if not target_dir.is_dir():
         pytest.skip("no /sys")
     vol = volumes[PAIRS[0][0]]
-    with pytest.raises(ExportError, match="Cannot write in the folder"):
+    # (core.atomic.describe_os_error words it: the folder is read-only for you / permission denied)
+    with pytest.raises(ExportError, match=r"Could not write /sys/seg\.nii\.gz: the folder /sys is read-only"):
         save_labels(np.zeros(vol.shape, np.uint8), vol, target_dir / "seg.nii.gz")
     assert not (target_dir / "seg.nii.gz").exists()
 
@@ -186,9 +188,47 @@ def test_write_failure_leaves_nothing(tmp_path, volumes, monkeypatch):
 
     monkeypatch.setattr(sitk, "WriteImage", real_write)
     monkeypatch.setattr(os, "replace", replace_fails)
-    with pytest.raises(ExportError, match="Read-only"):
+    with pytest.raises(ExportError, match="read-only file system"):
         save_labels(np.zeros(vol.shape, np.uint8), vol, tmp_path / "seg.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_read_back_replaces_nothing(tmp_path, volumes, monkeypatch):
+    """The read-back check runs on the temp file before it replaces anything: a writer that
+    silently drops the geometry leaves the old file exactly as it was and no temp file."""
+    vol = volumes[PAIRS[0][0]]
+    target = tmp_path / "seg.nii.gz"
+    target.write_bytes(b"old")
+    real_write = sitk.WriteImage
+
+    def write_without_geometry(img, path, *a, **k):
+        bare = sitk.GetImageFromArray(sitk.GetArrayFromImage(img))
+        real_write(bare, path, *a, **k)
+
+    monkeypatch.setattr(sitk, "WriteImage", write_without_geometry)
+    with pytest.raises(ExportError, match="does not hold the scan's exact grid"):
+        save_labels(np.zeros(vol.shape, np.uint8), vol, target, overwrite=True)
+    assert target.read_bytes() == b"old"
+    assert _leftovers(tmp_path, {"seg.nii.gz"}) == []
+
+
+def test_uses_the_shared_atomic_writer(tmp_path, volumes, monkeypatch):
+    """save_labels goes through core.atomic.atomic_write (one atomic-write mechanism)."""
+    import medsam_gui.core.atomic as atomic
+    import medsam_gui.io.writers as writers
+
+    calls = []
+    real = atomic.atomic_write
+
+    def spy(path, write_fn, *, verify=None):
+        calls.append((Path(path), verify is not None))
+        return real(path, write_fn, verify=verify)
+
+    monkeypatch.setattr(writers, "atomic_write", spy)
+    vol = volumes[PAIRS[0][0]]
+    out = save_labels(np.zeros(vol.shape, np.uint8), vol, tmp_path / "seg.nrrd")
+    assert calls == [(out, True)]
+    assert not hasattr(writers, "tempfile")
 
 
 def test_label_description_written_beside(tmp_path, volumes):

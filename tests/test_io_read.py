@@ -44,6 +44,7 @@ def test_every_scan_equals_simpleitk(path):
     assert vol.origin == tuple(ref.GetOrigin())
     assert vol.direction == tuple(ref.GetDirection())
     assert vol.meta["nonfinite_replaced"] == 0
+    assert vol.meta["notices"] == []  # clean axis-aligned 3D scans: nothing to tell
     assert vol.path == str(path)
 
 
@@ -62,6 +63,7 @@ def test_dicom_series_matches_nrrd():
     np.testing.assert_allclose(vol.direction, ref.GetDirection(), atol=1e-4)
     assert vol.modality == "CT"
     assert vol.meta["series_uid"] == s.uid
+    assert vol.meta["notices"] == [] and s.damaged_files == [] and s.unidentified_files == []
     # by uid too
     vol2 = load_volume(DICOM_DIR, series_uid=s.uid)
     assert np.array_equal(vol2.array, vol.array)
@@ -165,6 +167,50 @@ def test_truncated_uncompressed_nii(tmp_path, small_nii_bytes):
     assert load_volume(full).shape == (30, 101, 122)
 
 
+@pytest.mark.parametrize("cut", [1, 7, 2000])
+def test_truncated_nii_short_cuts_name_the_sizes(tmp_path, small_nii_bytes, cut):
+    """A .nii missing even its last byte is refused with the declared vs present voxel bytes
+    (the 352-byte header counted: ITK would pad the missing voxels with garbage)."""
+    raw = gzip.decompress(small_nii_bytes)
+    n_data = 30 * 101 * 122 * 2  # int16
+    assert len(raw) == 352 + n_data
+    p = tmp_path / "short.nii"
+    p.write_bytes(raw[:-cut])
+    with pytest.raises(ScanReadError) as ei:
+        load_volume(p)
+    assert (f"the file is truncated: expected {n_data:,} bytes of voxel data, found {n_data - cut:,}"
+            in str(ei.value))
+    padded = tmp_path / "padded.nii"  # extra bytes after the data are harmless
+    padded.write_bytes(raw + b"\0" * 16)
+    assert np.array_equal(load_volume(padded).array, load_volume(DATA / "totalsegmentator_example_ct/example_ct_sm.nii.gz").array)
+
+
+@pytest.mark.parametrize("cut", [40, 12])
+def test_truncated_niigz_tail_refused(tmp_path, small_nii_bytes, cut):
+    """Cutting the last bytes of a .nii.gz loses the end of the voxel data (and the gzip trailer)."""
+    p = tmp_path / "tail.nii.gz"
+    p.write_bytes(small_nii_bytes[:-cut])
+    with pytest.raises(ScanReadError, match=r"the file is truncated: expected 739,320 bytes of voxel data, found \d"):
+        load_volume(p)
+
+
+def test_nifti_layout_parser_nifti1_and_2(tmp_path, small_nii_bytes):
+    """Data offset and size from the raw header (NIfTI-1 and -2, either byte order); not NIfTI: None."""
+    from medsam_gui.io.readers import _nifti_layout
+
+    nib = pytest.importorskip("nibabel")
+    assert _nifti_layout(gzip.decompress(small_nii_bytes)[:540]) == (352, 30 * 101 * 122 * 2)
+    arr = np.zeros((6, 5, 4), np.float32)
+    for cls, hdr, offset in ((nib.Nifti2Image, nib.Nifti2Header(), 544),
+                             (nib.Nifti1Image, nib.Nifti1Header(endianness=">"), 352)):
+        p = tmp_path / "h.nii"
+        nib.save(cls(arr, np.eye(4), header=hdr), str(p))
+        head = p.read_bytes()[:540]
+        assert head[:4] in (b"\x00\x00\x01\x5c", b"\x1c\x02\x00\x00")  # big-endian 348 / little 540
+        assert _nifti_layout(head) == (offset, 6 * 5 * 4 * 4)
+    assert _nifti_layout(b"\0" * 540) is None and _nifti_layout(b"short") is None
+
+
 @pytest.mark.parametrize("ext", [".nrrd", ".mha"])
 def test_truncated_nrrd_mha(tmp_path, ext):
     img = sitk.ReadImage(str(DATA / "msd_hippocampus/hippocampus_003_image.nii.gz"))
@@ -210,6 +256,93 @@ def test_empty_folder_missing_path_empty_file(tmp_path):
     assert list_dicom_series(tmp_path) == []
 
 
+# --- DICOM series that fit no regular grid --------------------------------------------------------
+
+def _series(folder, z_positions, seed=0, uid="1.2.826.0.1.3680043.8.498.901"):
+    import hostile_corpus as hc  # tests/ is on sys.path
+
+    return hc._dicom_series(folder, uid=uid, z_positions=z_positions, seed=seed)
+
+
+def _rewrite_slice(src: Path, dst: Path, **tags) -> None:
+    img = sitk.ReadImage(str(src))
+    for k, v in tags.items():
+        img.SetMetaData(k, v)
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    w.SetFileName(str(dst))
+    w.Execute(img)
+
+
+def test_dicom_gap_refused_naming_positions(tmp_path):
+    d = _series(tmp_path / "gap", [0, 2.5, 5, 12.5, 15])
+    with pytest.raises(ScanReadError) as ei:
+        load_volume(d)
+    msg = str(ei.value)
+    assert "slices missing between z=5 mm and z=12.5 mm" in msg and "the series is incomplete" in msg
+    assert "about 2 slices" in msg and "2.5 mm apart" in msg
+    _assert_no_dump(ei.value)
+    # a series sorted from high to low positions says the same
+    d2 = _series(tmp_path / "gap_down", [15, 12.5, 5, 2.5, 0])
+    with pytest.raises(ScanReadError, match="slices missing between z=12.5 mm and z=5 mm|"
+                                            "slices missing between z=5 mm and z=12.5 mm"):
+        load_volume(d2)
+
+
+def test_dicom_uneven_spacing_refused_rounding_accepted(tmp_path):
+    with pytest.raises(ScanReadError, match="slice spacing is not uniform"):
+        load_volume(_series(tmp_path / "uneven", [0, 2.5, 4.0, 6.5, 9.0]))
+    # position rounding (< 1 % of the step) is not a gap: opens, spacing the mean step, no notice
+    vol = load_volume(_series(tmp_path / "rounded", [0, 2.5, 5.02, 7.5, 10.0]))
+    assert vol.shape == (5, 10, 12) and vol.meta["notices"] == []
+    assert vol.spacing[2] == pytest.approx(2.5, abs=1e-6)
+
+
+def test_dicom_duplicates(tmp_path):
+    # two different images at one position: refused, both files named
+    with pytest.raises(ScanReadError, match=r"two different slices at the same position z=2\.5 mm "
+                                            r"\(img001\.dcm and img002\.dcm\)"):
+        load_volume(_series(tmp_path / "dup", [0, 2.5, 2.5, 5]))
+    # an identical copy of a slice (same pixels, same position): one kept, a notice says so
+    d = _series(tmp_path / "copy", [0, 2.5, 5, 7.5])
+    ref = load_volume(d)
+    _rewrite_slice(d / "img001.dcm", d / "img001_copy.dcm", **{"0008|0018": "1.2.826.0.1.3680043.8.498.901.99"})
+    assert list_dicom_series(d)[0].n_slices == 5
+    vol = load_volume(d)
+    assert vol.shape == (4, 10, 12) and np.array_equal(vol.array, ref.array)
+    assert vol.spacing == pytest.approx(ref.spacing) and vol.origin == pytest.approx(ref.origin)
+    assert len(vol.meta["notices"]) == 1 and "duplicate slice" in vol.meta["notices"][0]
+
+
+def test_dicom_truncated_member_refused(tmp_path):
+    d = _series(tmp_path / "trunc", [0, 2.5, 5, 7.5])
+    victim = d / "img003.dcm"  # the last slice: no gap would reveal it
+    victim.write_bytes(victim.read_bytes()[:700])  # header (with the series UID) kept, pixels cut
+    info = list_dicom_series(d)[0]
+    assert info.n_slices == 3 and [Path(f).name for f in info.damaged_files] == ["img003.dcm"]
+    with pytest.raises(ScanReadError, match=r"is incomplete: img003\.dcm belongs to it but cannot be read"):
+        load_volume(d)
+    with pytest.raises(ScanReadError, match="img003.dcm"):  # opened through one of its files too
+        load_volume(d / "img000.dcm")
+
+
+def test_dicom_unidentifiable_damaged_file_gives_notice(tmp_path):
+    d = _series(tmp_path / "stub", [0, 2.5, 5])
+    stub = d / "zz_stub.dcm"
+    stub.write_bytes((d / "img000.dcm").read_bytes()[:300])  # DICM preamble, no series UID left
+    vol = load_volume(d)
+    assert vol.shape == (3, 10, 12)
+    assert len(vol.meta["notices"]) == 1 and "zz_stub.dcm" in vol.meta["notices"][0]
+    assert volume_info(vol)["notices"] == vol.meta["notices"]
+
+
+def test_dicom_mixed_orientations_refused(tmp_path):
+    d = _series(tmp_path / "planes", [0, 2.5, 5])
+    _rewrite_slice(d / "img002.dcm", d / "img002.dcm", **{"0020|0037": "1\\0\\0\\0\\0\\-1"})
+    with pytest.raises(ScanReadError, match="different orientations"):
+        load_volume(d)
+
+
 def test_2d_image_opens_as_one_slice(tmp_path):
     arr = np.arange(12 * 7, dtype=np.int16).reshape(7, 12)
     img = sitk.GetImageFromArray(arr)
@@ -221,6 +354,7 @@ def test_2d_image_opens_as_one_slice(tmp_path):
         vol = load_volume(p)
         assert vol.shape == (1, 7, 12)
         assert np.array_equal(vol.array[0], arr.astype(vol.array.dtype))
+        assert len(vol.meta["notices"]) == 1 and "2D image" in vol.meta["notices"][0]
         if name.endswith("gz"):
             np.testing.assert_allclose(vol.spacing, (0.5, 0.7, 1.0), atol=1e-6)
             np.testing.assert_allclose(vol.origin, (3.0, -4.0, 0.0), atol=1e-6)
@@ -238,6 +372,7 @@ def test_4d_image_needs_component(tmp_path):
     vol = load_volume(p, component=1)
     assert np.array_equal(vol.array, vols[1])
     assert len(vol.direction) == 9 and vol.meta["component"] == 1
+    assert vol.meta["notices"] == ["This image holds 3 volumes (4th dimension); volume 1 (counting from 0) was opened."]
     with pytest.raises(ScanReadError, match="component must be"):
         load_volume(p, component=3)
 
@@ -255,6 +390,7 @@ def test_vector_image_needs_component(tmp_path, ext):
     assert ei.value.n_components == 3
     vol = load_volume(p, component=2)
     assert np.array_equal(vol.array, chans[2])
+    assert any("3 channels" in n and "channel 2" in n for n in vol.meta["notices"])
     assert vol.spacing == (1.5, 2.0, 2.5)
 
 
@@ -272,6 +408,8 @@ def test_nan_inf_replaced(tmp_path, ext):
     finite_min = np.nanmin(np.where(np.isfinite(arr), arr, np.nan))
     assert vol.array[0, 0, 0] == finite_min and vol.array[1, 2, 3] == finite_min
     assert volume_info(vol)["nonfinite_replaced"] == 3
+    assert vol.meta["notices"] == [f"3 voxels were not a number (NaN) or infinite; they were set to the "
+                                   f"smallest finite value ({finite_min:g})."]
 
 
 def test_huge_declared_header_refused(tmp_path):
@@ -302,6 +440,13 @@ def test_non_orthogonal_direction_loads_as_oblique(tmp_path):
     orient = DisplayOrientation.from_direction(vol.direction, vol.shape)
     assert orient.oblique and orient.is_identity
     assert volume_info(vol)["oblique"] is True
+    assert len(vol.meta["notices"]) == 1 and "not perpendicular" in vol.meta["notices"][0]
+    # a rotated (orthonormal) direction is told as oblique
+    a = np.deg2rad(30)  # (core.orientation: oblique once no axis is within ~25 degrees)
+    img.SetDirection((np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0, 0, 0, 1))
+    sitk.WriteImage(img, str(p))
+    notices = load_volume(p).meta["notices"]
+    assert len(notices) == 1 and "oblique" in notices[0]
 
 
 def test_singular_direction_clear_error(tmp_path):

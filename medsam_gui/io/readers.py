@@ -9,6 +9,11 @@ vector-pixel image needs ``component=`` (else :class:`MultiComponentError`).
 Float voxels that are NaN/Inf are replaced with the smallest finite value
 (count in ``volume.meta["nonfinite_replaced"]``).
 
+Non-fatal findings are told, never hidden: ``volume.meta["notices"]`` is a list of
+human-readable strings (NaN/Inf replaced, 2D image opened as one slice, oblique or sheared
+direction, component chosen, DICOM duplicates dropped, ...) that the GUI shows. Truncated files
+and DICOM series that fit no regular grid are refused (ScanReadError), never opened wrong.
+
 Modality guess (:func:`guess_modality`): the DICOM Modality tag when it says CT or MR;
 otherwise CT when the data are integers with a minimum between -3100 and -900 (air/padding
 in Hounsfield units), else MR. The user can change it.
@@ -87,25 +92,71 @@ def _check_size(path, size, n_comp: int = 1) -> None:
 
 # --- NIfTI completeness (ITK reads a truncated NIfTI without complaint, padding with garbage) ---
 
-def _nifti_expected_bytes(path: Path) -> int | None:
-    try:
-        import nibabel as nib
+_NIFTI1_HDR, _NIFTI2_HDR = 348, 540
 
-        img = nib.load(str(path))
-        hdr = img.header
-        n = int(np.prod(img.shape, dtype=np.int64))
-        return int(hdr.get_data_offset()) + n * int(hdr.get_data_dtype().itemsize)
-    except Exception:  # nibabel cannot parse it: leave the judgement to ITK
+
+def _nifti_layout(head: bytes) -> tuple[int, int] | None:
+    """(voxel data offset, voxel data bytes) from the first bytes of a single-file NIfTI-1/-2
+    (``n+1`` / ``n+2``); None when ``head`` is not such a header (ITK then judges the file).
+
+    Parsed here rather than with nibabel: nibabel's loaded header reports a data offset of 0
+    for ``.nii`` files, which under-counts the expected size by the 352-byte header.
+    """
+    import struct
+
+    if len(head) < _NIFTI1_HDR:
         return None
+    for endian in "<>":
+        sizeof_hdr = struct.unpack_from(endian + "i", head, 0)[0]
+        if sizeof_hdr == _NIFTI1_HDR:
+            dims = struct.unpack_from(endian + "8h", head, 40)
+            bitpix = struct.unpack_from(endian + "h", head, 72)[0]
+            offset = int(struct.unpack_from(endian + "f", head, 108)[0])
+            hdr_size = _NIFTI1_HDR
+            break
+        if sizeof_hdr == _NIFTI2_HDR and len(head) >= _NIFTI2_HDR:
+            bitpix = struct.unpack_from(endian + "h", head, 14)[0]
+            dims = struct.unpack_from(endian + "8q", head, 16)
+            offset = int(struct.unpack_from(endian + "q", head, 168)[0])
+            hdr_size = _NIFTI2_HDR
+            break
+    else:
+        return None
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8:
+        return None
+    n = 1
+    for d in dims[1:ndim + 1]:
+        n *= max(int(d), 1)
+    # niftilib reads a single file's data from max(vox_offset, header size)
+    return max(offset, hdr_size), n * (int(bitpix) // 8)
 
 
 def _check_nifti_complete(path: Path) -> None:
-    expected = _nifti_expected_bytes(path)
-    if expected is None:
+    """ScanReadError when a .nii / .nii.gz holds fewer voxel bytes than its header declares.
+
+    A .nii is judged by its file size; a .nii.gz by its gzip trailer (ISIZE) when that agrees,
+    else by decompressing (streamed) until the declared size is reached.
+    """
+    import gzip
+
+    gz = file_suffix(path) == ".nii.gz"
+    try:
+        if gz:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(_NIFTI2_HDR)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(_NIFTI2_HDR)
+    except (OSError, EOFError, zlib.error):
+        return  # not a readable gzip/NIfTI start: ITK's own error says so
+    layout = _nifti_layout(head)
+    if layout is None:
         return
-    short = False
-    if file_suffix(path) == ".nii":
-        short = path.stat().st_size < expected
+    offset, n_data = layout
+    expected = offset + n_data
+    if not gz:
+        got = path.stat().st_size
     else:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -115,22 +166,24 @@ def _check_nifti_complete(path: Path) -> None:
                 if isize == expected % 2**32:
                     return  # the gzip trailer says it holds exactly header + data
             fh.seek(0)
-            short = _gzip_payload_shorter_than(fh, expected)
-    if short:
+            got = _gzip_payload_length(fh, expected)
+    if got < expected:
         raise ScanReadError(
-            f"{path} is truncated or damaged: it holds less image data than its header declares. "
+            f"Cannot open {path}: the file is truncated: expected {n_data:,} bytes of voxel data, "
+            f"found {max(got - offset, 0):,} (an interrupted copy or download?). "
             "Copy or export the file again."
         )
 
 
-def _gzip_payload_shorter_than(fh, expected: int) -> bool:
-    """Decompress (possibly multi-member) gzip until ``expected`` bytes came out; True if it ends first."""
+def _gzip_payload_length(fh, expected: int) -> int:
+    """Decompressed length of a (possibly multi-member) gzip stream, counted up to ``expected``
+    (stops there); a stream that ends early or is corrupt returns what came out before that."""
     got = 0
     dec = zlib.decompressobj(wbits=31)
     while got < expected:
         chunk = fh.read(1 << 20)
         if not chunk:
-            return True
+            return got
         try:
             got += len(dec.decompress(chunk))
             while dec.eof and got < expected:
@@ -140,8 +193,8 @@ def _gzip_payload_shorter_than(fh, expected: int) -> bool:
                     break
                 got += len(dec.decompress(rest))
         except zlib.error:
-            return True
-    return False
+            return got
+    return got
 
 
 # --- SimpleITK images -> arrays + geometry -----------------------------------------------------
@@ -193,7 +246,9 @@ def _read_sitk_file(path: Path, component: int | None):
     return img, fmt
 
 
-def _check_components(path, size, n_comp: int, component: int | None) -> None:
+def _check_components(path, size, n_comp: int, component: int | None) -> int:
+    """How many volumes/channels there are (1 for a plain scan); raises when several and
+    ``component`` is None (MultiComponentError) or out of range (ScanReadError)."""
     n4 = int(size[3]) if len(size) == 4 else 1
     if n4 > 1 and n_comp > 1:
         raise ScanReadError(f"{path} is a 4D image with {n_comp}-component pixels; this is not supported.")
@@ -204,6 +259,7 @@ def _check_components(path, size, n_comp: int, component: int | None) -> None:
             raise MultiComponentError(path, n, kind)
         if not 0 <= int(component) < n:
             raise ScanReadError(f"{path} has {n} {kind}; component must be 0 to {n - 1}, got {component}.")
+    return n
 
 
 def _sitk_to_parts(img, component: int | None):
@@ -228,8 +284,9 @@ def _sitk_to_parts(img, component: int | None):
     return arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection()
 
 
-def _read_mgh(path: Path, component: int | None):
-    """FreeSurfer .mgz/.mgh with nibabel -> (array zyx, spacing, origin, direction9) in ITK LPS terms."""
+def _read_mgh(path: Path, component: int | None, facts: dict[str, Any]):
+    """FreeSurfer .mgz/.mgh with nibabel -> (array zyx, spacing, origin, direction9) in ITK LPS terms.
+    Records ``n_components`` / ``component_kind`` / ``two_d`` in ``facts`` (for notices)."""
     import nibabel as nib
 
     try:
@@ -241,7 +298,9 @@ def _read_mgh(path: Path, component: int | None):
         raise ScanReadError(f"{path} is a {len(shape)}D image; only 3D and 4D images can be opened.")
     _check_size(path, shape)
     if len(shape) == 4:
-        _check_components(path, shape, 1, component)
+        facts["n_components"] = _check_components(path, shape, 1, component)
+        facts["component_kind"] = "volumes (4th dimension)"
+    facts["two_d"] = len(shape) < 3
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
@@ -292,16 +351,42 @@ def guess_modality(array: np.ndarray, dicom_modality: str | None = None) -> str:
     return "MR"
 
 
-def _replace_nonfinite(arr: np.ndarray) -> int:
-    """In place: NaN/Inf -> the finite minimum (0 if there is none). Returns how many were replaced."""
+def _replace_nonfinite(arr: np.ndarray) -> tuple[int, float]:
+    """In place: NaN/Inf -> the finite minimum (0 if there is none).
+    Returns (how many were replaced, the value they got)."""
     if not np.issubdtype(arr.dtype, np.floating):
-        return 0
+        return 0, 0.0
     bad = ~np.isfinite(arr)
     n = int(bad.sum())
+    value = 0.0
     if n:
         finite = arr[~bad]
-        arr[bad] = finite.min() if finite.size else 0
-    return n
+        value = float(finite.min()) if finite.size else 0.0
+        arr[bad] = value
+    return n, value
+
+
+def _component_facts(img) -> tuple[int, str]:
+    """(number of volumes/channels, their kind) of a SimpleITK image before selection."""
+    if img.GetDimension() == 4 and img.GetSize()[3] > 1:
+        return int(img.GetSize()[3]), "volumes (4th dimension)"
+    return int(img.GetNumberOfComponentsPerPixel()), "channels per voxel"
+
+
+def _geometry_notices(direction) -> list[str]:
+    """Notices for a sheared (non-orthogonal) or oblique direction matrix; [] when axis aligned."""
+    from ..core.orientation import ORTHO_TOL, is_oblique
+
+    m = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.allclose(m.T @ m, np.eye(3), atol=ORTHO_TOL):
+        return ["The scan's axes are not perpendicular to each other (a sheared, non-orthogonal direction "
+                "matrix). It is shown on its own voxel grid without re-slicing, so the views are distorted "
+                "and the orientation labels are approximate; measurements use the stored geometry."]
+    if is_oblique(direction):
+        return ["The scan is oblique: its axes are tilted against the patient's axes. It is shown on its own "
+                "voxel grid (not re-sliced), so the orientation labels (R/L, A/P, S/I) give only the nearest "
+                "directions."]
+    return []
 
 
 def _source_files(path: Path) -> list[str]:
@@ -347,7 +432,15 @@ def load_volume(path: str | os.PathLike, *, series_uid: str | None = None,
     (spacing/origin x,y,z mm LPS, direction 9 floats row-major). ``series_uid`` picks a DICOM
     series (needed when the folder has several: else MultipleSeriesError); ``component`` picks
     a 4D volume / pixel channel (needed when there are several: else MultiComponentError).
-    Raises ScanReadError for missing, unreadable, damaged or too large inputs.
+    Raises ScanReadError for missing, unreadable, truncated, damaged or too large inputs, and
+    for DICOM series that are incomplete or fit no regular grid (see :mod:`.dicom`).
+
+    ``volume.meta["notices"]`` (list of str, possibly empty) tells the user about everything
+    non-fatal that was done or found: NaN/Inf replaced, a 2D image opened as one slice, an
+    oblique or sheared direction, the component chosen from several, duplicate DICOM slices
+    dropped, unreadable files beside a DICOM series. The GUI shows them. Other meta keys:
+    ``format``, ``source_files``, ``nonfinite_replaced`` (int), ``component`` (when given),
+    ``series_uid`` / ``series_description`` / ``dicom_modality`` / ``source_folder`` (DICOM).
     """
     if path is None or str(path).strip() == "":
         raise ScanReadError("No scan path given.")
@@ -357,6 +450,8 @@ def load_volume(path: str | os.PathLike, *, series_uid: str | None = None,
     if not os.access(p, os.R_OK):
         raise ScanReadError(f"You do not have permission to read {p}.")
     meta: dict[str, Any] = {}
+    notices: list[str] = []
+    facts: dict[str, Any] = {}
     dicom_modality = None
     dicom_info = None
     if p.is_dir():
@@ -367,9 +462,11 @@ def load_volume(path: str | os.PathLike, *, series_uid: str | None = None,
         info = dicom_info
         p = Path(info.files[0]).parent if not p.is_dir() else p
         _check_size(p, info.size_xyz)
-        img = read_dicom_series(info)
+        img = read_dicom_series(info, notices)
         _check_size(p, img.GetSize(), img.GetNumberOfComponentsPerPixel())
         _check_components(p, img.GetSize(), img.GetNumberOfComponentsPerPixel(), component)
+        facts["n_components"], facts["component_kind"] = _component_facts(img)
+        facts["two_d"] = img.GetDimension() == 2
         arr, spacing, origin, direction = _sitk_to_parts(img, component)
         dicom_modality = info.modality
         meta.update(format="DICOM", series_uid=info.uid, series_description=info.description,
@@ -377,19 +474,36 @@ def load_volume(path: str | os.PathLike, *, series_uid: str | None = None,
                     source_folder=str(p.resolve()))
         name = info.description or p.resolve().name
     elif file_suffix(p) in _MGH_SUFFIXES:
-        arr, spacing, origin, direction = _read_mgh(p, component)
+        arr, spacing, origin, direction = _read_mgh(p, component, facts)
         meta.update(format="MGH", source_files=_source_files(p))
         name = scan_stem(p)
     else:
         if p.stat().st_size == 0:
             raise ScanReadError(f"The file {p} is empty (0 bytes).")
         img, fmt = _read_sitk_file(p, component)
+        facts["n_components"], facts["component_kind"] = _component_facts(img)
+        facts["two_d"] = img.GetDimension() == 2
         arr, spacing, origin, direction = _sitk_to_parts(img, component)
         meta.update(format=fmt, source_files=_source_files(p))
         name = scan_stem(p)
     if component is not None:
         meta["component"] = int(component)
-    meta["nonfinite_replaced"] = _replace_nonfinite(arr)
+    n_comp = int(facts.get("n_components", 1))
+    if n_comp > 1:
+        kind = facts.get("component_kind", "components")
+        word = "volume" if kind.startswith("volume") else "channel"
+        notices.append(f"This image holds {n_comp} {kind}; {word} {int(component or 0)} (counting from 0) "
+                       "was opened.")
+    if facts.get("two_d"):
+        notices.append("This is a 2D image: it was opened as a single slice (slice thickness taken as 1 mm "
+                       "for volumes and measurements).")
+    n_bad, value = _replace_nonfinite(arr)
+    meta["nonfinite_replaced"] = n_bad
+    if n_bad:
+        notices.append(f"{n_bad:,} voxel{'s were' if n_bad > 1 else ' was'} not a number (NaN) or infinite; "
+                       f"{'they were' if n_bad > 1 else 'it was'} set to the smallest finite value ({value:g}).")
+    notices.extend(_geometry_notices(direction))
+    meta["notices"] = notices
     modality = guess_modality(arr, dicom_modality)
     return Volume(array=arr, spacing=tuple(spacing), origin=tuple(origin), direction=tuple(direction),
                   path=str(p), modality=modality, name=name, meta=meta)
@@ -400,7 +514,8 @@ def volume_info(volume: Volume) -> dict[str, Any]:
 
     Keys: path, name, format, size_xyz, shape_zyx, spacing (x,y,z mm), origin (x,y,z mm, LPS),
     direction (9 floats row-major), dtype, min, max, modality, orientation (e.g. "LPS"),
-    oblique, nonfinite_replaced, and for DICOM series_uid / series_description.
+    oblique, nonfinite_replaced, notices (list of str, see :func:`load_volume`), and for DICOM
+    series_uid / series_description.
     """
     arr = volume.array
     orient = DisplayOrientation.from_direction(volume.direction, volume.shape)
@@ -426,6 +541,7 @@ def volume_info(volume: Volume) -> dict[str, Any]:
         "orientation": orient.code,
         "oblique": bool(orient.oblique),
         "nonfinite_replaced": int(volume.meta.get("nonfinite_replaced", 0)),
+        "notices": [str(n) for n in volume.meta.get("notices", [])],
     }
     for key in ("series_uid", "series_description", "component"):
         if key in volume.meta:

@@ -2,18 +2,20 @@
 
 ``save_labels`` writes a (z, y, x) integer array with the scan's size, spacing, origin and
 direction, voxel for voxel, as uint8 (max label <= 255) or uint16 (<= 65535). The write is
-atomic: a temporary file with the same extension in the target folder, its header read back
-and checked, then ``os.replace``. Nothing partial is left behind on failure.
+atomic through the project's one mechanism, :func:`medsam_gui.core.atomic.atomic_write`: a
+temporary file with the same extension in the target folder, fsynced, its header read back and
+checked, then ``os.replace``. Nothing partial is left behind on failure; OS errors become
+ExportError messages from :func:`medsam_gui.core.atomic.describe_os_error`.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..core.atomic import atomic_write
 from ..core.labels import LabelTable
 from ..core.volume import Volume
 from ..errors import ExportError, GeometryMismatchError, ScanReadError
@@ -148,34 +150,15 @@ def save_labels(array_zyx, like: Volume, path: str | os.PathLike, *, label_table
     except RuntimeError as exc:
         raise ExportError(f"The scan's direction matrix cannot be stored ({_short_reason(exc)}).") from None
 
-    tmp = None
-    try:
+    def write(tmp: Path) -> None:
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{scan_stem(target)}.tmp-", suffix=suffix, dir=str(target.parent))
-            os.close(fd)
-        except OSError as exc:
-            raise ExportError(
-                f"Cannot write in the folder {target.parent}: {exc.strerror or exc}. "
-                "Choose a folder you can write to."
-            ) from None
-        try:
-            sitk.WriteImage(img, tmp, useCompression=(suffix != ".nii"))
+            sitk.WriteImage(img, str(tmp), useCompression=(suffix != ".nii"))
         except RuntimeError as exc:
             raise ExportError(
                 f"Could not write {target}: {_short_reason(exc)}. The disk may be full or the folder read-only."
             ) from None
-        _verify_written(tmp, arr, like, target)
-        try:
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise ExportError(f"Could not write {target}: {exc.strerror or exc}.") from None
-        tmp = None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+
+    atomic_write(target, write, verify=lambda tmp: _verify_written(str(tmp), arr, like, target))
     if label_table is not None:
         write_label_description(label_description_path(target), label_table)
     return target
