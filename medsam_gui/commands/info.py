@@ -49,8 +49,11 @@ def format_info(info: dict) -> str:
     ]
     if info.get("series_uid"):
         lines.append(f"series:       {info['series_uid']} {info.get('series_description') or ''}".rstrip())
-    if info.get("nonfinite_replaced"):
-        lines.append(f"note:         {info['nonfinite_replaced']} NaN/Inf voxels replaced by the minimum")
+    notices = list(info.get("notices") or [])
+    if info.get("nonfinite_replaced") and not any("NaN" in n or "Inf" in n for n in notices):
+        notices.append(f"{info['nonfinite_replaced']} NaN/Inf voxels replaced by the minimum")
+    for notice in notices:
+        lines.append(f"note:         {notice}")
     return "\n".join(lines)
 
 

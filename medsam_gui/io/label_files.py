@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from ..core.labels import LabelInfo, LabelTable, LabelTableError
-from ..errors import ExportError, ScanReadError
+from ..errors import ScanReadError
 
 HEADER = "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL"
 CLEAR_LINE = '    0     0    0    0  0.00  0   0    "Clear"'
@@ -95,19 +94,7 @@ def write_label_description(path: str | os.PathLike, table: LabelTable, *, newli
     text = format_label_description(table)
     if newline != "\n":
         text = text.replace("\n", newline)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-        os.replace(tmp, p)
-        tmp = None
-    except OSError as exc:
-        raise ExportError(f"Could not write the label description {p}: {exc.strerror or exc}.") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    from ..core.atomic import atomic_write_bytes
+
+    atomic_write_bytes(p, text.encode("utf-8"))
     return p
