@@ -266,6 +266,20 @@ def test_four_d_scan_asks_for_component(c, tmp_path, monkeypatch):
     assert np.array_equal(c.volume.array, np.arange(120).reshape(4, 5, 6) * 3)
 
 
+def test_reader_notices_are_shown(win, c, tmp_path):
+    """A 2D image opens as one slice and the window says so; a clean scan shows no notice."""
+    path = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(30 * 40, dtype=np.int16).reshape(30, 40)), str(path))
+    c.open_scan(path)
+    c.wait_idle(60)
+    assert c.volume.shape == (1, 30, 40)
+    assert win.oblique_notice.isVisibleTo(win.qt_window)
+    assert "2D" in win.oblique_notice.text() or "2D" in win.oblique_notice.toolTip()
+    c.open_scan(config.demo_scan_path())
+    c.wait_idle(60)
+    assert not win.oblique_notice.isVisibleTo(win.qt_window)
+
+
 def test_drop_opens_with_our_loader(win, c, data_dir, monkeypatch):
     from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
     from qtpy.QtGui import QDragEnterEvent, QDropEvent

@@ -333,6 +333,8 @@ class Controller(QObject):
               f"{volume.spacing[0]:.3g}×{volume.spacing[1]:.3g}×{volume.spacing[2]:.3g} mm, {volume.modality}"
         if orientation.oblique:
             msg += " — oblique scan, shown in voxel order"
+        for notice in volume.meta.get("notices") or []:
+            msg += f" — {notice}"
         self.status(msg, 8000)
 
     def set_labels(self, labels_zyx: np.ndarray, *, label_table: LabelTable | None = None,

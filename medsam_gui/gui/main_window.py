@@ -253,7 +253,15 @@ class MainWindow:
             self.show_status(h.description, 0)
 
     def on_volume_shown(self, volume, orientation) -> None:
-        self.oblique_notice.setVisible(bool(orientation.oblique))
+        # Notices from the reader (NaN replaced, 2D opened as one slice, component chosen,
+        # DICOM duplicates dropped, ...) and the oblique notice share one visible label.
+        notices = [str(n) for n in (volume.meta.get("notices") or [])]
+        parts = [OBLIQUE_NOTICE] if orientation.oblique else []
+        if notices:
+            parts.append(notices[0] if len(notices) == 1 else f"{len(notices)} notices about this scan")
+        self.oblique_notice.setText(" · ".join(parts))
+        self.oblique_notice.setToolTip("\n".join(notices))
+        self.oblique_notice.setVisible(bool(parts))
         name = volume.name or (Path(volume.path).name if volume.path else "scan")
         self.qt_window.setWindowTitle(f"{name} — medsam-gui")
 
