@@ -127,7 +127,7 @@ class _Evil:
 def test_refuses_pickle_with_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"x": _Evil()}}, path)
-    _expect_error(path, "not loaded for safety")
+    _expect_error(path, "refused: the file contains code")
     assert "code ran" not in capsys.readouterr().out
     raw = tmp_path / "evil.pkl"
     raw.write_bytes(pickle.dumps(_Evil()))

@@ -170,25 +170,10 @@ class UniverSeg(nn.Module):
 
 
 def _read_checkpoint(path: Path) -> Any:
-    if not path.exists():
-        raise CheckpointError(f"UniverSeg checkpoint not found: {path}. Check the path, or download "
-                              f"the official {CHECKPOINT_NAME}.")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give the UniverSeg checkpoint file ({CHECKPOINT_NAME}).")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"UniverSeg checkpoint {path} is empty (0 bytes); download it again.")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
-        msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg:
-            raise CheckpointError(
-                f"{path} is not a plain weights file: it contains Python objects or code that are not "
-                "loaded for safety (torch.load weights_only=True). Use the official checkpoint "
-                f"{CHECKPOINT_NAME}.") from None
-        raise CheckpointError(f"Cannot read UniverSeg checkpoint {path}: the file is corrupt or truncated "
-                              f"({type(exc).__name__}: {msg.splitlines()[0][:200] if msg else ''}). "
-                              "Download it again.") from None
+    """Read a checkpoint file safely (weights_only); shared messages for bad files."""
+    from .checkpoints import load_checkpoint_object
+
+    return load_checkpoint_object(path, model_name="UniverSeg")
 
 
 def load_universeg_state_dict(weights: str | os.PathLike | Mapping[str, Any]) -> dict[str, torch.Tensor]:
