@@ -1,0 +1,266 @@
+"""Measurements dock: volume (mL), slice range and RECIST long/short diameters (mm) per label.
+
+Measurements are made **on the scan's own grid**: the labels layer is mapped back with
+``orientation.from_display`` (``controller.source_labels()``) and measured with
+:func:`medsam_gui.core.measurements.measure_labels` and the scan's spacing (x, y, z mm), so
+the numbers equal ``medsam-gui measure SCAN LABELS`` on the exported label map. The RECIST
+diameters are taken on the scan's z slices (axial for axial acquisitions).
+
+The "Slices" column shows the first and last slice holding the label as **display slice
+numbers** along the display axis that the scan's z axis is shown on (for axial acquisitions,
+the axial slider's numbers); the CSV export keeps the scan's own z indices (``z_min``,
+``z_max``, as the CLI writes them). Double-click a row to go to the slice where the diameters
+were measured.
+
+Refresh: the Refresh button, and automatically (debounced) after every label edit when
+"Auto refresh" is ticked. Computing runs off the GUI thread on a snapshot of the labels.
+``ask_csv_path`` is a module-level function so tests can replace it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import config
+
+COLUMNS = ("Label", "Name", "Volume (mL)", "Slices", "Long axis (mm)", "Short axis (mm)")
+COL_LABEL, COL_NAME, COL_VOLUME, COL_SLICES, COL_LONG, COL_SHORT = range(6)
+AUTO_REFRESH_MS = 400
+
+
+def ask_csv_path(parent: QWidget | None, suggested: str) -> str | None:
+    """Save-file dialog for the CSV; returns the path (``.csv`` added when missing) or None."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Export measurements", suggested, "CSV (*.csv);;All files (*)")
+    if not path:
+        return None
+    if not path.lower().endswith(".csv"):
+        path += ".csv"
+    return path
+
+
+def display_slice_range(measurement, orientation, shape_zyx) -> tuple[int, int, int]:
+    """(display axis, first, last): the scan z range of ``measurement`` as display slice
+    numbers along the display axis that shows the scan's z axis (sorted ascending)."""
+    axis = int(orientation.inverse_perm[0])
+    z0, z1 = measurement.slice_range
+    pts = orientation.index_to_display(np.array([[z0, 0, 0], [z1, 0, 0]], dtype=float), shape_zyx)
+    a, b = int(round(pts[0, axis])), int(round(pts[1, axis]))
+    return axis, min(a, b), max(a, b)
+
+
+class MeasurementsPanel(QWidget):
+    """Dock widget with one row per label (see the module docstring).
+
+    Attributes: ``table``, ``refresh_button``, ``auto_check``, ``export_button``,
+    ``measurements`` (list of LabelMeasurement from the last refresh). Signal ``refreshed``
+    after each completed refresh.
+    """
+
+    refreshed = Signal()
+    _computed = Signal(object, object, int)  # (measurements | None, exception | None, generation)
+
+    def __init__(self, controller, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.measurements: list = []
+        self._gen = 0
+        self._running = False
+        self._dirty = False
+        self._thread: threading.Thread | None = None
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        self.table = QTableWidget(0, len(COLUMNS), self)
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
+        self.table.setToolTip(
+            "Measured on the scan's own grid (as exported). Slices: display slice numbers. "
+            "Long/short axis: RECIST diameters on the scan slice where the label is largest. "
+            "Double-click a row to go to that slice.")
+        self.table.cellDoubleClicked.connect(self._go_to_row)
+        layout.addWidget(self.table, 1)
+
+        self.info_label = QLabel("")
+        self.info_label.setWordWrap(True)
+        layout.addWidget(self.info_label)
+        row = QHBoxLayout()
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(lambda _=False: self.refresh())
+        self.auto_check = QCheckBox("Auto refresh")
+        self.auto_check.setChecked(True)
+        self.auto_check.setToolTip("Measure again after every label edit")
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.clicked.connect(lambda _=False: self.export_csv())
+        row.addWidget(self.refresh_button)
+        row.addWidget(self.auto_check)
+        row.addStretch(1)
+        row.addWidget(self.export_button)
+        layout.addLayout(row)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(AUTO_REFRESH_MS)
+        self._timer.timeout.connect(self.refresh)
+        self._computed.connect(self._on_computed)
+        controller.labels_changed.connect(self._on_labels_changed)
+        controller.volume_changed.connect(lambda _v: self._on_labels_changed())
+        controller.label_table_changed.connect(self._rename_rows)
+
+    # ------------------------------------------------------------------ computing
+    def compute(self) -> list:
+        """Measure now on the GUI thread (scripts, tests): ``measure_labels`` of the labels on
+        the source grid with the scan's spacing."""
+        from ..core.measurements import measure_labels
+
+        c = self.controller
+        if c.volume is None:
+            return []
+        return measure_labels(np.asarray(c.source_labels()), c.volume.spacing, c.label_table)
+
+    def _on_labels_changed(self) -> None:
+        if self.auto_check.isChecked():
+            self._timer.start()
+
+    def refresh(self) -> None:
+        """Measure again off the GUI thread (a snapshot of the labels is taken now)."""
+        c = self.controller
+        self._timer.stop()
+        if c.volume is None:
+            self.measurements = []
+            self._fill()
+            self.refreshed.emit()
+            return
+        if self._running:
+            self._dirty = True
+            return
+        from ..core.measurements import measure_labels
+
+        labels = np.array(c.source_labels())  # snapshot (copy) on the GUI thread
+        spacing = c.volume.spacing
+        names = {info.value: info.name for info in c.label_table}
+        self._gen += 1
+        gen = self._gen
+        self._running = True
+        self.info_label.setText("Measuring…")
+
+        def work():
+            try:
+                result = measure_labels(labels, spacing, names)
+            except BaseException as exc:  # noqa: BLE001 - shown in the panel
+                self._computed.emit(None, exc, gen)
+            else:
+                self._computed.emit(result, None, gen)
+
+        self._thread = threading.Thread(target=work, name="medsam-measure", daemon=True)
+        self._thread.start()
+
+    def _on_computed(self, result, exc, gen) -> None:
+        self._running = False
+        if exc is not None:
+            self.info_label.setText(f"Could not measure: {exc}")
+        elif gen == self._gen:
+            self.measurements = list(result)
+            self._fill()
+        if self._dirty:
+            self._dirty = False
+            self.refresh()
+            return
+        self.refreshed.emit()
+
+    # ------------------------------------------------------------------ table
+    def _fill(self) -> None:
+        c = self.controller
+        self.table.setRowCount(len(self.measurements))
+        for row, m in enumerate(self.measurements):
+            if c.orientation is not None and c.volume is not None:
+                _, a, b = display_slice_range(m, c.orientation, c.volume.shape)
+            else:
+                a, b = m.slice_range
+            info = c.label_table.get(m.value) if c.volume is not None else None
+            cells = [str(m.value), info.name if info is not None else m.name, f"{m.volume_ml:.3f}",
+                     f"{a}–{b}" if a != b else f"{a}", f"{m.long_axis_mm:.1f}", f"{m.short_axis_mm:.1f}"]
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if col != COL_NAME:
+                    item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(row, col, item)
+        n = len(self.measurements)
+        self.info_label.setText(f"{n} label{'s' if n != 1 else ''} measured on the scan grid."
+                                if c.volume is not None else "No scan open.")
+
+    def _rename_rows(self) -> None:
+        c = self.controller
+        for row, m in enumerate(self.measurements):
+            info = c.label_table.get(m.value)
+            item = self.table.item(row, COL_NAME)
+            if info is not None and item is not None:
+                item.setText(info.name)
+
+    def row_values(self) -> list[dict]:
+        """The table as shown: one dict per row with the column titles as keys (strings)."""
+        out = []
+        for row in range(self.table.rowCount()):
+            out.append({COLUMNS[col]: self.table.item(row, col).text() for col in range(len(COLUMNS))})
+        return out
+
+    def _go_to_row(self, row: int, _col: int = 0) -> None:
+        c = self.controller
+        if not 0 <= row < len(self.measurements) or c.volume is None:
+            return
+        m = self.measurements[row]
+        axis = int(c.orientation.inverse_perm[0])
+        p = c.orientation.index_to_display(np.array([m.axial_slice, 0, 0], dtype=float), c.volume.shape)
+        c.set_current_slice(axis, int(round(float(p[axis]))))
+
+    # ------------------------------------------------------------------ export
+    def export_csv(self, path: str | Path | None = None) -> Path | None:
+        """Write the measurements (``core.measurements.to_csv`` columns) to ``path`` or a file
+        the user chooses; measures first when nothing is measured yet. Returns the path."""
+        from ..core.measurements import to_csv
+
+        c = self.controller
+        if c.volume is None:
+            c.show_error("Open a scan and segment something before exporting measurements.")
+            return None
+        if path is None:
+            stem = c.volume.name or "scan"
+            start = config.get_setting("last_dir")
+            folder = Path(start) if isinstance(start, str) and Path(start).is_dir() else Path.home()
+            chosen = ask_csv_path(self, str(folder / f"{stem}_measurements.csv"))
+            if not chosen:
+                return None
+            path = chosen
+        measurements = self.compute()
+        self.measurements = measurements
+        self._fill()
+        try:
+            to_csv(measurements, path)
+        except OSError as exc:
+            from ..errors import ExportError
+
+            c.show_error(ExportError(f"Could not write {path}: {exc.strerror or exc}. Choose another folder."))
+            return None
+        c.status(f"Wrote measurements of {len(measurements)} labels to {path}")
+        return Path(path)

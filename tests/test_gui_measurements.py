@@ -1,0 +1,138 @@
+"""Measurements dock on real labels: values equal ``measure_labels`` on the source grid (as the
+CLI's ``measure`` reports them), slice numbers shown in display order, auto refresh after an
+edit, CSV export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+ROOT = Path(__file__).resolve().parent.parent
+SCAN = ROOT / "tests" / "data" / "totalsegmentator_example_ct" / "example_ct_sm.nii.gz"
+SEG = ROOT / "tests" / "data" / "totalsegmentator_example_ct" / "example_seg.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def env(qapp, tmp_path_factory):
+    from medsam_gui.app import build_app
+    from medsam_gui.gui.embedding_service import EmbeddingService
+    from medsam_gui.gui.medsam_panel import install
+    from medsam_gui.models.embedding_cache import EmbeddingCache
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("medsam_gui_meas_home")))
+    win = build_app(show=False, install_panels=False)
+    panel = install(win.controller, service=EmbeddingService(EmbeddingCache(disk_bytes=0), background=False))
+    try:
+        yield SimpleNamespace(win=win, c=win.controller, panel=panel, mp=win.controller.measurements_panel)
+    finally:
+        panel.shutdown()
+        win.close(force=True)
+        mp.undo()
+
+
+def _same(got, exp):
+    assert got.value == exp.value and got.voxels == exp.voxels
+    assert got.volume_ml == exp.volume_ml
+    assert got.slice_range == exp.slice_range and got.axial_slice == exp.axial_slice
+    assert got.long_axis_mm == exp.long_axis_mm and got.short_axis_mm == exp.short_axis_mm
+    assert got.long_axis_endpoints == exp.long_axis_endpoints
+
+
+def test_values_equal_measure_labels_refresh_export(env, qtbot, tmp_path, monkeypatch):
+    from medsam_gui.core.measurements import measure_labels, to_csv
+    from medsam_gui.gui import measurements_panel as mpmod
+    from medsam_gui.io import load_labels, load_volume
+
+    c, mp = env.c, env.mp
+    vol = load_volume(SCAN)
+    labels = load_labels(SEG, like=vol)
+    with qtbot.waitSignal(mp.refreshed, timeout=30_000):
+        c.set_volume(vol, labels)  # auto refresh after the scan + labels appear
+    assert not c.orientation.is_identity  # NIfTI: rows and columns flipped for display
+    expected = measure_labels(labels, vol.spacing)
+    assert len(expected) > 10
+    assert [m.value for m in mp.measurements] == [m.value for m in expected]
+    for got, exp in zip(mp.measurements, expected):
+        _same(got, exp)
+
+    # the table shows those numbers; slice numbers as on the display slider
+    rows = mp.row_values()
+    disp = np.asarray(c.display_labels())
+    axis = c.orientation.inverse_perm[0]
+    for row, exp in zip(rows, expected):
+        assert row["Label"] == str(exp.value)
+        assert row["Volume (mL)"] == f"{exp.volume_ml:.3f}"
+        assert row["Long axis (mm)"] == f"{exp.long_axis_mm:.1f}"
+        assert row["Short axis (mm)"] == f"{exp.short_axis_mm:.1f}"
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero((disp == exp.value).any(axis=other))
+        shown = row["Slices"].split("–")
+        assert (int(shown[0]), int(shown[-1])) == (int(present[0]), int(present[-1]))
+
+    # consistency: measuring the display-order labels with the display spacing gives the
+    # same volumes (and here, a mirror image, the same diameters)
+    on_display = measure_labels(disp, tuple(reversed(c.orientation.display_spacing(vol.spacing))))
+    for d, exp in zip(on_display, expected):
+        assert d.voxels == exp.voxels and d.volume_ml == pytest.approx(exp.volume_ml, rel=1e-12)
+        assert d.long_axis_mm == pytest.approx(exp.long_axis_mm, abs=1e-9)
+
+    # a model edit (one undoable write) refreshes the panel
+    z, new_value = 12, int(labels.max()) + 1
+    mask = np.zeros(disp.shape[1:], bool)
+    mask[10:20, 30:45] = True
+    free = mask & (disp[z] == 0)
+    with qtbot.waitSignal(mp.refreshed, timeout=30_000):
+        c.write_slice_mask(0, z, mask, new_value)
+    new = [m for m in mp.measurements if m.value == new_value]
+    assert len(new) == 1 and new[0].voxels == int(free.sum())
+    assert new[0].volume_ml == pytest.approx(free.sum() * 27.0 / 1000.0)
+    src_now = np.array(c.source_labels())
+    for got, exp in zip(mp.measurements, measure_labels(src_now, vol.spacing)):
+        _same(got, exp)
+
+    # CSV export = core to_csv of the same measurements (names from the label table)
+    out = tmp_path / "measurements.csv"
+    monkeypatch.setattr(mpmod, "ask_csv_path", lambda parent, suggested: str(out))
+    mp.export_button.click()
+    assert out.read_text(encoding="utf-8") == to_csv(measure_labels(src_now, vol.spacing, c.label_table))
+
+    with qtbot.waitSignal(mp.refreshed, timeout=30_000):
+        c.undo()
+    assert new_value not in [m.value for m in mp.measurements]
+
+
+def test_permuted_scan_slices_follow_display(env, qtbot):
+    """A coronal acquisition: the scan's z axis is shown along display axis 1."""
+    from medsam_gui.core.measurements import measure_labels
+    from medsam_gui.core.volume import Volume
+
+    c, mp = env.c, env.mp
+    rng = np.random.default_rng(3)
+    arr = rng.integers(-100, 100, size=(12, 20, 16)).astype(np.int16)
+    lab = np.zeros(arr.shape, np.uint16)
+    lab[3:8, 5:12, 4:10] = 4
+    lab[9:11, 2:4, 2:5] = 6
+    vol = Volume(arr, spacing=(0.8, 2.0, 1.5), direction=(1, 0, 0, 0, 0, 1, 0, -1, 0), modality="CT", name="cor")
+    with qtbot.waitSignal(mp.refreshed, timeout=30_000):
+        c.set_volume(vol, lab)
+    assert c.orientation.inverse_perm[0] != 0
+    expected = measure_labels(lab, vol.spacing)
+    for got, exp in zip(mp.measurements, expected):
+        _same(got, exp)
+    disp = np.asarray(c.display_labels())
+    axis = c.orientation.inverse_perm[0]
+    for row, exp in zip(mp.row_values(), expected):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero((disp == exp.value).any(axis=other))
+        shown = row["Slices"].split("–")
+        assert (int(shown[0]), int(shown[-1])) == (int(present[0]), int(present[-1]))
+    # double-click goes to the measured slice
+    mp._go_to_row(0)
+    p = c.orientation.index_to_display(np.array([expected[0].axial_slice, 0, 0], float))
+    assert c.current_slice(axis) == int(round(p[axis]))

@@ -1,0 +1,314 @@
+"""MedSAM box and RECIST tools in the real window, on a real CT, with a random-weight ViT-B
+checkpoint in the official format; and the weights dialog when no weights exist.
+
+One image-encoder pass in this module: the background embedding of the tumour slice
+(tests 1 and 2 share it). The engine's ``embed`` is wrapped to record its input and float32
+output, so the expected masks are exactly ``MedSAMEngine.segment`` (= decode(embed(slice)))
+of the same slice without a second encoder pass.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import medsam_fixtures
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+DATA = Path(__file__).resolve().parent / "data"
+LUNG = DATA / "lung_ct" / "lung1_image.nrrd"
+SRC_SLICE = 33
+SRC_BOX = (206, 347, 229, 368)  # x0, y0, x1, y1 (source voxels)
+ENCODER_TIMEOUT_MS = 540_000
+
+
+def _drag(layer, p0_data, p1_data, mode=None, steps=3):
+    """Press at p0, drag to p1, release (data coordinates), through napari's mouse callbacks."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    if mode is not None:
+        layer.mode = mode
+    scale = np.asarray(layer.scale, float)
+    w0 = tuple(np.asarray(p0_data, float) * scale)
+    w1 = tuple(np.asarray(p1_data, float) * scale)
+    disp = [1, 2]
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=w0, dims_displayed=disp))
+    for t in np.linspace(0, 1, steps + 1)[1:]:
+        wt = tuple(np.asarray(w0) + t * (np.asarray(w1) - np.asarray(w0)))
+        mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=wt,
+                                                          dims_displayed=disp))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=w1, dims_displayed=disp))
+
+
+@pytest.fixture(scope="module")
+def env(qapp, tmp_path_factory):
+    import torch
+
+    from medsam_gui.app import build_app
+    from medsam_gui.gui.embedding_service import EmbeddingService
+    from medsam_gui.gui.medsam_panel import install
+    from medsam_gui.io import load_volume
+    from medsam_gui.models.embedding_cache import EmbeddingCache
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("medsam_gui_module_home")))
+    torch.set_num_threads(2)
+    engine = medsam_fixtures.engine()
+    calls = []
+    real_embed = engine.embed
+
+    def spy_embed(slice_hw):
+        out = real_embed(slice_hw)
+        calls.append((np.array(slice_hw, copy=True), out.clone()))
+        return out
+
+    engine.embed = spy_embed
+    win = build_app(show=False, install_panels=False)
+    service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, prefetch_all=False, background=True)
+    panel = install(win.controller, service=service)
+    c = win.controller
+    vol = load_volume(LUNG)
+    c.set_volume(vol)
+    try:
+        yield SimpleNamespace(win=win, c=c, panel=panel, engine=engine, calls=calls, vol=vol, state={})
+    finally:
+        panel.shutdown()
+        win.close(force=True)
+        del engine.embed
+        mp.undo()
+
+
+def _display_box(c):
+    o = c.orientation
+    x0, y0, x1, y1 = SRC_BOX
+    d0 = o.index_to_display([SRC_SLICE, y0, x0])
+    d1 = o.index_to_display([SRC_SLICE, y1, x1])
+    assert round(d0[0]) == round(d1[0])
+    z = int(round(d0[0]))
+    return z, (min(d0[2], d1[2]), min(d0[1], d1[1]), max(d0[2], d1[2]), max(d0[1], d1[1]))
+
+
+def test_box_segments_slice_exactly_like_engine_undo_redo(env, qtbot):
+    from qtpy.QtCore import QTimer
+
+    from medsam_gui.core.intensity import volume_to_uint8
+
+    c, panel, engine = env.c, env.panel, env.engine
+    z, (bx0, by0, bx1, by1) = _display_box(c)
+    c.set_view("axial")
+    c.set_current_slice(0, z)
+    assert c.current_slice(0) == z
+    assert c.window_bounds == (-160.0, 240.0)  # CT default 40/400, as displayed
+
+    # another label's voxels inside the box region (slice z) and on the next slice
+    h, w = c.display_labels().shape[1:]
+    other = np.zeros((h, w), bool)
+    other[int(by0):int(by0) + 6, int(bx0):int(bx1) + 1] = True
+    c.write_slice_mask(0, z, other, 2)
+    c.write_slice_mask(0, z + 1, other, 2)
+    c.set_active_label(1)
+    before = np.array(c.display_labels())
+
+    # the heartbeat measures GUI-thread stalls while the encoder runs in the background
+    gaps, last = [], [time.perf_counter()]
+
+    def beat():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(beat)
+    timer.start()
+    started = time.perf_counter()
+    panel.set_engine(engine)  # starts the background embedding of slice z (neighbours = 0)
+    panel.activate_box_tool()
+    layer = panel.prompts_layer
+    assert layer.mode == "add_rectangle"
+    with qtbot.waitSignal(panel.slice_painted, timeout=ENCODER_TIMEOUT_MS) as sig:
+        _drag(layer, (z, by0, bx0), (z, by1, bx1))
+    timer.stop()
+    elapsed = time.perf_counter() - started
+    assert sig.args == [0, z]
+    assert len(env.calls) == 1, "exactly one encoder pass"
+    max_gap_ms = max(gaps) * 1000.0
+    print(f"\nencoder run {elapsed:.1f} s; longest GUI-thread gap {max_gap_ms:.0f} ms over {len(gaps)} beats")
+    # a blocking encoder would stall the GUI for the whole pass (tens of seconds); allow CPU contention
+    assert len(gaps) > 10 and max_gap_ms < 3000.0
+
+    # MedSAM saw the display slice with the reference whole-volume windowing
+    expected_u8 = c.orientation.to_display(volume_to_uint8(env.vol.array, "CT", (-160.0, 240.0)))[z]
+    slice_u8, emb = env.calls[0]
+    np.testing.assert_array_equal(slice_u8, expected_u8)
+    box = panel.timings[-1]["box"]
+    np.testing.assert_allclose(box, (bx0, by0, bx1, by1), atol=1e-3)
+    expected = engine.decode(emb, box, (h, w))  # == engine.segment(expected_u8, box)
+    assert expected.sum() > 0
+    after = np.array(c.display_labels())
+    want = before.copy()
+    want[z][(before[z] == 0) & expected] = 1
+    np.testing.assert_array_equal(after, want)  # exact mask, right slice, others untouched
+    assert np.array_equal(after[z] == 2, other), "label 2 voxels preserved"
+    # the same in source voxels (through the orientation), at the tumour's place
+    src = np.asarray(c.source_labels())
+    assert np.unique(np.nonzero(src == 1)[0]).tolist() == [SRC_SLICE]
+    env.state.update(emb=emb, z=z, hw=(h, w), other=other)
+
+    c.undo()
+    np.testing.assert_array_equal(np.array(c.display_labels()), before)
+    c.redo()
+    np.testing.assert_array_equal(np.array(c.display_labels()), want)
+
+    # moving the box segments again (cached embedding: no new encoder pass)
+    panel.activate_select_tool()
+    layer.selected_data = {len(layer.data) - 1}
+    cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+    with qtbot.waitSignal(panel.slice_painted, timeout=60_000):
+        _drag(layer, (z, cy, cx), (z, cy + 2, cx + 3))
+    assert len(env.calls) == 1
+    box2 = panel.timings[-1]["box"]
+    np.testing.assert_allclose(box2, (bx0 + 3, by0 + 2, bx1 + 3, by1 + 2), atol=1e-3)
+    expected2 = engine.decode(emb, box2, (h, w))
+    want2 = before.copy()
+    want2[z][(before[z] == 0) & expected2] = 1
+    np.testing.assert_array_equal(np.array(c.display_labels()), want2)
+    t = panel.timings[-1]
+    print(f"move: decoder {t['decode_ms']:.0f} ms, paint {t['paint_ms']:.0f} ms, total {t['total_ms']:.0f} ms")
+
+
+def test_recist_line_becomes_square_box_and_mask(env, qtbot):
+    from medsam_gui.core.prompts import recist_to_box
+
+    c, panel, engine = env.c, env.panel, env.engine
+    if "emb" not in env.state:
+        pytest.skip("needs the embedding of the first test")
+    z, hw, emb = env.state["z"], env.state["hw"], env.state["emb"]
+    c.set_current_slice(0, z)
+    c.set_active_label(3)
+    panel.recist_margin_spin.setValue(4.0)
+    before = np.array(c.display_labels())
+    panel.activate_recist_tool()
+    layer = panel.prompts_layer
+    assert layer.mode == "add_line"
+    p0, p1 = (z, 350.0, 208.0), (z, 366.0, 227.0)  # (slice, row, column)
+    with qtbot.waitSignal(panel.slice_painted, timeout=60_000):
+        _drag(layer, p0, p1)
+    assert layer.shape_type[-1] == "line"
+    assert len(env.calls) == 1, "the cached embedding is reused"
+    box = panel.timings[-1]["box"]
+    want_box = recist_to_box((p0[2], p0[1]), (p1[2], p1[1]), margin=4.0).clip(*hw).xyxy()
+    np.testing.assert_allclose(box, want_box, atol=1e-3)
+    assert abs((box[2] - box[0]) - (box[3] - box[1])) < 1e-6, "square box"
+    assert box[2] - box[0] == pytest.approx(np.hypot(19.0, 16.0) + 8.0, abs=1e-3)
+    mask = engine.decode(emb, box, hw)
+    assert mask.any()
+    want = before.copy()
+    want[z][(before[z] == 0) & mask] = 3
+    np.testing.assert_array_equal(np.array(c.display_labels()), want)
+    assert np.array_equal(want[z] == 2, env.state["other"]), "other labels are never overwritten"
+    # the overwrite option writes over other labels (one more undoable step)
+    panel.overwrite_check.setChecked(True)
+    try:
+        with qtbot.waitSignal(panel.slice_painted, timeout=60_000):
+            panel.segment_box(0, z, box, 3)
+        lab = np.array(c.display_labels())
+        assert np.array_equal(lab[z] == 3, mask)
+        c.undo()
+        np.testing.assert_array_equal(np.array(c.display_labels()), want)
+    finally:
+        panel.overwrite_check.setChecked(False)
+
+
+@pytest.fixture
+def app_window(qapp):
+    from medsam_gui.app import build_app
+
+    win = build_app(show=False, install_panels=True)
+    yield win
+    panel = getattr(win.controller, "medsam_panel", None)
+    if panel is not None:
+        panel.shutdown()
+        if panel.weights_dialog is not None:
+            panel.weights_dialog.close()
+    win.close(force=True)
+
+
+def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatch, tmp_path):
+    from qtpy.QtCore import Qt
+
+    from medsam_gui.gui import weights_dialog as wd
+    from medsam_gui.io import load_volume
+    from medsam_gui.models import weights
+
+    c = app_window.controller
+    panel = c.medsam_panel  # installed by build_app through PANEL_MODULES
+    assert "load_medsam_weights" in app_window.actions
+    panel.background_check.setChecked(False)  # no encoder pass in this test
+    assert weights.resolve("medsam_vit_b") is None
+    c.set_volume(load_volume(DATA / "msd_hippocampus" / "hippocampus_003_image.nii.gz"))
+
+    qtbot.mouseClick(panel.box_button, Qt.MouseButton.LeftButton)
+    dlg = panel.weights_dialog
+    assert dlg is not None and dlg.isVisible()
+    text = dlg.info_label.text()
+    assert "medsam_vit_b.pth" in text and "zenodo.org" in text and "No MedSAM weights" in text
+
+    bad = tmp_path / "medsam_vit_b.pth"
+    bad.write_bytes(b"<html><body>404 Not Found</body></html>")
+    monkeypatch.setattr(wd, "ask_weights_file", lambda parent, *a, **k: str(bad))
+    with qtbot.waitSignal(dlg.failed, timeout=30_000) as failed:
+        qtbot.mouseClick(dlg.choose_button, Qt.MouseButton.LeftButton)
+    assert "not a PyTorch weights file" in failed.args[0]
+    assert dlg.error_label.isVisible() and "not a PyTorch weights file" in dlg.error_label.text()
+    assert dlg.isVisible() and dlg.choose_button.isEnabled()  # the user can try again
+    assert weights.resolve("medsam_vit_b") is None
+
+    good = medsam_fixtures.vit_b_checkpoint()
+    monkeypatch.setattr(wd, "ask_weights_file", lambda parent, *a, **k: str(good))
+    with qtbot.waitSignal(dlg.weights_ready, timeout=120_000):
+        qtbot.mouseClick(dlg.choose_button, Qt.MouseButton.LeftButton)
+    assert not dlg.isVisible()
+    assert weights.resolve("medsam_vit_b") == Path(good).resolve()  # remembered by the model manager
+    qtbot.waitUntil(lambda: panel.engine is not None, timeout=180_000)
+    assert panel.service.scheduler is not None and panel.service.scheduler.computed == []
+
+    # the menu action opens the dialog again, showing the file in use
+    app_window.actions["load_medsam_weights"].trigger()
+    dlg2 = panel.weights_dialog
+    assert dlg2 is not dlg and dlg2.isVisible()
+    assert str(Path(good).resolve()) in dlg2.info_label.text()
+    dlg2.close()
+
+
+def test_download_failure_keeps_dialog_usable(app_window, qtbot, monkeypatch, tmp_path):
+    """A download whose file fails its checksum shows the error; nothing is kept."""
+    from qtpy.QtCore import Qt
+
+    from medsam_gui import config
+    from medsam_gui.gui.weights_dialog import WeightsDialog
+    from medsam_gui.models import weights
+
+    src = tmp_path / "fake.pth"
+    src.write_bytes(b"PK\x03\x04 not really weights" * 1000)
+    monkeypatch.setenv("MEDSAM_GUI_URL_MEDSAM_VIT_B", src.as_uri())
+    dlg = WeightsDialog(app_window.qt_window, "medsam_vit_b", "test")
+    dlg.open()
+    try:
+        with qtbot.waitSignal(dlg.failed, timeout=30_000) as failed:
+            qtbot.mouseClick(dlg.download_button, Qt.MouseButton.LeftButton)
+        assert "MD5" in failed.args[0]
+        assert dlg.isVisible() and dlg.download_button.isEnabled()
+        assert weights.resolve("medsam_vit_b") is None
+        assert not any(config.weights_dir().iterdir())
+    finally:
+        dlg.close()
