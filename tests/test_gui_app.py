@@ -344,6 +344,26 @@ def test_run_worker_off_gui_thread_with_progress_and_cancel(win, c):
     assert c.last_error == "the model file is damaged; download it again"
 
 
+def test_runtime_error_in_generator_worker_is_reported_and_finishes(win, c):
+    """torch raises RuntimeError; superqt would swallow it from a generator worker."""
+    from qtpy.QtWidgets import QApplication
+
+    errors, finished = [], []
+
+    def gen():
+        yield 1
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    handle = c.run_worker(gen, on_error=errors.append, description="failing generator")
+    handle.add_done_callback(finished.append)
+    c.wait_idle(10)
+    QApplication.processEvents()
+    assert handle.finished and finished == [handle]
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert "out of memory" in str(errors[0])
+    assert not win.progress_bar.isVisibleTo(win.qt_window)
+
+
 def test_excepthook_shows_unexpected_errors(c):
     from medsam_gui.app import install_excepthook
 

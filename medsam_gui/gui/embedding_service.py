@@ -37,7 +37,6 @@ import itertools
 import logging
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -51,7 +50,6 @@ from ..errors import CheckpointError, MedsamGuiError
 log = logging.getLogger(__name__)
 
 FP32_MEMO_SLICES = 16
-_dense_pe_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class EmbeddingCancelled(MedsamGuiError):
@@ -61,44 +59,10 @@ class EmbeddingCancelled(MedsamGuiError):
 def decode_box(engine, embedding, box_xyxy, hw: tuple[int, int]) -> np.ndarray:
     """bool mask (H, W) for one box (x0, y0, x1, y1) on an (H, W) slice with its embedding.
 
-    Same computation as ``MedSAMEngine.decode`` (prompt encoder + mask decoder + the reference
-    post-processing) but without the engine's model lock: the lock is held for the whole
-    image-encoder pass (seconds), and the small decoder must not wait behind a background
-    encoder run. The encoder and the decoder are separate modules used in inference mode, so
-    running them on two threads at once is safe. Engines without a ``model`` (test doubles)
-    fall back to ``engine.decode``.
+    ``MedSAMEngine.decode`` holds only the decoder's lock, so a box never waits behind a
+    background image-encoder pass.
     """
-    model = getattr(engine, "model", None)
-    if model is None or not hasattr(model, "mask_decoder"):
-        return np.asarray(engine.decode(embedding, box_xyxy, hw), dtype=bool)
-    import torch
-
-    from ..models.device import autocast
-    from ..models.medsam import box_to_1024, postprocess_low_res_logits
-
-    box_1024 = box_to_1024(np.asarray(box_xyxy, dtype=np.float64).reshape(4), hw)
-    with torch.inference_mode(), autocast(engine.device, engine.precision):
-        emb = torch.as_tensor(embedding).to(engine.device, dtype=torch.float32)
-        if emb.ndim == 3:
-            emb = emb[None]
-        box_t = torch.as_tensor(box_1024[None, None, :], dtype=torch.float, device=engine.device)
-        pe = model.prompt_encoder
-        sparse, dense = pe(points=None, boxes=box_t, masks=None)
-        dense_pe = _dense_pe_memo.get(engine)  # constant per model: computed once
-        if dense_pe is None:
-            dense_pe = pe.get_dense_pe()
-            try:
-                _dense_pe_memo[engine] = dense_pe
-            except TypeError:  # engine not weak-referenceable
-                pass
-        logits, _ = model.mask_decoder(
-            image_embeddings=emb,
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
-    return np.asarray(postprocess_low_res_logits(logits.float().cpu(), hw), dtype=bool)
+    return np.asarray(engine.decode(embedding, box_xyxy, hw), dtype=bool)
 
 
 class _Context:
@@ -327,14 +291,7 @@ class EmbeddingService(QObject):
             self.background = bool(background)
         sched = self._scheduler
         if sched is not None:
-            cond = getattr(sched, "_cond", None)
-            if cond is not None:
-                with cond:
-                    sched.neighbours = self.neighbours
-                    sched.prefetch_all = self.prefetch_all
-            else:
-                sched.neighbours = self.neighbours
-                sched.prefetch_all = self.prefetch_all
+            sched.set_options(neighbours=self.neighbours, prefetch_all=self.prefetch_all)
             sched.set_focus(self._focus if self.background else None)
 
     def set_focus(self, index: int | None) -> None:

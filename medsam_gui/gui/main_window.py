@@ -231,7 +231,7 @@ class MainWindow:
     def track_worker(self, handle) -> None:
         self._tracked = [h for h in self._tracked if not h.finished] + [handle]
         handle._on_progress = lambda h: self._update_progress()
-        handle._on_finished.append(lambda h: self._update_progress())
+        handle.add_done_callback(lambda h: self._update_progress())
         self._update_progress()
 
     def _update_progress(self) -> None:

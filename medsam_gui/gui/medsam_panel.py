@@ -852,7 +852,7 @@ class MedSAMPanel(QWidget):
             self._close_prop_group()
             raise
         self._prop_handle = handle
-        handle._on_finished.append(lambda _h: self._close_prop_group())
+        handle.add_done_callback(lambda _h: self._close_prop_group())
         self.propagate_button.setEnabled(False)
         self.cancel_prop_button.setEnabled(True)
         self.prop_label.setText(f"Propagating from slices {', '.join(map(str, keys))}…")

@@ -78,6 +78,14 @@ class WorkerHandle:
     def running(self) -> bool:
         return not self.finished
 
+    def add_done_callback(self, fn: Callable[["WorkerHandle"], None]) -> None:
+        """Call ``fn(handle)`` on the GUI thread when the work ends (done, failed or cancelled);
+        at once if it has already ended."""
+        if self.finished:
+            fn(self)
+        else:
+            self._on_finished.append(fn)
+
     def _finish(self) -> None:
         if self.finished:
             return
@@ -92,6 +100,14 @@ class WorkerHandle:
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled else ("finished" if self.finished else "running")
         return f"<WorkerHandle {self.id} {self.description!r} {state}>"
+
+
+class _TaskFailed(Exception):
+    """Carries a RuntimeError out of a worker (see start_worker)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
 
 
 def start_worker(
@@ -114,14 +130,29 @@ def start_worker(
     handle = WorkerHandle(description, cancellable)
     handle._on_cancel = on_cancel
 
-    target = fn_or_generator
-    if inspect.isgenerator(fn_or_generator):
-        gen_obj = fn_or_generator
+    # superqt treats a RuntimeError escaping a generator worker as "worker deleted" and emits
+    # neither errored nor finished; torch raises RuntimeErrors. Wrap them so every failure is
+    # reported through on_error and the handle always finishes.
+    if inspect.isgenerator(fn_or_generator) or inspect.isgeneratorfunction(fn_or_generator):
+        source = fn_or_generator
 
-        def target():  # noqa: F811 - wraps a generator object as a generator function
-            return (yield from gen_obj)
+        def target():
+            gen_obj = source if inspect.isgenerator(source) else source()
+            try:
+                return (yield from gen_obj)
+            except RuntimeError as exc:
+                raise _TaskFailed(exc) from exc
 
-    elif not callable(fn_or_generator):
+    elif callable(fn_or_generator):
+        func = fn_or_generator
+
+        def target():
+            try:
+                return func()
+            except RuntimeError as exc:
+                raise _TaskFailed(exc) from exc
+
+    else:
         raise TypeError(f"run_worker needs a callable or a generator, got {type(fn_or_generator).__name__}")
 
     worker = create_worker(target, _start_thread=False, _ignore_errors=True)
@@ -157,6 +188,8 @@ def start_worker(
             handle._finish()
 
     def _errored(exc: BaseException) -> None:
+        if isinstance(exc, _TaskFailed):
+            exc = exc.original
         if handle.cancelled:
             return
         handle.error = exc

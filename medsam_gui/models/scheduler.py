@@ -125,6 +125,16 @@ class EmbeddingScheduler:
     def cancelled(self) -> bool:
         return self._stop
 
+    def set_options(self, *, neighbours: int | None = None, prefetch_all: bool | None = None) -> None:
+        """Change how far ahead to compute (``neighbours`` each side of the focus) and whether
+        to go on with the rest of the volume; takes effect at the next slice."""
+        with self._cond:
+            if neighbours is not None:
+                self.neighbours = int(neighbours)
+            if prefetch_all is not None:
+                self.prefetch_all = bool(prefetch_all)
+            self._cond.notify_all()
+
     def set_focus(self, index: int | None) -> None:
         """The slice the user is on; it and its neighbours are computed next."""
         with self._cond:
