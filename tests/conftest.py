@@ -3,6 +3,9 @@ licences) and tests/golden (reference inference outputs), so a clone runs its te
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,22 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"
 GOLDEN_DIR = TESTS_DIR / "golden"
+
+
+_SESSION_HOME: str | None = None
+
+
+def pytest_configure(config):
+    """Point MEDSAM_GUI_HOME at a throwaway folder before any fixture (module-scoped app
+    windows included) runs, so no test ever writes into the user's real folders."""
+    global _SESSION_HOME
+    _SESSION_HOME = tempfile.mkdtemp(prefix="medsam-gui-tests-")
+    os.environ["MEDSAM_GUI_HOME"] = _SESSION_HOME
+
+
+def pytest_unconfigure(config):
+    if _SESSION_HOME:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

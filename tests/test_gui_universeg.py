@@ -366,9 +366,9 @@ def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, golden_sd, tm
     # the right file (through the dialog's own file picker): validated, remembered, the run starts
     good = tmp_path / "universeg_v1_nf64_ss64_STA.pt"
     torch.save(golden_sd, good)
-    from medsam_gui.gui import universeg_panel as up
+    from medsam_gui.gui import weights_dialog
 
-    monkeypatch.setattr(up, "ask_weights_file", lambda parent: str(good))
+    monkeypatch.setattr(weights_dialog, "ask_weights_file", lambda parent, title="": str(good))
     dlg.choose_button.click()
     qtbot.waitUntil(lambda: panel.model is not None and not dlg.busy, timeout=20_000)
     assert manager.resolve("universeg_v1") == good.resolve()

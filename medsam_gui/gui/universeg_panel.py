@@ -116,29 +116,11 @@ def ask_example_set_save_path(parent: QWidget | None, suggested: str) -> str | N
     return path if path.lower().endswith(".npz") else path + ".npz"
 
 
-def ask_weights_file(parent: QWidget | None) -> str | None:
-    """File picker for ``universeg_v1_nf64_ss64_STA.pt``; returns the path or None."""
-    from .weights_dialog import WEIGHTS_FILTER
-
-    start = config.get_setting("last_dir")
-    path, _ = QFileDialog.getOpenFileName(parent, "Choose UniverSeg weights (universeg_v1_nf64_ss64_STA.pt)",
-                                          start if isinstance(start, str) else "", WEIGHTS_FILTER)
-    return path or None
-
-
 def make_weights_dialog(parent: QWidget | None, reason: str = ""):
-    """The weights dialog for ``universeg_v1`` (the generic WeightsDialog, UniverSeg file picker)."""
+    """The generic weights dialog for ``universeg_v1`` (download or choose a file)."""
     from .weights_dialog import WeightsDialog
 
-    class UniversegWeightsDialog(WeightsDialog):
-        def choose_file(self, path=None) -> None:  # noqa: D401 - Qt slot
-            if path is None and not self.busy:
-                path = ask_weights_file(self)
-                if not path:
-                    return
-            super().choose_file(path)
-
-    return UniversegWeightsDialog(parent, model_name=MODEL_NAME, reason=reason)
+    return WeightsDialog(parent, model_name=MODEL_NAME, reason=reason)
 
 
 # ----------------------------------------------------------------------------- support items
@@ -285,9 +267,6 @@ class UniversegPanel(QWidget):
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(REFRESH_MS)
         self._refresh_timer.timeout.connect(self.refresh_support)
-        self._poll = QTimer(self)
-        self._poll.setInterval(100)
-        self._poll.timeout.connect(self._check_handle)
         if controller.volume is not None:
             self._on_volume_changed(controller.volume)
         else:
@@ -1174,7 +1153,9 @@ class UniversegPanel(QWidget):
         self._handle = c.run_worker(work(), on_yield=self._on_batch, on_done=self._on_done,
                                     on_error=self._on_error,
                                     description=f"UniverSeg: segmenting {grand} slice(s) of {what}…")
-        self._poll.start()
+        handle = self._handle
+        # the status bar's Cancel ends the handle without going through self.cancel()
+        handle.add_done_callback(lambda h: self._check_handle() if self._handle is h else None)
         self._rebuild_proposal_list()
         self._update_buttons()
         return True
@@ -1206,7 +1187,6 @@ class UniversegPanel(QWidget):
     def _check_handle(self) -> None:
         h = self._handle
         if h is None:
-            self._poll.stop()
             return
         if h.finished:
             self._finish_run("cancelled" if h.cancelled else ("error" if h.error is not None else "done"))
@@ -1225,7 +1205,6 @@ class UniversegPanel(QWidget):
         if self._handle is None:
             return
         self._handle = None
-        self._poll.stop()
         self.progress.setVisible(False)
         if getattr(self, "_cancel_state", None) is not None and how != "done":
             self._cancel_state["cancel"] = True

@@ -37,7 +37,7 @@ class DownloadCancelled(MedsamGuiError):
     """The user cancelled the download (no file was kept)."""
 
 
-def ask_weights_file(parent: QWidget | None, title: str = "Choose MedSAM weights (medsam_vit_b.pth)") -> str | None:
+def ask_weights_file(parent: QWidget | None, title: str = "Choose model weights") -> str | None:
     """File picker for a weights file; returns the path or None."""
     start = config.get_setting("last_dir")
     path, _ = QFileDialog.getOpenFileName(parent, title, start if isinstance(start, str) else "", WEIGHTS_FILTER)
@@ -179,7 +179,7 @@ class WeightsDialog(QDialog):
         if self.busy:
             return
         if path is None:
-            path = ask_weights_file(self)
+            path = ask_weights_file(self, f"Choose {self.model.title} weights ({self.model.filename})")
             if not path:
                 return
         src = Path(path).expanduser()
