@@ -182,3 +182,24 @@ def test_edit_group_is_one_undo_step(c):
     assert np.array_equal(layer.data, before)
     layer.redo()
     assert int((layer.data[10:20, 5:15, 5:15] == 9).sum()) == 1000
+
+
+def test_napari_keyboard_undo_goes_through_controller(c):
+    """Ctrl+Z / Ctrl+Shift+Z bound on the labels layer undo/redo and announce labels_changed."""
+    layer = c.labels_layer
+    n = c.display_volume().shape[0]
+    mask = np.zeros(c.display_volume().shape[1:], bool)
+    mask[5:9, 6:12] = True
+    before = np.asarray(layer.data[n // 2]).copy()
+    c.write_slice_mask(0, n // 2, mask, 1)
+    seen = []
+    c.labels_changed.connect(lambda: seen.append(1))
+    try:
+        bindings = {str(k): f for k, f in layer.keymap.items()}
+        bindings["Ctrl+Z"](layer)
+        assert np.array_equal(np.asarray(layer.data[n // 2]), before) and len(seen) == 1
+        bindings["Ctrl+Shift+Z"](layer)
+        assert np.asarray(layer.data[n // 2])[mask].tolist() == [1] * int(mask.sum()) and len(seen) == 2
+    finally:
+        c.labels_changed.disconnect()
+        c.undo()

@@ -305,6 +305,10 @@ class Controller(QObject):
             )
             labels_layer.events.paint.connect(self._on_layer_paint)
             labels_layer.events.selected_label.connect(self._on_layer_selected_label)
+            # napari's own Ctrl+Z / Ctrl+Shift+Z on the layer go through the controller, so
+            # every undo/redo announces labels_changed (autosave, measurements follow).
+            labels_layer.bind_key("Control-z", lambda _layer: self.undo(), overwrite=True)
+            labels_layer.bind_key("Control-Shift-z", lambda _layer: self.redo(), overwrite=True)
             image.events.contrast_limits.connect(self._on_contrast_limits)
         self._image_layer, self._labels_layer = image, labels_layer
         self._set_contrast(bounds)
@@ -375,6 +379,11 @@ class Controller(QObject):
         h.update(memoryview(data).cast("B"))
         h.update(repr(self._table.to_dict()).encode())
         return h.hexdigest()
+
+    def mark_labels_unsaved(self) -> None:
+        """Treat the current labels as not saved in any file (e.g. after a crash recovery):
+        quitting or opening another scan asks first."""
+        self._saved_digest = None
 
     def has_unsaved_labels(self) -> bool:
         """True when the labels (or their names/colours) changed since they were opened or saved."""

@@ -170,7 +170,7 @@ class MainWindow:
         file_menu.addAction(self._action("save_labels", "Save labels", lambda: c.save_labels(),
                                          QKeySequence.StandardKey.Save, "Save the labels on the scan's grid"))
         file_menu.addAction(self._action("save_labels_as", "Save labels as…", lambda: c.save_labels(ask=True),
-                                         "Ctrl+Shift+S"))
+                                         "Ctrl+Alt+S"))
         file_menu.addSeparator()
         file_menu.addAction(self._action("import_descriptions", "Import label descriptions (ITK-SNAP)…",
                                          self.labels_panel_import))

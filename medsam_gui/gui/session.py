@@ -19,7 +19,7 @@ Installed by :func:`medsam_gui.app.build_app` (``install(controller)``). It adds
   restored work. Restored labels count as unsaved (quitting asks).
 - **Session files**: File > Save session… (Ctrl+Shift+S) / Open session… write and read one
   ``NAME.medsamsession`` folder (:func:`medsam_gui.core.session.save_session`). "Save labels
-  as…" keeps working; its shortcut moves to Ctrl+Alt+S (it was also Ctrl+Shift+S).
+  as…" is Ctrl+Alt+S.
 - **Undo within a memory budget**: the labels layer keeps unlimited undo steps until their
   memory exceeds the setting ``undo_memory_budget_mb`` (default 1024 MiB); the oldest are
   dropped first (:mod:`medsam_gui.gui.undo`). Re-applied whenever the scan changes.
@@ -689,7 +689,7 @@ class SessionManager(QObject):
             self._restoring = False
         self._restore_seq += 1
         if recovered_slot is not None:
-            c._saved_digest = None  # recovered labels are in no file yet: quitting asks
+            c.mark_labels_unsaved()  # recovered labels are in no file yet: quitting asks
             self._pending_discard = (self._restore_seq, Path(recovered_slot))
         self._suppress = False
         self.changed()
@@ -967,9 +967,6 @@ def _install_menu(controller) -> None:
     if menu is None:
         return
     parent = window.qt_window
-    save_as = window.actions.get("save_labels_as")
-    if save_as is not None and save_as.shortcut() == QKeySequence("Ctrl+Shift+S"):
-        save_as.setShortcut(QKeySequence("Ctrl+Alt+S"))
 
     def make(name, text, slot, shortcut=None, tip=""):
         act = QAction(text, parent)
@@ -1001,6 +998,7 @@ def _install_menu(controller) -> None:
     # after the label-saving entries (before the separator that follows them)
     actions = menu.actions()
     before = None
+    save_as = window.actions.get("save_labels_as")
     if save_as in actions:
         i = actions.index(save_as)
         before = actions[i + 1] if i + 1 < len(actions) else None
