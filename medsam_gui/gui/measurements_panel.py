@@ -167,11 +167,13 @@ class MeasurementsPanel(QWidget):
 
         def work():
             try:
-                result = measure_labels(labels, spacing, names)
+                result, error = measure_labels(labels, spacing, names), None
             except BaseException as exc:  # noqa: BLE001 - shown in the panel
-                self._computed.emit(None, exc, gen)
-            else:
-                self._computed.emit(result, None, gen)
+                result, error = None, exc
+            try:
+                self._computed.emit(result, error, gen)
+            except RuntimeError:  # the panel was closed while measuring: nothing to show
+                pass
 
         self._thread = threading.Thread(target=work, name="medsam-measure", daemon=True)
         self._thread.start()
