@@ -2,9 +2,23 @@
 
 ``pick_device("auto")`` prefers CUDA, then Apple MPS, then CPU. Precision:
 
-- ``"fp32"``: plain float32, reproduces the reference MedSAM inference exactly;
-- ``"auto"``: bfloat16 autocast on CUDA, float32 elsewhere (CPU/MPS) for now;
-- ``"bf16"``: bfloat16 autocast on CUDA or CPU (explicit opt-in).
+- ``"fp32"``: plain float32, reproduces the reference MedSAM inference exactly (segment-anything's
+  own encoder modules, skimage preprocessing, one slice at a time);
+- ``"auto"``: bfloat16 on CUDA (batched fast encoder, GPU preprocessing), ``CPU_AUTO_PRECISION``
+  on the CPU (float32 unless changed), float32 on MPS;
+- ``"bf16"``: bfloat16 autocast on CUDA or CPU (explicit opt-in; slow on CPUs without native
+  bf16 units, e.g. AVX2-only ones);
+- ``"fp16"``: float16 autocast on CUDA or MPS; float32 on the CPU (fp16 GEMMs are ~10x slower
+  than fp32 on AVX2 CPUs);
+- ``"int8"``: the fast CPU encoder (dynamic int8 Linear layers, SDPA attention, matrix-product
+  resize; see :mod:`medsam_gui.models.fast_encoder`); on CUDA it means ``"bf16"`` (no int8 GPU
+  kernels here), on MPS ``"fp32"``. The mask decoder always runs in float32 in this mode.
+- ``"fast"``: the fast encoder in float32 on any device (SDPA attention, matrix-product resize,
+  batching on CUDA): the reference's numbers up to float32 summation order (~1e-6 relative),
+  ~1.7x faster than "fp32" on an AVX2 CPU.
+
+Every precision other than "fp32" uses the fast encoder (:class:`~medsam_gui.models.fast_encoder.FastImageEncoder`);
+its agreement with "fp32" is measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -15,7 +29,11 @@ from typing import ContextManager
 from ..errors import MedsamGuiError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-PRECISION_CHOICES = ("fp32", "auto", "bf16")
+PRECISION_CHOICES = ("fp32", "auto", "bf16", "fp16", "int8", "fast")
+# What "auto" means on the CPU. "int8" is ~1.5x faster than "fp32" on an AVX2 CPU with masks
+# agreeing (docs/benchmarks.md), but "auto" stays reference-exact on the CPU until the real
+# checkpoint's agreement is confirmed.
+CPU_AUTO_PRECISION = "fp32"
 
 
 class DeviceError(MedsamGuiError):
@@ -60,14 +78,22 @@ def pick_device(choice: str = "auto"):
 
 
 def resolve_precision(precision: str, device) -> str:
-    """The effective precision ("fp32" or "bf16") for ``precision`` on ``device``."""
+    """The effective precision ("fp32", "bf16", "fp16", "int8" or "fast") for ``precision`` on ``device``."""
     precision = (precision or "fp32").strip().lower()
     if precision not in PRECISION_CHOICES:
         raise MedsamGuiError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     if precision == "fp32":
         return "fp32"
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "bf16"
+        return CPU_AUTO_PRECISION if device.type == "cpu" else "fp32"
+    if precision == "fast":
+        return "fast"
+    if precision == "int8":
+        return {"cpu": "int8", "cuda": "bf16"}.get(device.type, "fp32")
+    if precision == "fp16":
+        return "fp16" if device.type in ("cuda", "mps") else "fp32"
     # explicit bf16
     if device.type not in ("cuda", "cpu"):
         return "fp32"
@@ -76,8 +102,9 @@ def resolve_precision(precision: str, device) -> str:
 
 def autocast(device, effective_precision: str) -> ContextManager:
     """The context manager to run model code under for an effective precision."""
-    if effective_precision == "bf16":
+    if effective_precision in ("bf16", "fp16"):
         import torch
 
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        dtype = torch.bfloat16 if effective_precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
     return contextlib.nullcontext()

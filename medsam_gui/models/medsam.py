@@ -171,13 +171,40 @@ class MedSAMEngine:
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._fast_enc = None
         self._enc_lock = threading.Lock()
         self._dec_lock = threading.Lock()
         self._torch = torch
 
     # -- encoder
+    @property
+    def fast(self) -> bool:
+        """True when the encoder runs the fast path (every precision except "fp32")."""
+        return self.precision != "fp32"
+
+    def _fast_encoder(self):
+        """The FastImageEncoder for this precision (built on first use; int8 quantises the
+        encoder's Linear layers once, ~1-7 s on a CPU). Call with ``_enc_lock`` held."""
+        if getattr(self, "_fast_enc", None) is None:
+            from .fast_encoder import FastImageEncoder
+
+            self._fast_enc = FastImageEncoder(self.model.image_encoder, quantize=self.precision == "int8")
+        return self._fast_enc
+
+    def _batched_embedder(self, batch_size: int | None = None):
+        from .fast_encoder import BatchedEmbedder
+
+        if batch_size is None:
+            batch_size = 16 if self.device.type == "cuda" else 1
+        return BatchedEmbedder(self._fast_encoder(), self.device, self.precision, batch_size=batch_size)
+
     def embed(self, slice_uint8_hw: np.ndarray):
-        """(H, W) uint8 slice -> image embedding (1, 256, 64, 64) float32 on CPU."""
+        """(H, W) uint8 slice -> image embedding (1, 256, 64, 64) float32 on CPU.
+
+        "fp32": the reference path (skimage preprocessing, segment-anything's encoder), bit-exact.
+        Other precisions: the fast path (see :meth:`embed_batch`)."""
+        if self.fast:
+            return self.embed_batch([slice_uint8_hw])
         x = preprocess_slice(slice_uint8_hw)
         return self.embed_preprocessed(x)
 
@@ -185,8 +212,46 @@ class MedSAMEngine:
         """Encoder input (1, 3, 1024, 1024) float32 -> embedding (1, 256, 64, 64) float32, CPU."""
         torch = self._torch
         with self._enc_lock, torch.inference_mode(), autocast(self.device, self.precision):
-            emb = self.model.image_encoder(x.to(self.device))
+            enc = self._fast_encoder() if self.fast else self.model.image_encoder
+            emb = enc(x.to(self.device))
         return emb.float().cpu()
+
+    def iter_embed_batch(self, slices: Sequence[np.ndarray], batch_size: int | None = None):
+        """Yield ``(start, embeddings (b, 256, 64, 64) float16 CPU)`` for consecutive batches of
+        ``slices`` ((H, W) uint8, one shape per batch) as each batch is ready.
+
+        "fp32": one reference :meth:`embed` per slice (bit-exact). Other precisions: the fast
+        encoder in batches (default 16 slices on CUDA, 1 on the CPU) with the preprocessing
+        done as matrix products on the device, and on CUDA pinned memory, copies on a side
+        stream overlapping compute (:class:`~medsam_gui.models.fast_encoder.BatchedEmbedder`).
+        The encoder lock is held per batch, so decoders are never blocked.
+        """
+        slices = list(slices)
+        if not self.fast:
+            for i, s in enumerate(slices):
+                yield i, self.embed(s).half()
+            return
+        with self._enc_lock:
+            emb = self._batched_embedder(batch_size)
+        # CUDA: 4 batches per lock hold keep the copy/compute overlap going
+        step = emb.batch_size * (4 if self.device.type == "cuda" else 1)
+        for start in range(0, len(slices), step):
+            with self._enc_lock:
+                parts = list(emb.iter_embed(slices[start:start + step]))
+            for off, e in parts:
+                yield start + off, e
+
+    def embed_batch(self, slices: Sequence[np.ndarray], batch_size: int | None = None):
+        """(H, W) uint8 slices -> embeddings (N, 256, 64, 64) float32 on CPU, equal to calling
+        :meth:`embed` on each slice ("fp32": the same code; fast precisions: up to the float16
+        rounding the batched path applies to every embedding)."""
+        torch = self._torch
+        slices = list(slices)
+        if not slices:
+            return torch.empty(0, 256, 64, 64)
+        if not self.fast:
+            return torch.cat([self.embed(s) for s in slices])
+        return torch.cat([e for _, e in self.iter_embed_batch(slices, batch_size)]).float()
 
     # -- decoder
     def decode_logits(self, embedding, box_xyxy, hw: tuple[int, int]):
