@@ -174,7 +174,7 @@ def test_precision_modes():
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert resolve_precision("int8", cpu) == "int8" and resolve_precision("int8", cuda) == "bf16"
     assert resolve_precision("fp16", cuda) == "fp16" and resolve_precision("fp16", cpu) == "fp32"
-    assert resolve_precision("int8", mps) == "fp32" and resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("int8", mps) == "fp32" and resolve_precision("auto", cpu) == "fast"
     assert resolve_precision("fast", cpu) == "fast" == resolve_precision("FAST", cuda)
     eng = MedSAMEngine(vit_b_state_dict(), device="cpu", precision="fast")
     assert eng.fast and not eng._fast_encoder().quantize

@@ -165,7 +165,7 @@ def test_device_and_precision_choice():
 
     cpu = pick_device("cpu")
     assert cpu.type == "cpu"
-    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("auto", cpu) == "fast"
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     if not torch.cuda.is_available():
         with pytest.raises(MedsamGuiError, match="CUDA was requested but no CUDA GPU"):

@@ -77,7 +77,7 @@ DEFAULTS = {
     "recist_margin": 5.0,
     "prop_margin": 5,
     "overwrite_other": False,
-    "precision": "fp32",
+    "precision": "auto",
     "device": "auto",
     "neighbours": 2,
     "prefetch_all": False,
@@ -250,9 +250,16 @@ class MedSAMPanel(QWidget):
         model = QGroupBox("Model")
         ml = QFormLayout(model)
         self.precision_combo = QComboBox()
-        self.precision_combo.addItems(["fp32", "auto"])
-        self.precision_combo.setCurrentText(str(s["precision"]) if s["precision"] in ("fp32", "auto") else "fp32")
-        self.precision_combo.setToolTip("fp32: reference-exact; auto: bfloat16 on CUDA, fp32 on CPU")
+        from ..models.device import PRECISION_CHOICES
+
+        self.precision_combo.addItems(["auto", "fp32", "fast", "int8", "bf16", "fp16"])
+        self.precision_combo.setCurrentText(str(s["precision"]) if s["precision"] in PRECISION_CHOICES else "auto")
+        self.precision_combo.setToolTip(
+            "auto: bfloat16 on a GPU, 'fast' on the CPU\n"
+            "fp32: MedSAM's reference inference, bit for bit\n"
+            "fast: the reference's float32 numbers, ~1.7x faster on a CPU\n"
+            "int8: ~1.9x faster on a CPU, masks agree with fp32 (Dice >= 0.98)\n"
+            "bf16 / fp16: for GPUs")
         self.device_combo = QComboBox()
         self._fill_devices()
         ml.addRow("Precision", self.precision_combo)
