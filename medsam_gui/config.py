@@ -113,6 +113,16 @@ def set_setting(key: str, value: Any) -> None:
         raise
 
 
+def try_set_setting(key: str, value: Any) -> bool:
+    """``set_setting`` for preferences that are a convenience: a settings folder that cannot be
+    written (read-only home, full disk) is not an error. True when saved."""
+    try:
+        set_setting(key, value)
+        return True
+    except OSError:
+        return False
+
+
 def resources_dir() -> Path:
     """The top-level ``resources/`` folder shipped with the source tree."""
     return Path(__file__).resolve().parent.parent / "resources"

@@ -335,10 +335,7 @@ class MedSAMPanel(QWidget):
 
     def _save(self, key: str, value) -> None:
         self.settings[key] = value
-        try:
-            config.set_setting(SETTINGS_KEY, dict(self.settings))
-        except OSError:  # settings are a convenience
-            pass
+        config.try_set_setting(SETTINGS_KEY, dict(self.settings))
 
     # ------------------------------------------------------------------ engine / weights
     @property

@@ -458,10 +458,7 @@ class UniversegPanel(QWidget):
 
     def _save(self, key: str, value) -> None:
         self.settings[key] = value
-        try:
-            config.set_setting(SETTINGS_KEY, dict(self.settings))
-        except OSError:  # settings are a convenience
-            pass
+        config.try_set_setting(SETTINGS_KEY, dict(self.settings))
 
     # ------------------------------------------------------------------ model
     @property
