@@ -44,6 +44,7 @@ class LabelsPanel(QWidget):
         layout.addWidget(self.active_label)
 
         self.table = QTableWidget(0, 3, self)
+        self.table.setMinimumHeight(150)  # about five rows stay visible beside the other panels
         self.table.setHorizontalHeaderLabels(["Value", "Colour", "Name"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)

@@ -216,6 +216,21 @@ class MainWindow:
     def add_dock(self, widget: QWidget, name: str, area: str = "right", *, tabify: bool = False):
         if area not in _AREAS:
             raise ValueError(f"dock area must be one of {sorted(_AREAS)}, got {area!r}")
+        if widget.sizeHint().height() > 400:
+            # A scroll area lets tall panels (MedSAM, UniverSeg) fit any screen instead of
+            # forcing the window taller than the display; never scroll sideways.
+            from qtpy.QtCore import Qt
+            from qtpy.QtWidgets import QFrame, QScrollArea
+
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            scroll.setWidget(widget)
+            bar = scroll.verticalScrollBar().sizeHint().width()
+            scroll.setMinimumWidth(widget.minimumSizeHint().width() + bar + 4)
+            scroll.setMinimumHeight(200)
+            widget = scroll
         return self.viewer.window.add_dock_widget(widget, name=name, area=area, tabify=tabify)
 
     def show_status(self, message: str, timeout_ms: int = 5000) -> None:

@@ -935,9 +935,12 @@ def install(controller, service: EmbeddingService | None = None):
     from .measurements_panel import MeasurementsPanel
 
     panel = MedSAMPanel(controller, service=service)
-    controller.add_dock(panel, "MedSAM", "right")
+    medsam_dock = controller.add_dock(panel, "MedSAM", "right")
     measurements = MeasurementsPanel(controller)
-    controller.add_dock(measurements, "Measurements", "right")
+    controller.add_dock(measurements, "Measurements", "right", tabify=True)
+    panel.dock = medsam_dock
+    if medsam_dock is not None:
+        medsam_dock.raise_()
     panel.measurements_panel = measurements
     controller.medsam_panel = panel
     controller.measurements_panel = measurements

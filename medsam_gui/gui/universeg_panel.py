@@ -1436,7 +1436,14 @@ def install(controller) -> UniversegPanel:
     ``controller.universeg_panel``). Registers the pinned support set with the session module's
     ``register_state_provider`` when that exists (autosave)."""
     panel = UniversegPanel(controller)
-    controller.add_dock(panel, "UniverSeg", "right", tabify=getattr(controller, "medsam_panel", None) is not None)
+    medsam = getattr(controller, "medsam_panel", None)
+    controller.add_dock(panel, "UniverSeg", "right", tabify=medsam is not None)
+    medsam_dock = getattr(medsam, "dock", None)
+    if medsam_dock is not None:  # MedSAM is where a new user starts
+        from qtpy.QtCore import QTimer
+
+        medsam_dock.raise_()
+        QTimer.singleShot(0, medsam_dock.raise_)
     controller.universeg_panel = panel
     window = controller.window
     menu = getattr(window, "models_menu", None) if window is not None else None
