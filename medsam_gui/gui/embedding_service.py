@@ -18,7 +18,9 @@ Nothing here runs MedSAM on the GUI thread. Signals are emitted from worker thre
 delivered queued to the GUI thread: ``started(index)``, ``done(index, seconds)``,
 ``error(index, exc)``, ``ready()`` (preparation done), ``mask_ready(token, index, box, mask,
 decode_ms, generation)``, ``mask_failed(token, exc)``, ``waiting(token, index)`` (a decode waits
-for the slice's embedding).
+for the slice's embedding), ``notice(message)`` (the engine's ``on_notice``: the GPU ran out of
+memory, MedSAM goes on with smaller batches or on the CPU; also kept in ``device_notice`` and
+shown after ``last_message``).
 
 Cache keys (``embedding_cache.embedding_key``) include the scan fingerprint (voxels and
 geometry) marked as display order, the display axis and index, the window bounds, the
@@ -119,6 +121,7 @@ class EmbeddingService(QObject):
     mask_ready = Signal(object, int, object, object, float, int)
     mask_failed = Signal(object, object)
     waiting = Signal(object, int)
+    notice = Signal(str)
 
     def __init__(self, cache=None, *, neighbours: int = 2, prefetch_all: bool = False,
                  background: bool = True, parent=None) -> None:
@@ -138,6 +141,7 @@ class EmbeddingService(QObject):
         self._memo: OrderedDict[str, Any] = OrderedDict()
         self.embed_seconds: list[tuple[int, float]] = []
         self.last_message = ""
+        self.device_notice = ""
         # decoder thread
         self._dcond = threading.Condition()
         self._djobs: OrderedDict[Any, tuple] = OrderedDict()
@@ -184,6 +188,12 @@ class EmbeddingService(QObject):
     def set_engine(self, engine) -> None:
         """Use ``engine`` (a MedSAMEngine, or None); restarts the scheduler for the same scan."""
         self._engine = engine
+        self.device_notice = ""
+        if engine is not None:
+            try:
+                engine.on_notice = self._on_engine_notice  # called on a worker thread
+            except AttributeError:  # pragma: no cover - a read-only stand-in engine
+                pass
         ctx = self._ctx
         if ctx is not None:
             self.configure(ctx.volume, ctx.orientation, ctx.requested_bounds, ctx.axis, modality=ctx.modality)
@@ -253,13 +263,13 @@ class EmbeddingService(QObject):
 
         def on_started(index: int) -> None:
             if ctx is self._ctx:
-                self.last_message = f"MedSAM: embedding slice {index}…"
+                self.last_message = self._with_notice(f"MedSAM: embedding slice {index}…")
                 self.started.emit(int(index))
 
         def on_done(index: int, seconds: float) -> None:
             self.embed_seconds.append((int(index), float(seconds)))
             if ctx is self._ctx:
-                self.last_message = f"MedSAM: slice {index} embedded in {seconds:.1f} s"
+                self.last_message = self._with_notice(f"MedSAM: slice {index} embedded in {seconds:.1f} s")
                 self.done.emit(int(index), float(seconds))
 
         def on_error(exc: BaseException) -> None:
@@ -273,6 +283,15 @@ class EmbeddingService(QObject):
             embed_fn, ctx.key, ctx.n_slices, self.cache, focus=focus, neighbours=self.neighbours,
             prefetch_all=self.prefetch_all, on_started=on_started, on_done=on_done, on_error=on_error,
         )
+
+    def _on_engine_notice(self, message: str) -> None:
+        """Engine thread: the GPU ran out of memory (queued to the GUI thread by ``notice``)."""
+        self.device_notice = f"MedSAM: {message}"
+        self.last_message = self.device_notice
+        self.notice.emit(self.device_notice)
+
+    def _with_notice(self, message: str) -> str:
+        return f"{message} ({self.device_notice})" if self.device_notice else message
 
     def _stop_scheduler(self) -> None:
         with self._lock:

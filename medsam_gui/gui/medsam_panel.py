@@ -332,6 +332,8 @@ class MedSAMPanel(QWidget):
         sv.mask_ready.connect(self._on_mask_ready)
         sv.mask_failed.connect(self._on_mask_failed)
         sv.waiting.connect(self._on_waiting)
+        # e.g. "The GPU ran out of memory: continuing on the CPU (slower)"
+        sv.notice.connect(lambda msg: self.controller.status(msg, 15000))
 
     def _save(self, key: str, value) -> None:
         self.settings[key] = value

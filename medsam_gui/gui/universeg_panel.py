@@ -241,6 +241,7 @@ class UniversegPanel(QWidget):
     support_changed = Signal()
     proposal_changed = Signal()
     run_finished = Signal(str)
+    notice = Signal(str)  # emitted from worker threads (GPU out of memory); shown in the status bar
 
     def __init__(self, controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -259,6 +260,7 @@ class UniversegPanel(QWidget):
         self._weights_dialog = None
         self._was_pinned = False
         self.last_run: dict = {}
+        self.last_notice = ""  # the last out-of-memory fallback message shown
         saved = config.get_setting(SETTINGS_KEY, {})
         self.settings = saved if isinstance(saved, dict) else {}
         self._build()
@@ -421,6 +423,7 @@ class UniversegPanel(QWidget):
 
     def _connect(self) -> None:
         c = self.controller
+        self.notice.connect(self._on_notice)  # queued: emitted from worker threads
         c.volume_changed.connect(self._on_volume_changed)
         c.labels_changed.connect(self._schedule_refresh)
         c.active_label_changed.connect(self._on_active_label)
@@ -1133,7 +1136,8 @@ class UniversegPanel(QWidget):
             for v, tgt, _p in plans:
                 for ev in ic.iter_segment_rest(vol, labels_copy, v, model=model, bounds=bounds, support=support,
                                                support_size=S, targets=tgt, batch_size=bs, device=dev,
-                                               ensemble=ens, axis=axis, cancel=lambda: state["cancel"]):
+                                               ensemble=ens, axis=axis, cancel=lambda: state["cancel"],
+                                               on_notice=lambda m: self.notice.emit(f"UniverSeg: {m}")):
                     yield (v, ev, offset + ev.done, grand)
                 offset += len(tgt)
                 if state["cancel"]:
@@ -1173,6 +1177,11 @@ class UniversegPanel(QWidget):
         self.progress.setRange(0, total)
         self.progress.setValue(done)
         self._rebuild_proposal_list()
+
+    def _on_notice(self, message: str) -> None:
+        """GUI thread: an out-of-memory fallback (UniverSeg's or MedSAM's) for the status bar."""
+        self.last_notice = message
+        self.controller.status(message, 15000)
 
     def _on_done(self, _result) -> None:
         self._finish_run("done")

@@ -436,7 +436,8 @@ class FastDecoder:
     post-processing) with the constant dense positional encoding computed once instead of per
     box, float16 cached embeddings accepted as they are, and the mask's bounding box returned
     so a caller can paint only that part of its labels array. Thread-safe for decoding while
-    the encoder runs (no engine lock taken; the decoder modules are only read).
+    the encoder runs (no engine lock taken; the decoder modules are only read). Follows the
+    engine's device (which becomes the CPU when the GPU ran out of memory).
     """
 
     def __init__(self, engine) -> None:
@@ -444,17 +445,21 @@ class FastDecoder:
 
         self.engine = engine
         self.model = engine.model
-        self.device = engine.device
-        self._pe = None
+        self._pe = None  # (device, dense positional encoding (1, 256, 64, 64))
         self._lock = threading.Lock()
         self._torch = torch
 
+    @property
+    def device(self):
+        return self.engine.device
+
     def image_pe(self):
         with self._lock:
-            if self._pe is None:
+            dev = self.device
+            if self._pe is None or self._pe[0] != dev:
                 with self._torch.inference_mode():
-                    self._pe = self.model.prompt_encoder.get_dense_pe()
-            return self._pe
+                    self._pe = (dev, self.model.prompt_encoder.get_dense_pe())
+            return self._pe[1]
 
     def decode_logits(self, embedding, box_xyxy, hw):
         """Low-res logits (B, 1, 256, 256) float32 CPU for box(es) (x0, y0, x1, y1) in slice pixels."""

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MedsamGuiError
+from .oom import OomFallback
 
 SIZE = (128, 128)
 DEFAULT_SUPPORT_SIZE_GPU = 64
@@ -399,18 +400,21 @@ def iter_segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value
                       targets: Sequence[int] | None = None, z_range: tuple[int, int] | None = None,
                       batch_size: int | None = None, device: str | torch.device | None = "auto",
                       ensemble: int = 1, axis: int = 0,
-                      cancel: Callable[[], bool] | None = None) -> Iterator[BatchDone]:
+                      cancel: Callable[[], bool] | None = None,
+                      on_notice: Callable[[str], None] | None = None) -> Iterator[BatchDone]:
     """Generator form of :func:`segment_rest`: yields a :class:`BatchDone` per batch.
 
-    Stops early (without error) when ``cancel()`` returns True before a batch.
+    Stops early (without error) when ``cancel()`` returns True before a batch. Out of GPU
+    memory: see :func:`segment_rest` (``on_notice`` is called on the generator's thread).
     """
     yield from _run(volume, labels, label_value, model=model, bounds=bounds, support=support,
                     support_size=support_size, targets=targets, z_range=z_range, batch_size=batch_size,
-                    device=device, ensemble=ensemble, axis=axis, cancel=cancel, plan_out={})
+                    device=device, ensemble=ensemble, axis=axis, cancel=cancel, plan_out={},
+                    on_notice=on_notice)
 
 
 def _run(volume, labels, label_value, *, model, bounds, support, support_size, targets, z_range,
-         batch_size, device, ensemble, axis, cancel, plan_out):
+         batch_size, device, ensemble, axis, cancel, plan_out, on_notice=None):
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise InContextError(f"the scan must be 3D (z, y, x), got shape {volume.shape}")
@@ -439,29 +443,43 @@ def _run(volume, labels, label_value, *, model, bounds, support, support_size, t
     slice_hw = tuple(s for a, s in enumerate(volume.shape) if a != axis)
 
     model = model.to(dev).eval()
-    sup_tensors = [(torch.from_numpy(s.images)[None, :, None].to(dev),
-                    torch.from_numpy(s.masks.astype(np.float32))[None, :, None].to(dev)) for s in subsets]
+    # where the work runs: moved to the CPU when the GPU runs out of memory even one slice at a time
+    placed = {"dev": dev, "sup": [(torch.from_numpy(s.images)[None, :, None].to(dev),
+                                   torch.from_numpy(s.masks.astype(np.float32))[None, :, None].to(dev))
+                                  for s in subsets]}
     S_eff = max(len(s) for s in subsets)
     bs = int(batch_size) if batch_size else _auto_batch(S_eff, dev)
     total = len(tgt)
-    done = 0
-    for start in range(0, total, bs):
-        if cancel is not None and cancel():
-            return
-        idx = tgt[start:start + bs]
+
+    def run_batch(a: int, b: int, _size: int) -> np.ndarray:
+        d, sup_tensors = placed["dev"], placed["sup"]
+        idx = tgt[a:b]
         imgs = resize_images(window_unit(np.stack([np.take(volume, i, axis) for i in idx]), bounds))
-        x = torch.from_numpy(imgs)[:, None].to(dev)
+        x = torch.from_numpy(imgs)[:, None].to(d)
         acc = None
         with torch.inference_mode():
             for si, sl in sup_tensors:
-                b = x.shape[0]
-                logits = model(x, si.expand(b, *si.shape[1:]), sl.expand(b, *sl.shape[1:]))
+                n = x.shape[0]
+                logits = model(x, si.expand(n, *si.shape[1:]), sl.expand(n, *sl.shape[1:]))
                 p = torch.sigmoid(logits.float())
                 acc = p if acc is None else acc + p
             probs = resize_probabilities(acc / len(sup_tensors), slice_hw)
-        probs = probs.clamp(0, 1).cpu().numpy().astype(np.float16)
-        done += len(idx)
-        yield BatchDone(list(idx), probs, done, total)
+        return probs.clamp(0, 1).cpu().numpy().astype(np.float16)
+
+    def move_to_cpu() -> None:
+        cpu = torch.device("cpu")
+        model.to(cpu)
+        placed["sup"] = [(si.to(cpu), sl.to(cpu)) for si, sl in placed["sup"]]
+        placed["dev"] = cpu
+
+    fallback = OomFallback(lambda: placed["dev"], bs, move_to_cpu=move_to_cpu, on_notice=on_notice,
+                           cpu_batch_size=min(bs, _auto_batch(S_eff, torch.device("cpu"))))
+    if cancel is not None and cancel():
+        return
+    for a, b, probs in fallback.run(total, run_batch):
+        yield BatchDone(list(tgt[a:b]), probs, b, total)
+        if b < total and cancel is not None and cancel():
+            return
 
 
 def segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value: int, *,
@@ -471,7 +489,8 @@ def segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value: int
                  batch_size: int | None = None, device: str | torch.device | None = "auto",
                  ensemble: int = 1, axis: int = 0, cancel: Callable[[], bool] | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 on_batch: Callable[[BatchDone], None] | None = None) -> InContextResult:
+                 on_batch: Callable[[BatchDone], None] | None = None,
+                 on_notice: Callable[[str], None] | None = None) -> InContextResult:
     """Segment ``label_value`` on the remaining slices from the slices the user labeled.
 
     volume: (z, y, x) raw intensities windowed with ``bounds`` = display (lo, hi), or already
@@ -484,12 +503,18 @@ def segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value: int
     after each batch, ``on_batch(BatchDone)`` too; ``cancel()`` -> True stops before the next
     batch and returns the finished part with ``cancelled=True``. ``labels`` is not modified:
     call ``result.apply(labels)``.
+
+    Out of GPU memory: the batch is run again with half as many targets, down to 1, then the
+    model and support move to the CPU and the run goes on there (the model stays on the CPU);
+    ``on_notice(message)`` is told each time (:class:`~medsam_gui.models.oom.OomFallback`).
+    The probabilities are those of a run without the error.
     """
     plan: dict = {}
     slice_hw = tuple(s for a, s in enumerate(np.shape(volume)) if a != axis) if np.ndim(volume) == 3 else ()
     gen = _run(volume, labels, label_value, model=model, bounds=bounds, support=support,
                support_size=support_size, targets=targets, z_range=z_range, batch_size=batch_size,
-               device=device, ensemble=ensemble, axis=axis, cancel=cancel, plan_out=plan)
+               device=device, ensemble=ensemble, axis=axis, cancel=cancel, plan_out=plan,
+               on_notice=on_notice)
     probs: dict[int, np.ndarray] = {}
     total = None
     for ev in gen:

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import CheckpointError
 from .checkpoints import file_sha256, load_state_dict_file
 from .device import autocast, pick_device, resolve_precision
+from .oom import OomFallback, free_device_memory
 
 MODEL_NAME = "MedSAM (SAM ViT-B)"
 INPUT_SIZE = 1024
@@ -137,7 +138,15 @@ class MedSAMEngine:
     :mod:`medsam_gui.models.device`). Thread-safe: encoder calls are serialised by one lock
     and decoder calls by another, so a box can be decoded (~0.1 s) while a background thread
     runs the encoder (tens of seconds on a CPU) on another slice.
+
+    Out of GPU memory (see :mod:`medsam_gui.models.oom`): the encoder retries with smaller
+    batches, then the whole model moves to the CPU (``device`` becomes cpu, ``precision`` is
+    resolved again for the CPU from ``requested_precision``); the decoder moves to the CPU at
+    once. Each change is told to ``on_notice(message: str)`` (an attribute, None by default;
+    called on the thread that runs the model).
     """
+
+    on_notice = None
 
     def __init__(self, checkpoint, device: str = "auto", precision: str = "fp32") -> None:
         import torch
@@ -145,7 +154,9 @@ class MedSAMEngine:
         from .sam_loader import build_sam_vit_b
 
         self.device = pick_device(device)
+        self.requested_precision = precision
         self.precision = resolve_precision(precision, self.device)
+        self._batch_cap: int | None = None  # largest encoder batch that fitted after an OOM
         if isinstance(checkpoint, Mapping):
             sd = dict(checkpoint)
             self.checkpoint_path: Path | None = None
@@ -209,12 +220,59 @@ class MedSAMEngine:
         return self.embed_preprocessed(x)
 
     def embed_preprocessed(self, x):
-        """Encoder input (1, 3, 1024, 1024) float32 -> embedding (1, 256, 64, 64) float32, CPU."""
+        """Encoder input (1, 3, 1024, 1024) float32 -> embedding (1, 256, 64, 64) float32, CPU.
+        Out of GPU memory: the model moves to the CPU and the slice is encoded there."""
+        return self._fallback(1).call(lambda: self._encode_once(x))
+
+    def _encode_once(self, x):
         torch = self._torch
         with self._enc_lock, torch.inference_mode(), autocast(self.device, self.precision):
             enc = self._fast_encoder() if self.fast else self.model.image_encoder
             emb = enc(x.to(self.device))
         return emb.float().cpu()
+
+    # -- out of memory
+    def _notice(self, message: str) -> None:
+        cb = self.on_notice
+        if cb is not None:
+            cb(message)
+
+    def _fallback(self, batch_size: int) -> OomFallback:
+        return OomFallback(lambda: self.device, batch_size, move_to_cpu=self.move_to_cpu,
+                           on_notice=self._notice, cpu_batch_size=1)
+
+    def move_to_cpu(self) -> bool:
+        """Move the model to the CPU (after the GPU ran out of memory); ``precision`` is resolved
+        again for the CPU from ``requested_precision``. Waits for running encoder/decoder calls.
+        Returns False when already on the CPU."""
+        torch = self._torch
+        with self._enc_lock, self._dec_lock:
+            old = self.device
+            if old.type == "cpu":
+                return False
+            cpu = torch.device("cpu")
+            self.model.to(cpu)
+            self.device = cpu
+            self.precision = resolve_precision(getattr(self, "requested_precision", self.precision), cpu)
+            fe = getattr(self, "_fast_enc", None)
+            if fe is not None and getattr(fe, "quantize", False) != (self.precision == "int8"):
+                self._fast_enc = None  # int8 on the CPU needs a quantised copy
+        free_device_memory(old)
+        return True
+
+    def _default_batch_size(self) -> int:
+        if not self.fast:
+            return 1
+        return 16 if self.device.type == "cuda" else 1
+
+    def _embed_range(self, slices: Sequence[np.ndarray], batch_size: int) -> list:
+        """``[(offset, float16 (b, 256, 64, 64) CPU)]`` for ``slices`` on the current device
+        and precision (the unit retried after an out-of-memory error)."""
+        if not self.fast:  # reference path, one slice at a time
+            return [(i, self._encode_once(preprocess_slice(s)).half()) for i, s in enumerate(slices)]
+        with self._enc_lock:
+            emb = self._batched_embedder(batch_size)
+            return list(emb.iter_embed(slices))
 
     def iter_embed_batch(self, slices: Sequence[np.ndarray], batch_size: int | None = None):
         """Yield ``(start, embeddings (b, 256, 64, 64) float16 CPU)`` for consecutive batches of
@@ -224,20 +282,23 @@ class MedSAMEngine:
         encoder in batches (default 16 slices on CUDA, 1 on the CPU) with the preprocessing
         done as matrix products on the device, and on CUDA pinned memory, copies on a side
         stream overlapping compute (:class:`~medsam_gui.models.fast_encoder.BatchedEmbedder`).
-        The encoder lock is held per batch, so decoders are never blocked.
+        The encoder lock is held per batch, so decoders are never blocked. Out of GPU memory:
+        the batches are halved down to 1, then the model moves to the CPU (``on_notice`` is told).
         """
         slices = list(slices)
-        if not self.fast:
-            for i, s in enumerate(slices):
-                yield i, self.embed(s).half()
-            return
-        with self._enc_lock:
-            emb = self._batched_embedder(batch_size)
-        # CUDA: 4 batches per lock hold keep the copy/compute overlap going
-        step = emb.batch_size * (4 if self.device.type == "cuda" else 1)
-        for start in range(0, len(slices), step):
-            with self._enc_lock:
-                parts = list(emb.iter_embed(slices[start:start + step]))
+        bs = self._default_batch_size() if batch_size is None or not self.fast else max(1, int(batch_size))
+        cap = getattr(self, "_batch_cap", None)
+        if cap is not None and self.device.type != "cpu":
+            bs = min(bs, cap)
+        fb = self._fallback(bs)
+
+        def span(b: int) -> int:  # CUDA: 4 batches per lock hold keep the copy/compute overlap going
+            return b * (4 if self.device.type == "cuda" and self.fast else 1)
+
+        for start, _stop, parts in fb.run(len(slices), lambda a, b, size: self._embed_range(slices[a:b], size),
+                                          span=span):
+            if fb.batch_size < bs and self.device.type != "cpu":
+                self._batch_cap = fb.batch_size
             for off, e in parts:
                 yield start + off, e
 
@@ -256,10 +317,14 @@ class MedSAMEngine:
     # -- decoder
     def decode_logits(self, embedding, box_xyxy, hw: tuple[int, int]):
         """Low-res logits (B, 1, 256, 256) float32 (CPU) for box(es) (x0, y0, x1, y1) in slice
-        pixels on an (H, W) slice. ``box_xyxy`` is 4 numbers or (B, 4)."""
-        torch = self._torch
+        pixels on an (H, W) slice. ``box_xyxy`` is 4 numbers or (B, 4). Out of GPU memory: the
+        model moves to the CPU (``on_notice`` is told) and the boxes are decoded there."""
         boxes = np.asarray(box_xyxy, dtype=np.float64).reshape(-1, 4)
         boxes_1024 = np.stack([box_to_1024(b, hw) for b in boxes])
+        return self._fallback(1).call(lambda: self._decode_once(embedding, boxes_1024))
+
+    def _decode_once(self, embedding, boxes_1024: np.ndarray):
+        torch = self._torch
         with self._dec_lock, torch.inference_mode(), autocast(self.device, self.precision):
             emb = torch.as_tensor(embedding).to(self.device, dtype=torch.float32)
             if emb.ndim == 3:
