@@ -143,7 +143,7 @@ def test_connection_refused_reads_as_offline():
     msg = str(ei.value)
     assert msg.startswith("could not reach 127.0.0.1: you seem to be offline")
     assert f"download {url} in a browser" in msg
-    assert "medsam-gui weights import universeg_v1 FILE" in msg and "File > Load weights" in msg
+    assert "medsam-gui weights import universeg_v1 FILE" in msg and "Models menu" in msg
 
 
 def test_interrupted_download_is_never_used(server, universeg_bytes):

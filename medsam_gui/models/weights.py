@@ -236,7 +236,7 @@ def _unlink(p: Path) -> None:
 def _offline_message(host: str, url: str, model: KnownModel, detail: str) -> str:
     return (
         f"could not reach {host}: you seem to be offline ({detail}); download {url} in a browser "
-        f"and import it with `medsam-gui weights import {model.name} FILE` or File > Load weights"
+        f"and import it with `medsam-gui weights import {model.name} FILE` or in the app from the Models menu"
     )
 
 
@@ -272,7 +272,7 @@ def download(
     part = folder / (model.filename + ".part")
     _unlink(part)
     how_to = (f"download {src} in a browser and import it with `medsam-gui weights import "
-              f"{model.name} FILE` or File > Load weights")
+              f"{model.name} FILE` or in the app from the Models menu")
     sha = hashlib.sha256()
     md = hashlib.md5(usedforsecurity=False)
     done = 0
