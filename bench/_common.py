@@ -24,6 +24,13 @@ LUNG_LABEL = DATA / "lung_ct" / "lung1_label.nrrd"
 
 
 def setup_torch(threads: int | None):
+    """Threads for torch, and the app's memory tuning (medsam_gui.runtime.tune_memory: large
+    tensors on transparent huge pages), which applies to the reference path and ours alike;
+    ``MEDSAM_GUI_MALLOC=system`` measures both without it."""
+    from medsam_gui.runtime import tune_memory
+
+    tuned = tune_memory()
+    print(f"memory: {'large tensors on transparent huge pages (app default)' if tuned else 'system default'}")
     import torch
 
     if threads:

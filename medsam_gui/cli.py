@@ -52,6 +52,9 @@ def _command_parser(name: str) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .runtime import tune_memory
+
+    tune_memory()  # before any large tensor: see medsam_gui/runtime.py
     try:
         if argv and argv[0] in COMMANDS:
             args = _command_parser(argv[0]).parse_args(argv)

@@ -24,6 +24,9 @@ def pytest_configure(config):
     global _SESSION_HOME
     _SESSION_HOME = tempfile.mkdtemp(prefix="medsam-gui-tests-")
     os.environ["MEDSAM_GUI_HOME"] = _SESSION_HOME
+    from medsam_gui.runtime import tune_memory
+
+    tune_memory()  # as the app does at start-up (medsam_gui/runtime.py)
 
 
 def pytest_unconfigure(config):

@@ -72,6 +72,19 @@ class _PerItem(nn.Module):
         return y.reshape(b, s, *y.shape[1:])
 
 
+_CHUNK_BYTES = 16 << 20  # temporaries of the fast path's per-pair loop
+
+
+def _maxpool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pool with stride 2 over the last two axes (even sizes), any leading axes.
+
+    The same values as ``F.max_pool2d(x, 2)`` (which also computes argmax indices on the CPU and
+    is several times slower there).
+    """
+    y = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(y[..., 0::2], y[..., 1::2])
+
+
 def _per_item(fn, x: torch.Tensor) -> torch.Tensor:
     b, s = x.shape[:2]
     y = fn(x.reshape(b * s, *x.shape[2:]))
@@ -134,14 +147,33 @@ class UniverSeg(nn.Module):
             self.dec_blocks.append(_CrossBlock(t_ch + skip, s_ch + skip, f))
             t_ch = s_ch = f
         self.out_conv = _ConvOp(t_ch, 1, kernel_size=1, activation=False)
+        # forward() uses forward_fast (exact rewrite, 3-7x faster); False: forward_reference
+        self.fast = True
 
     def forward(self, target_image: torch.Tensor, support_images: torch.Tensor,
                 support_labels: torch.Tensor) -> torch.Tensor:
+        """Logits (B,1,H,W). Uses :meth:`forward_fast` unless ``self.fast`` is False."""
+        self._check_inputs(target_image, support_images, support_labels)
+        if self.fast:
+            return self.forward_fast(target_image, support_images, support_labels)
+        return self.forward_reference(target_image, support_images, support_labels)
+
+    @staticmethod
+    def _check_inputs(target_image, support_images, support_labels) -> None:
         if target_image.ndim != 4 or target_image.shape[1] != 1:
             raise ValueError(f"target must be (B,1,H,W), got {tuple(target_image.shape)}")
         if support_images.ndim != 5 or support_images.shape != support_labels.shape:
             raise ValueError("support_images and support_labels must both be (B,S,1,H,W), got "
                              f"{tuple(support_images.shape)} and {tuple(support_labels.shape)}")
+        if support_images.shape[0] != target_image.shape[0] or \
+                support_images.shape[-2:] != target_image.shape[-2:]:
+            raise ValueError(f"target {tuple(target_image.shape)} and support "
+                             f"{tuple(support_images.shape)} differ in batch size or image size")
+
+    def forward_reference(self, target_image: torch.Tensor, support_images: torch.Tensor,
+                          support_labels: torch.Tensor) -> torch.Tensor:
+        """The network evaluated block by block as published (every pair through every conv)."""
+        self._check_inputs(target_image, support_images, support_labels)
         target = target_image.unsqueeze(1)  # (B,1,1,H,W)
         support = torch.cat([support_images, support_labels], dim=2)  # (B,S,2,H,W)
         skips = []
@@ -164,6 +196,147 @@ class UniverSeg(nn.Module):
             del t_skip, s_skip  # free the skip before the block runs (memory peak at full size)
             target, support = block(target, support)
         return self.out_conv(target[:, 0])
+
+
+    # ------------------------------------------------------------------------- fast path
+    #
+    # Three exact rewrites (the same function; results differ only by float summation order):
+    # 1. Level 1 is linear up to the support conv's activation: the support stream after level 1
+    #    is act(C_s * (T + A_j) + c) with T = W_t * t + b (per target) and A_j = W_s * s_j (per
+    #    support item, target-independent). C_s * A_j is computed once per support set and
+    #    cached, C_s * T once per target: no full-resolution conv per (target, support) pair.
+    # 2. Of the level-1 support outputs, the decoder's last block needs only their mean over the
+    #    support set (see 3), so per pair only an add, an activation, a max-pool and a mean remain.
+    # 3. The last decoder block's support output is discarded, and its target output is
+    #    mean_j(W_t * t + b + W_s * s_j) = W_t * t + b + W_s * mean_j(s_j) (no activation before
+    #    the mean; bilinear upsampling commutes with the mean): one conv per target instead of S
+    #    at full resolution.
+    # Per (target, support) pair this leaves the levels at 64^2 and below: ~1.9 GFLOP instead
+    # of ~6.8 GFLOP.
+
+    def _level1_support_terms(self, support_images: torch.Tensor, support_labels: torch.Tensor):
+        """(A_mean (Bs,C,H,W), P (Bs,S,C,H,W)) for supports (Bs,S,1,H,W): A_j = W_s * s_j,
+        P_j = C_s * A_j (level-1 support conv without bias), A_mean = mean_j A_j."""
+        blk = self.enc_blocks[0]
+        cross, ct = blk.cross.cross_conv, blk.cross.target_ch
+        sconv = blk.support.vmapped.conv
+        bs, S = support_images.shape[:2]
+        x = torch.cat([support_images, support_labels], dim=2).reshape(bs * S, 2, *support_images.shape[-2:])
+        a = F.conv2d(x.to(cross.weight.dtype), cross.weight[:, ct:], None, padding=1)
+        p = F.conv2d(a, sconv.weight, None, padding=1)
+        a = a.reshape(bs, S, *a.shape[1:])
+        return a.mean(dim=1), p.reshape(bs, S, *p.shape[1:])
+
+    @staticmethod
+    def _tensor_key(t: torch.Tensor):
+        try:
+            version = t._version
+        except RuntimeError:  # inference tensors carry no version counter: do not cache
+            return None
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
+                version, t.device, t.dtype)
+
+    def _cached_support_terms(self, support_images: torch.Tensor, support_labels: torch.Tensor):
+        """Level-1 support terms of one support set (1,S,1,H,W), cached for the last set seen.
+
+        The cache keeps references to the support tensors (so their memory cannot be reused by
+        another tensor) and is keyed by storage, shape, strides, version counter (in-place
+        changes), device, dtype and the level-1 weights' identity and versions.
+        """
+        import threading
+
+        lock = self.__dict__.setdefault("_support_lock", threading.Lock())
+        blk = self.enc_blocks[0]
+        keys = [self._tensor_key(t) for t in (support_images, support_labels,
+                                                blk.cross.cross_conv.weight, blk.support.vmapped.conv.weight)]
+        key = None if any(k is None for k in keys) else tuple(keys)
+        with lock:
+            cached = self.__dict__.get("_support_cache")
+            if key is not None and cached is not None and cached[0] == key:
+                return cached[2]
+        terms = self._level1_support_terms(support_images, support_labels)
+        if key is not None:
+            with lock:
+                self.__dict__["_support_cache"] = (key, (support_images, support_labels), terms)
+        return terms
+
+    def clear_support_cache(self) -> None:
+        """Drop the cached level-1 terms of the last support set (S x 64 x H x W floats)."""
+        self.__dict__.pop("_support_cache", None)
+
+    @staticmethod
+    def _shared_support(x: torch.Tensor) -> bool:
+        if x.shape[0] == 1 or x.stride(0) == 0:
+            return True
+        return bool(torch.equal(x[1:], x[:1].expand_as(x[1:])))
+
+    def forward_fast(self, target_image: torch.Tensor, support_images: torch.Tensor,
+                     support_labels: torch.Tensor) -> torch.Tensor:
+        """Same logits as :meth:`forward_reference` (to float rounding), 3-4x fewer operations.
+
+        When all targets of the batch share one support set (the usual case: ``expand``), its
+        target-independent level-1 terms are computed once and cached for the next batch.
+        """
+        self._check_inputs(target_image, support_images, support_labels)
+        B = target_image.shape[0]
+        if self._shared_support(support_images) and self._shared_support(support_labels):
+            a_mean, p = self._cached_support_terms(support_images[:1], support_labels[:1])
+        else:
+            a_mean, p = self._level1_support_terms(support_images, support_labels)
+        blk = self.enc_blocks[0]
+        cross, ct = blk.cross.cross_conv, blk.cross.target_ch
+        tconv, sconv = blk.target.vmapped.conv, blk.support.vmapped.conv
+        x = target_image.to(cross.weight.dtype)
+        t_cross = F.conv2d(x, cross.weight[:, :ct], cross.bias, padding=1)  # (B,C,H,W)
+        t1 = F.leaky_relu(F.conv2d(t_cross + a_mean, tconv.weight, tconv.bias, padding=1), 0.01)
+        u = F.conv2d(t_cross, sconv.weight, sconv.bias, padding=1)  # (B,C,H,W)
+        del t_cross
+        S, C, H, W = p.shape[1:]
+        pooled = u.new_empty(B, S, C, H // 2, W // 2)
+        s1_mean = u.new_empty(B, C, H, W)
+        # per pair: add, activation, mean and 2x2 max-pool, a few support items at a time so the
+        # temporary stays small (cache-sized) and is reused
+        chunk = max(1, min(S, _CHUNK_BYTES // max(1, C * H * W * u.element_size())))
+        buf = u.new_empty(chunk, C, H, W)
+        for b in range(B):
+            pb, acc = p[b if p.shape[0] > 1 else 0], s1_mean[b]
+            acc.zero_()
+            for a in range(0, S, chunk):
+                x = buf[:min(chunk, S - a)]
+                torch.add(pb[a:a + x.shape[0]], u[b], out=x)
+                F.leaky_relu(x, 0.01, inplace=True)
+                acc.add_(x.sum(dim=0))
+                pooled[b, a:a + x.shape[0]] = _maxpool2(x)
+            acc.div_(S)
+        del buf, u
+        skips = [(t1, s1_mean)]
+        target = _maxpool2(t1).unsqueeze(1)
+        support = pooled
+        last = len(self.enc_blocks) - 1
+        for i in range(1, len(self.enc_blocks)):
+            target, support = self.enc_blocks[i](target, support)
+            if i == last:
+                break
+            skips.append((target, support))
+            target, support = _maxpool2(target), _maxpool2(support)
+
+        def up(v):
+            return F.interpolate(v, scale_factor=2, mode="bilinear", align_corners=True)
+
+        for block in self.dec_blocks[:-1]:
+            t_skip, s_skip = skips.pop()
+            target = torch.cat([_per_item(up, target), t_skip], dim=2)
+            support = torch.cat([_per_item(up, support), s_skip], dim=2)
+            del t_skip, s_skip
+            target, support = block(target, support)
+        blk = self.dec_blocks[-1]
+        t_skip, s_skip_mean = skips.pop()  # (B,C,H,W) each
+        pair_in = torch.cat([up(target[:, 0]), t_skip, up(support.mean(dim=1)), s_skip_mean], dim=1)
+        del target, support, t_skip, s_skip_mean
+        z = F.conv2d(pair_in, blk.cross.cross_conv.weight, blk.cross.cross_conv.bias, padding=1)
+        tconv = blk.target.vmapped.conv
+        t = F.leaky_relu(F.conv2d(z, tconv.weight, tconv.bias, padding=1), 0.01)
+        return self.out_conv(t)
 
 
 # ----------------------------------------------------------------------------- loading
