@@ -84,6 +84,17 @@ def test_demo_scan_opens_with_display_geometry(win):
     assert win.actions["save_labels"].shortcut().toString() == "Ctrl+S"
 
 
+def test_slice_slider_shows_the_whole_view_name(win, qtbot):
+    for view in ("sagittal", "axial"):
+        win.controller.set_view(view)
+        qtbot.wait(50)
+        sliders = [w for w in win.qt_viewer.dims.slider_widgets if w.isVisible()]
+        assert len(sliders) == 1
+        lab = sliders[0].axis_label
+        assert lab.text() == view
+        assert lab.width() >= lab.fontMetrics().horizontalAdvance(view) + 4, (view, lab.width())
+
+
 def test_open_lung_with_labels(c, data_dir):
     handle = c.open_scan(data_dir / LUNG_IMAGE, labels=data_dir / LUNG_LABEL)
     assert handle is not None

@@ -283,6 +283,24 @@ class MainWindow:
     def _on_view_changed(self, view: str) -> None:
         for name in ("axial", "coronal", "sagittal"):
             self.actions[f"view_{name}"].setChecked(name == view)
+        self.fit_slider_labels()
+        QTimer.singleShot(0, self.fit_slider_labels)  # after napari's own resize of the labels
+
+    def fit_slider_labels(self) -> None:
+        """Widen the slice slider's axis name ("axial", "sagittal") to its full text.
+
+        napari sizes these fields with its dims widget's font, smaller than the fields' own
+        (style-sheet) font, which cut "axial" to "axi".
+        """
+        dims = getattr(self.qt_viewer, "dims", None)
+        for w in getattr(dims, "slider_widgets", []) or []:
+            lab = getattr(w, "axis_label", None)
+            if lab is None:
+                continue
+            fm = lab.fontMetrics()
+            need = max(fm.horizontalAdvance(t) for t in ("sagittal", lab.text() or "")) + 14
+            if lab.width() < need:
+                lab.setFixedWidth(need)
 
     # ------------------------------------------------------------------ user actions
     def ask_open_scan(self) -> None:
