@@ -86,6 +86,8 @@ def test_delete_label_erases_voxels_as_one_undo_step(win, c, data_dir, monkeypat
     n4 = int((seg == 4).sum())
     assert n4 > 0
     panel = win.labels_panel
+    c.rename_label(4, "lesion 4")
+    deleted_info = c.label_table[4]
     panel.table.selectRow(panel.row_of(4))
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda *a, **k: False)
     panel.delete_button.click()
@@ -97,9 +99,17 @@ def test_delete_label_erases_voxels_as_one_undo_step(win, c, data_dir, monkeypat
     assert 4 not in c.label_table and panel.row_of(4) is None
     assert int((c.labels_layer.data == 4).sum()) == 0
     assert int((c.source_labels() == 5).sum()) == int((seg == 5).sum())  # others untouched
-    c.labels_layer.undo()
+    c.undo()  # Edit > Undo / Ctrl+Z
     assert int((c.labels_layer.data == 4).sum()) == n4
     assert np.array_equal(c.source_labels(), seg)
+    # the table entry comes back with the voxels, under its old name and colour
+    assert 4 in c.label_table and panel.row_of(4) is not None
+    assert c.label_table[4] == deleted_info
+    c.redo()  # deleting again removes the entry again
+    assert int((c.labels_layer.data == 4).sum()) == 0
+    assert 4 not in c.label_table and panel.row_of(4) is None
+    c.undo()
+    assert 4 in c.label_table and int((c.labels_layer.data == 4).sum()) == n4
 
 
 def test_import_and_export_itksnap_descriptions(win, c, data_dir, tmp_path, monkeypatch):

@@ -133,6 +133,7 @@ class Controller(QObject):
         self._image_layer = None
         self._labels_layer = None
         self._table = LabelTable()
+        self._deleted_entries: dict = {}  # value -> LabelInfo of labels deleted with their voxels
         self._active_label = 1
         self._labels_path: Path | None = None
         self._saved_digest: str | None = None
@@ -277,6 +278,7 @@ class Controller(QObject):
         self._data_range = ((float(np.min(volume.array)), float(np.max(volume.array)))
                             if volume.array.size else (0.0, 1.0))
         self._table = table
+        self._deleted_entries = {}
         image, labels_layer = self._image_layer, self._labels_layer
         reuse = (image is not None and labels_layer is not None
                  and image in viewer.layers and labels_layer in viewer.layers)
@@ -354,6 +356,8 @@ class Controller(QObject):
         base = label_table if label_table is not None else self._table
         self._table = table_for_values(present, base)
         disp = self._orientation.to_display(lab)
+        if not undoable:
+            self._deleted_entries = {}
         if undoable:
             current = self._labels_layer.data
             changed = np.nonzero(current != disp)
@@ -590,7 +594,9 @@ class Controller(QObject):
         if count:
             idx = np.nonzero(self._labels_layer.data == value)
             self._labels_layer.data_setitem(idx, 0)
-        self._table.remove(value)
+        removed = self._table.remove(value)
+        if count:  # Undo brings the voxels back: it brings the entry (name, colour) back too
+            self._deleted_entries[value] = removed
         if self._active_label == value:
             values = self._table.values()
             self.set_active_label(values[0] if values else self._table.next_free_value())
@@ -737,12 +743,37 @@ class Controller(QObject):
     def undo(self) -> None:
         if self._labels_layer is not None:
             self._labels_layer.undo()
+            self._sync_deleted_entries()
             self.labels_changed.emit()
 
     def redo(self) -> None:
         if self._labels_layer is not None:
             self._labels_layer.redo()
+            self._sync_deleted_entries()
             self.labels_changed.emit()
+
+    def _sync_deleted_entries(self) -> None:
+        """After undo/redo: a deleted label whose voxels came back is in the table again (its
+        name and colour as they were); one whose voxels are gone again (redo) leaves it again."""
+        deleted = self._deleted_entries
+        if not deleted or self._labels_layer is None:
+            return
+        data = self._labels_layer.data
+        changed = False
+        for value, info in list(deleted.items()):
+            present = bool(np.any(data == value))
+            if present and value not in self._table:
+                self._table.add(info)
+                changed = True
+            elif not present and value in self._table and self._table[value] == info:
+                self._table.remove(value)
+                if self._active_label == value:
+                    values = self._table.values()
+                    self.set_active_label(values[0] if values else self._table.next_free_value())
+                changed = True
+        if changed:
+            self._apply_colormap()
+            self.label_table_changed.emit()
 
     # ------------------------------------------------------------------ window / level
     def _range_for(self, bounds, disp=None) -> tuple[float, float]:
