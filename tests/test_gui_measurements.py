@@ -136,3 +136,47 @@ def test_permuted_scan_slices_follow_display(env, qtbot):
     mp._go_to_row(0)
     p = c.orientation.index_to_display(np.array([expected[0].axial_slice, 0, 0], float))
     assert c.current_slice(axis) == int(round(p[axis]))
+
+
+def test_diameters_drawn_on_the_measured_slice(env, qtbot):
+    """The RECIST long/short axes appear as lines on the canvas: in display coordinates that map
+    back to the measured endpoints, with lengths (display coordinates x layer scale) equal to
+    the measured mm, in the label's colour; the labels layer stays the active layer."""
+    from medsam_gui.gui.measurements_panel import OVERLAY_LAYER
+    from medsam_gui.io import load_labels, load_volume
+
+    c, mp = env.c, env.mp
+    vol = load_volume(SCAN)
+    labels = load_labels(SEG, like=vol)
+    with qtbot.waitSignal(mp.refreshed, timeout=30_000):
+        c.set_volume(vol, labels)
+    viewer = c.viewer
+    viewer.layers.selection.active = c.labels_layer
+    mp.update_overlay()
+    layer = mp.overlay_layer()
+    assert layer is not None and layer.name == OVERLAY_LAYER
+    assert viewer.layers.selection.active is c.labels_layer
+    ms = [m for m in mp.measurements if m.long_axis_mm > 0]
+    n_short = sum(1 for m in ms if m.short_axis_endpoints and m.short_axis_mm > 0)
+    assert len(layer.data) == len(ms) + n_short
+    assert np.allclose(layer.scale, c.labels_layer.scale)
+    i = 0
+    for m in ms:
+        long_line = np.asarray(layer.data[i])
+        back = c.orientation.display_to_index(long_line, vol.shape)
+        assert np.allclose(back[:, 0], m.axial_slice)
+        assert np.allclose(back[:, [2, 1]], np.asarray(m.long_axis_endpoints), atol=1e-9)
+        length = float(np.linalg.norm((long_line[1] - long_line[0]) * np.asarray(layer.scale)))
+        assert abs(length - m.long_axis_mm) < 1e-6 * max(1.0, m.long_axis_mm)
+        assert np.allclose(layer.edge_color[i][:3], c.label_table[m.value].color[:3], atol=1e-6)
+        assert layer.features["text"][i] == f"L {m.long_axis_mm:.1f} mm"
+        i += 1 + (1 if m.short_axis_endpoints and m.short_axis_mm > 0 else 0)
+    # the toggle removes and restores the layer
+    mp.overlay_check.setChecked(False)
+    assert mp.overlay_layer() is None
+    mp.overlay_check.setChecked(True)
+    assert mp.overlay_layer() is not None and len(mp.overlay_layer().data) == len(ms) + n_short
+    # a hidden label's lines go away
+    c.set_label_visible(ms[0].value, False)
+    assert len(mp.overlay_layer().data) < len(ms) + n_short
+    c.set_label_visible(ms[0].value, True)

@@ -65,6 +65,9 @@ def display_slice_range(measurement, orientation, shape_zyx) -> tuple[int, int, 
     return axis, min(a, b), max(a, b)
 
 
+OVERLAY_LAYER = "RECIST diameters"
+
+
 class MeasurementsPanel(QWidget):
     """Dock widget with one row per label (see the module docstring).
 
@@ -113,8 +116,15 @@ class MeasurementsPanel(QWidget):
         self.auto_check.setToolTip("Measure again after every label edit")
         self.export_button = QPushButton("Export CSV…")
         self.export_button.clicked.connect(lambda _=False: self.export_csv())
+        self.overlay_check = QCheckBox("Show diameters")
+        self.overlay_check.setChecked(True)
+        self.overlay_check.setToolTip(
+            "Draw each label's RECIST long and short axes on its measured slice (layer "
+            f"“{OVERLAY_LAYER}”)")
+        self.overlay_check.toggled.connect(lambda _on: self.update_overlay())
         row.addWidget(self.refresh_button)
         row.addWidget(self.auto_check)
+        row.addWidget(self.overlay_check)
         row.addStretch(1)
         row.addWidget(self.export_button)
         layout.addLayout(row)
@@ -211,6 +221,69 @@ class MeasurementsPanel(QWidget):
         n = len(self.measurements)
         self.info_label.setText(f"{n} label{'s' if n != 1 else ''} measured on the scan grid."
                                 if c.volume is not None else "No scan open.")
+        self.update_overlay()
+
+    # ------------------------------------------------------------------ diameters on the canvas
+    def overlay_lines(self) -> tuple[list[np.ndarray], list[tuple], list[str]]:
+        """(lines, colours, texts) for the shown measurements: each line a (2, 3) array of display
+        coordinates (the labels layer's data coordinates), long axis then short axis per label."""
+        c = self.controller
+        lines, colours, texts = [], [], []
+        if c.volume is None or c.orientation is None:
+            return lines, colours, texts
+        shape = c.volume.shape
+        for m in self.measurements:
+            info = c.label_table.get(m.value)
+            if info is not None and not info.visible:
+                continue
+            colour = tuple(info.color) if info is not None else (1.0, 1.0, 0.0, 1.0)
+            for kind, mm, pts in (("L", m.long_axis_mm, m.long_axis_endpoints),
+                                  ("S", m.short_axis_mm, m.short_axis_endpoints)):
+                if not pts or mm <= 0 or pts[0] is None or pts[0][0] is None:
+                    continue
+                zyx = np.array([[m.axial_slice, p[1], p[0]] for p in pts], dtype=float)
+                lines.append(c.orientation.index_to_display(zyx, shape))
+                colours.append(colour)
+                texts.append(f"{kind} {mm:.1f} mm")
+        return lines, colours, texts
+
+    def overlay_layer(self):
+        """The napari Shapes layer showing the diameters, or None."""
+        viewer = self.controller.viewer
+        return viewer.layers[OVERLAY_LAYER] if OVERLAY_LAYER in viewer.layers else None
+
+    def update_overlay(self) -> None:
+        """Draw (or remove) the RECIST diameters layer; the active layer stays the same."""
+        c = self.controller
+        viewer = c.viewer
+        layer = self.overlay_layer()
+        lines, colours, texts = self.overlay_lines() if self.overlay_check.isChecked() else ([], [], [])
+        if not lines:
+            if layer is not None:
+                viewer.layers.remove(layer)
+            return
+        ref = c.labels_layer if c.labels_layer is not None else c.image_layer
+        active = viewer.layers.selection.active
+        features = {"text": texts}
+        text = {"string": "{text}", "color": "white", "size": 9, "anchor": "upper_left"}
+        units = getattr(ref, "units", None)  # the same physical units (mm) as the scan
+        kw = {"units": units} if units is not None else {}
+        if layer is None:
+            layer = viewer.add_shapes(lines, shape_type="line", edge_color=colours, edge_width=1.5,
+                                      features=features, text=text, name=OVERLAY_LAYER,
+                                      scale=ref.scale, translate=ref.translate, opacity=0.9, **kw)
+        else:
+            layer.scale, layer.translate = ref.scale, ref.translate
+            if units is not None:
+                layer.units = units
+            layer.data = []
+            layer.add_lines(lines, edge_color=colours, edge_width=1.5)
+            layer.features = features
+            layer.text = text
+        layer.mode = "pan_zoom"
+        layer.editable = False
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
 
     def _rename_rows(self) -> None:
         c = self.controller
@@ -219,6 +292,7 @@ class MeasurementsPanel(QWidget):
             item = self.table.item(row, COL_NAME)
             if info is not None and item is not None:
                 item.setText(info.name)
+        self.update_overlay()  # colours and hidden labels
 
     def row_values(self) -> list[dict]:
         """The table as shown: one dict per row with the column titles as keys (strings)."""
