@@ -210,6 +210,21 @@ def test_recist_line_becomes_square_box_and_mask(env, qtbot):
     np.testing.assert_allclose(box, want_box, atol=1e-3)
     assert abs((box[2] - box[0]) - (box[3] - box[1])) < 1e-6, "square box"
     assert box[2] - box[0] == pytest.approx(np.hypot(19.0, 16.0) + 8.0, abs=1e-3)
+    # the square box is drawn around the line, on its slice, below the prompts layer
+    boxes = panel.recist_boxes_layer
+    assert boxes is not None and len(boxes.data) == 1 and boxes.shape_type[0] == "rectangle"
+    corners = np.asarray(boxes.data[0])
+    assert np.allclose(corners[:, 0], z)
+    np.testing.assert_allclose(corners[:, 2].min(), box[0], atol=1e-3)
+    np.testing.assert_allclose(corners[:, 1].min(), box[1], atol=1e-3)
+    np.testing.assert_allclose(corners[:, 2].max(), box[2], atol=1e-3)
+    np.testing.assert_allclose(corners[:, 1].max(), box[3], atol=1e-3)
+    layers = list(c.viewer.layers)
+    assert layers.index(boxes) < layers.index(layer) and c.viewer.layers.selection.active is layer
+    panel.recist_margin_spin.setValue(6.0)  # a wider margin redraws the box
+    corners6 = np.asarray(panel.recist_boxes_layer.data[0])
+    assert np.ptp(corners6[:, 2]) == pytest.approx(np.ptp(corners[:, 2]) + 4.0, abs=1e-3)
+    panel.recist_margin_spin.setValue(4.0)
     mask = engine.decode(emb, box, hw)
     assert mask.any()
     want = before.copy()

@@ -69,6 +69,7 @@ from .embedding_service import EmbeddingService
 
 log = logging.getLogger(__name__)
 
+RECIST_BOXES_LAYER_NAME = "RECIST boxes"
 PROMPTS_LAYER_NAME = "prompts"
 SETTINGS_KEY = "medsam_panel"
 MODEL_NAME = "medsam_vit_b"
@@ -144,6 +145,7 @@ class MedSAMPanel(QWidget):
         self._engine_handle = None
         self._segmenter: Callable | None = None
         self._prompts = None
+        self._recist_boxes = None  # Shapes layer showing the square box of each RECIST line
         self._pids = itertools.count(1)
         self._painted: dict[int, tuple] = {}
         self._jobs: dict[tuple, tuple] = {}
@@ -307,6 +309,7 @@ class MedSAMPanel(QWidget):
         self.to_button.clicked.connect(lambda _=False: self.to_spin.setValue(self._current_index()))
         self.weights_button.clicked.connect(lambda _=False: self.show_weights_dialog())
         self.recist_margin_spin.valueChanged.connect(lambda v: self._save("recist_margin", float(v)))
+        self.recist_margin_spin.valueChanged.connect(lambda _v: self.update_recist_boxes())
         self.prop_margin_spin.valueChanged.connect(lambda v: self._save("prop_margin", int(v)))
         self.overwrite_check.toggled.connect(lambda v: self._save("overwrite_other", bool(v)))
         self.precision_combo.currentTextChanged.connect(self._on_model_settings)
@@ -479,7 +482,11 @@ class MedSAMPanel(QWidget):
         layer = self._prompts
         if layer is not None and layer in self.controller.viewer.layers:
             self.controller.viewer.layers.remove(layer)
+        boxes = self._recist_boxes
+        if boxes is not None and boxes in self.controller.viewer.layers:
+            self.controller.viewer.layers.remove(boxes)
         self._prompts = None
+        self._recist_boxes = None
         self._update_limits()
         self._reconfigure()
         if self._engine is None and self._segmenter is None and not self._auto_load_tried:
@@ -567,11 +574,54 @@ class MedSAMPanel(QWidget):
             ndim=3, name=PROMPTS_LAYER_NAME, scale=tuple(c.image_layer.scale),
             translate=tuple(c.image_layer.translate), edge_color="yellow", face_color="transparent",
             edge_width=1.5, features={"label": np.zeros(0, dtype=int), "pid": np.zeros(0, dtype=int)},
+            **({"units": c.image_layer.units} if getattr(c.image_layer, "units", None) is not None else {}),
         )
         layer.feature_defaults = {"label": int(c.active_label), "pid": -1}
         layer.events.data.connect(self._on_prompts_data)
+        units = getattr(c.image_layer, "units", None)
+        boxes = c.viewer.add_shapes(
+            ndim=3, name=RECIST_BOXES_LAYER_NAME, scale=tuple(c.image_layer.scale),
+            translate=tuple(c.image_layer.translate), edge_color="#ffd54a", face_color="transparent",
+            edge_width=1.0, opacity=0.7, **({"units": units} if units is not None else {}))
+        boxes.editable = False
+        # the prompts layer stays the active one (on top, receiving the user's drawing)
+        c.viewer.layers.move(c.viewer.layers.index(boxes), c.viewer.layers.index(layer))
+        c.viewer.layers.selection.active = layer
+        self._recist_boxes = boxes
         self._prompts = layer
         return layer
+
+    @property
+    def recist_boxes_layer(self):
+        """The Shapes layer showing the square box each RECIST line is segmented with (or None)."""
+        layer = self._recist_boxes
+        return layer if layer is not None and layer in self.controller.viewer.layers else None
+
+    def update_recist_boxes(self) -> None:
+        """Show, for every RECIST line of the prompts layer, the square box MedSAM gets."""
+        boxes = self.recist_boxes_layer
+        layer = self._prompts
+        if boxes is None:
+            return
+        rects = []
+        if layer is not None and layer in self.controller.viewer.layers:
+            for i in range(len(layer.data)):
+                stype = layer.shape_type[i]
+                if not (stype == "line" or (stype == "path" and len(layer.data[i]) == 2)):
+                    continue
+                try:
+                    axis, index, (x0, y0, x1, y1), _t, _lab = self.prompt_geometry(i)
+                except (MedsamGuiError, IndexError, KeyError):
+                    continue
+                r, cc = [a for a in range(3) if a != axis]
+                corners = np.zeros((4, 3))
+                corners[:, axis] = index
+                corners[:, r] = (y0, y0, y1, y1)
+                corners[:, cc] = (x0, x1, x1, x0)
+                rects.append(corners)
+        boxes.data = []
+        if rects:
+            boxes.add_rectangles(rects, edge_color="#ffd54a", edge_width=1.0)
 
     def _activate(self, mode: str, button) -> None:
         c = self.controller
@@ -669,6 +719,8 @@ class MedSAMPanel(QWidget):
         layer = self._prompts
         if layer is None:
             return
+        if action in ("added", "changed", "removed"):
+            self.update_recist_boxes()
         if action == "added":
             if not len(layer.data):
                 return
