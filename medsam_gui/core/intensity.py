@@ -52,23 +52,42 @@ def default_bounds(array: np.ndarray, modality: str) -> tuple[float, float]:
     return mr_auto_bounds(array)
 
 
+def _clipped_f64(part: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    clipped = np.clip(part.astype(np.float64, copy=False), lo, hi)
+    return np.nan_to_num(clipped, nan=lo, posinf=hi, neginf=lo, copy=False)
+
+
+UINT8_CHUNK_VOXELS = 1 << 22  # float64 temporaries of volume_to_uint8: <= 32 MiB per chunk
+
+
 def volume_to_uint8(array: np.ndarray, modality: str, bounds: tuple[float, float]) -> np.ndarray:
     """MedSAM's reference whole-volume preprocessing to uint8 (z, y, x).
 
     Clip to ``bounds``, min-max scale to 0..255 over the whole clipped volume, and truncate to
     uint8. For MR, voxels that were exactly 0 stay 0 (as in MedSAM's MR pre-processing).
-    A constant volume maps to 0.
+    A constant volume maps to 0. Computed a few slices at a time (the same float64 operations
+    on every voxel, so the same result as on the whole volume at once) so that a 512 x 512 x 300
+    CT needs ~32 MiB of temporaries instead of ~1.5 GiB.
     """
     data = np.asarray(array)
     lo, hi = float(bounds[0]), float(bounds[1])
-    clipped = np.clip(data.astype(np.float64, copy=False), lo, hi)
-    if np.issubdtype(clipped.dtype, np.floating):
-        clipped = np.nan_to_num(clipped, nan=lo, posinf=hi, neginf=lo)
-    cmin, cmax = float(clipped.min()), float(clipped.max())
-    if cmax > cmin:
-        scaled = (clipped - cmin) / (cmax - cmin) * 255.0
+    out = np.zeros(data.shape, dtype=np.uint8)
+    if data.size == 0:
+        return out
+    if data.ndim == 0:
+        parts = [(Ellipsis,)]
     else:
-        scaled = np.zeros_like(clipped)
-    if modality == "MR":
-        scaled[data == 0] = 0
-    return scaled.astype(np.uint8)
+        per = max(1, UINT8_CHUNK_VOXELS // max(1, int(np.prod(data.shape[1:]))))
+        parts = [(slice(a, min(a + per, data.shape[0])),) for a in range(0, data.shape[0], per)]
+    cmin, cmax = np.inf, -np.inf
+    for sl in parts:
+        c = _clipped_f64(data[sl], lo, hi)
+        cmin, cmax = min(cmin, float(c.min())), max(cmax, float(c.max()))
+    if not cmax > cmin:
+        return out
+    for sl in parts:
+        scaled = (_clipped_f64(data[sl], lo, hi) - cmin) / (cmax - cmin) * 255.0
+        if modality == "MR":
+            scaled[data[sl] == 0] = 0
+        out[sl] = scaled.astype(np.uint8)
+    return out

@@ -48,6 +48,7 @@ Point = tuple[float, float]
 # polygon long axis overshoots by +0.30 pixel-extent on average (short axis +0.23); after the
 # correction the mean error is +0.05 / -0.02 (see docs/propagation.md).
 DIGITISATION_CORRECTION = 0.25
+CHORD_CHUNK_ELEMENTS = 2_000_000  # (positions x edges) evaluated at once in recist_axes
 
 
 @dataclass
@@ -190,7 +191,10 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float]):
         t_all = np.linspace(t_all.min(), t_all.max(), 4000)
     eps = 1e-7 * max(1.0, long_mm)
     best_len, best = 0.0, None
-    for chunk in np.array_split(t_all, max(1, len(t_all) // 500 + 1)):
+    # positions x edges per chunk bounded (~2M: ~100 MB of temporaries, even for the ragged
+    # boundary of a noisy mask with tens of thousands of edges)
+    n_chunks = max(len(t_all) // 500 + 1, -(-len(t_all) * len(a) // CHORD_CHUNK_ELEMENTS))
+    for chunk in np.array_split(t_all, max(1, min(n_chunks, len(t_all)))):
         for shift in (-eps, eps):
             tt = chunk + shift
             lengths, s_lo, s_hi = _chords_at(tt, a, b, u, v)
