@@ -10,6 +10,8 @@ faults and 3-3.5 s of kernel time per MedSAM encoder pass, a quarter of its wall
 :func:`tune_memory` asks torch to back large tensors with transparent huge pages
 (``THP_MEM_ALLOC_ENABLE=1``: 2 MiB-aligned blocks, ``madvise(MADV_HUGEPAGE)``), which cuts the
 faults 40x (one per 2 MiB) without changing how much memory is held: peak RSS went down, not up.
+Blocks up to 32 MiB are kept on the heap for reuse (glibc's mmap threshold fixed at its
+maximum, see :func:`_fixed_mmap_threshold`).
 (Turning off malloc's mmap instead removed the faults too, but peak RSS grew by 45 % through
 heap fragmentation, so it is not used.) It has an effect where the kernel allows transparent
 huge pages (``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise``, the
@@ -20,11 +22,17 @@ the environment is left as it is.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 from pathlib import Path
 
 THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # what glibc's own adaptive rule pairs with it
 _state: dict[str, object] = {"applied": None}
 
 
@@ -54,8 +62,31 @@ def tune_memory() -> bool:
         if thp_mode() in ("always", "madvise"):
             current = os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
             ok = current.strip().lower() in ("1", "true", "yes", "on")
+        if ok:
+            _state["mmap_threshold"] = _fixed_mmap_threshold()
     _state["applied"] = ok
     return ok
+
+
+def _fixed_mmap_threshold() -> bool:
+    """glibc: serve blocks up to 32 MiB from the heap (reused, no page faults) at all times.
+
+    With huge-page alignment a 4 MiB tensor asks malloc for ~6 MiB, which glibc's adaptive
+    threshold often hands to a fresh ``mmap``: 1-7 ms of faults per such tensor in MedSAM's
+    decoder. A fixed threshold keeps those on the heap; larger blocks still use ``mmap`` (on
+    huge pages, returned to the kernel when freed). Measured: decoder 85 -> 75 ms (reference)
+    and 31 -> 27 ms (ours), encoder unchanged.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # free memory at the top of the heap is kept (up to 64 MiB) instead of being given back
+    # and faulted in again on the next allocation
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def memory_tuned() -> bool:
