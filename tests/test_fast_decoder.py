@@ -267,3 +267,23 @@ def test_replaced_weights_are_not_served_from_the_cache():
     got = fd.decode_logits(emb, BOXES[0], HW)
     assert fd.cache_info()["misses"] == 2
     assert float((got - eng.decode_logits(emb, BOXES[0], HW)).abs().max()) <= 1e-4
+
+
+def test_engine_decode_uses_the_fast_decoder_except_in_fp32(engine):
+    """MedSAMEngine.decode (what the viewer, propagation and the CLI call) runs FastDecoder for the
+    fast precisions and segment-anything's own decoder for fp32; the logits agree."""
+    from medsam_gui.models.medsam import MedSAMEngine
+
+    fast = MedSAMEngine(engine.model.state_dict(), device="cpu", precision="fast")
+    assert engine.precision == "fp32"
+    emb = _embedding(11)
+    box, hw = (120.0, 140.0, 260.0, 300.0), (512, 512)
+    before = fast.fast_decoder.cache_info()["misses"]
+    got = fast.decode_logits(emb, box, hw)
+    assert fast.fast_decoder.cache_info()["misses"] == before + 1
+    ref = engine.decode_logits(emb, box, hw)
+    assert "_fast_decoder_obj" not in engine.__dict__  # fp32 never builds it
+    assert got.shape == ref.shape == (1, 1, 256, 256)
+    assert (got - ref).abs().max().item() < 1e-4
+    fast.decode_logits(emb, box, hw)
+    assert fast.fast_decoder.cache_info()["hits"] >= 1
