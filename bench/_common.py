@@ -29,8 +29,11 @@ def setup_torch(threads: int | None):
     ``MEDSAM_GUI_MALLOC=system`` measures both without it."""
     from medsam_gui.runtime import tune_memory
 
-    tuned = tune_memory()
-    print(f"memory: {'large tensors on transparent huge pages (app default)' if tuned else 'system default'}")
+    huge = os.environ.get("MEDSAM_GUI_HUGE_PAGES", "1") != "0"
+    tuned = tune_memory(huge_pages=huge)
+    print("memory: " + ("large tensors on transparent huge pages (as the CLI)" if tuned else
+                        "no huge pages (as the GUI)" if os.environ.get("MEDSAM_GUI_MALLOC") != "system"
+                        else "system default"))
     import torch
 
     if threads:

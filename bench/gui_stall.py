@@ -12,6 +12,7 @@ holds the GIL for long in the worker shows up here.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 
@@ -59,6 +60,7 @@ def main():
     ap.add_argument("--checkpoint")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    os.environ.setdefault("MEDSAM_GUI_HUGE_PAGES", "0")  # memory settings of the GUI app
     torch = C.setup_torch(args.threads)
     from PyQt6.QtCore import QCoreApplication
 

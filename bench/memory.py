@@ -226,6 +226,7 @@ def tensor_bytes(tensors) -> int:
 
 # ----------------------------------------------------------------------------- the session
 def run(args, tmp: Path, place: dict) -> int:
+    os.environ.setdefault("MEDSAM_GUI_HUGE_PAGES", "0")  # memory settings of the GUI app
     torch = C.setup_torch(args.threads)
     from napari.qt import get_qapp
 

@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from .runtime import tune_memory
 
-    tune_memory()  # before any large tensor: see medsam_gui/runtime.py
+    # before any large tensor (medsam_gui/runtime.py); huge pages for headless commands only
+    tune_memory(huge_pages=bool(argv) and argv[0] in COMMANDS)
     try:
         if argv and argv[0] in COMMANDS:
             args = _command_parser(argv[0]).parse_args(argv)

@@ -48,22 +48,27 @@ def thp_mode(path: Path = THP_SYSFS) -> str | None:
     return None
 
 
-def tune_memory() -> bool:
-    """Back torch's large CPU tensors with transparent huge pages (Linux). Idempotent.
+def tune_memory(huge_pages: bool = True) -> bool:
+    """Fewer page faults for torch's CPU tensors (Linux/glibc). Idempotent (first call wins).
 
-    Returns True when torch will use huge pages (set now or already set by the user), False when
-    it does not apply (not Linux, the kernel has THP off, ``MEDSAM_GUI_MALLOC=system``, or the
-    user set ``THP_MEM_ALLOC_ENABLE=0``).
+    Always: glibc's mmap threshold fixed at 32 MiB (:func:`_fixed_mmap_threshold`).
+    ``huge_pages``: also back tensors >= 2 MiB with transparent huge pages. Batch work (the CLI,
+    benchmarks of throughput) uses them; the GUI does not: freeing and faulting huge pages takes
+    the process's memory-map lock long enough to stall the GUI thread (longest stall 35-109 ms
+    while encoding, against 10-46 ms without; bench/gui_stall.py).
+
+    Returns True when huge pages will be used, False otherwise (not Linux, the kernel has THP off,
+    ``huge_pages=False``, ``MEDSAM_GUI_MALLOC=system``, or ``THP_MEM_ALLOC_ENABLE=0`` set by the
+    user).
     """
     if _state["applied"] is not None:
         return bool(_state["applied"])
     ok = False
     if sys.platform.startswith("linux") and os.environ.get("MEDSAM_GUI_MALLOC", "").lower() != "system":
-        if thp_mode() in ("always", "madvise"):
+        if huge_pages and thp_mode() in ("always", "madvise"):
             current = os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
             ok = current.strip().lower() in ("1", "true", "yes", "on")
-        if ok:
-            _state["mmap_threshold"] = _fixed_mmap_threshold()
+        _state["mmap_threshold"] = _fixed_mmap_threshold()
     _state["applied"] = ok
     return ok
 
