@@ -24,23 +24,9 @@ LIVER = 5
 
 def _drag(layer, p0_data, p1_data, displayed=(1, 2), steps=3):
     """Press at p0, drag to p1, release (data coordinates), through napari's mouse callbacks."""
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import (
-        mouse_move_callbacks,
-        mouse_press_callbacks,
-        mouse_release_callbacks,
-    )
+    from medsam_gui.gui.scripting import drag_on_layer
 
-    scale = np.asarray(layer.scale, float)
-    w0 = np.asarray(p0_data, float) * scale
-    w1 = np.asarray(p1_data, float) * scale
-    disp = list(displayed)
-    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=tuple(w0), dims_displayed=disp))
-    for t in np.linspace(0, 1, steps + 1)[1:]:
-        mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True,
-                                                          position=tuple(w0 + t * (w1 - w0)), dims_displayed=disp))
-    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=tuple(w1),
-                                                         dims_displayed=disp))
+    drag_on_layer(layer, p0_data, p1_data, displayed=displayed, steps=steps)
 
 
 @pytest.fixture(scope="module")
