@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medsam_gui.models import incontext as ic
-from medsam_gui.models.universeg import _maxpool2, universeg_v1
+from medsam_gui.models.universeg import _conv_sum, _maxpool2, _up2, universeg_v1
 
 torch.set_num_threads(2)
 
@@ -146,3 +146,28 @@ def test_strided_maxpool_equals_max_pool2d():
     x = torch.randn(3, 2, 5, 8, 6)
     ref = torch.nn.functional.max_pool2d(x.reshape(30, 8, 6), 2).reshape(3, 2, 5, 4, 3)
     assert torch.equal(_maxpool2(x), ref)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 16, 16), (2, 3, 5, 8, 6), (1, 2, 1, 7)])
+def test_matrix_upsampling_equals_interpolate_align_corners(shape):
+    x = torch.randn(*shape)
+    flat = x.reshape(-1, 1, *shape[-2:])
+    ref = torch.nn.functional.interpolate(flat, scale_factor=2, mode="bilinear", align_corners=True)
+    y = _up2(x)
+    assert y.shape == (*shape[:-2], 2 * shape[-2], 2 * shape[-1])
+    assert (y.reshape(ref.shape) - ref).abs().max().item() < 1e-5
+    # inside inference mode too, and the cached matrices stay usable with autograd afterwards
+    with torch.inference_mode():
+        assert (_up2(x).reshape(ref.shape) - ref).abs().max().item() < 1e-5
+    xg = x.clone().requires_grad_(True)
+    _up2(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape
+
+
+def test_conv_of_parts_equals_conv_of_concatenation():
+    parts = (torch.randn(2, 3, 9, 7), torch.randn(2, 5, 9, 7), torch.randn(2, 1, 9, 7))
+    w, b = torch.randn(4, 9, 3, 3), torch.randn(4)
+    ref = torch.nn.functional.conv2d(torch.cat(parts, dim=1), w, b, padding=1)
+    assert (_conv_sum(parts, w, b) - ref).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="channels"):
+        _conv_sum(parts[:2], w, b)

@@ -12,7 +12,10 @@
 - ``request(i)`` -> ``concurrent.futures.Future`` of slice ``i``'s embedding;
 - ``segment_async(token, i, box)`` decodes a box on a dedicated decoder thread as soon as the
   slice's embedding exists (computing it first, at top priority, when needed) and emits
-  ``mask_ready``; ``segment_blocking(i, box)`` does the same on the calling (worker) thread.
+  ``mask_ready``; ``segment_blocking(i, box)`` does the same on the calling (worker) thread;
+- ``warm_decoder(i)`` (called by ``set_focus`` and when the focus slice's embedding arrives)
+  does the decoder's box-independent work for the slice on screen on the decoder thread while
+  no box waits, so the first box there is as fast as the next ones.
 
 Nothing here runs MedSAM on the GUI thread. Signals are emitted from worker threads and
 delivered queued to the GUI thread: ``started(index)``, ``done(index, seconds)``,
@@ -52,6 +55,7 @@ from ..errors import CheckpointError, MedsamGuiError
 log = logging.getLogger(__name__)
 
 FP32_MEMO_SLICES = 16
+WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared (FastDecoder.prepare)
 
 
 class EmbeddingCancelled(MedsamGuiError):
@@ -149,6 +153,9 @@ class EmbeddingService(QObject):
         self._gen = itertools.count(1)
         self._dthread: threading.Thread | None = None
         self._dstop = False
+        # decoder warm-up: (display index, monotonic time asked) of the slice to prepare next
+        self._warm: tuple[int, float] | None = None
+        self.prepared: list[int] = []  # slices whose decoder work was done ahead (newest last)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -268,6 +275,8 @@ class EmbeddingService(QObject):
 
         def on_done(index: int, seconds: float) -> None:
             self.embed_seconds.append((int(index), float(seconds)))
+            if ctx is self._ctx and self._focus == int(index):
+                self.warm_decoder(int(index), delay=0.0)
             if ctx is self._ctx:
                 self.last_message = self._with_notice(f"MedSAM: slice {index} embedded in {seconds:.1f} s")
                 self.done.emit(int(index), float(seconds))
@@ -319,6 +328,8 @@ class EmbeddingService(QObject):
         sched = self._scheduler
         if sched is not None:
             sched.set_focus(self._focus if self.background else None)
+        if self._focus is not None:
+            self.warm_decoder(self._focus)
 
     def pause_background(self, paused: bool) -> None:
         """Stop (True) / resume (False) background embedding; requests still run."""
@@ -332,6 +343,7 @@ class EmbeddingService(QObject):
         with self._dcond:
             self._dstop = True
             self._djobs.clear()
+            self._warm = None
             self._dcond.notify_all()
 
     # ------------------------------------------------------------------ embeddings
@@ -468,12 +480,48 @@ class EmbeddingService(QObject):
             self._latest[token] = gen
             self._djobs.pop(token, None)
             self._djobs[token] = (token, int(index), tuple(float(v) for v in box), gen, axis)
-            self._dstop = False
-            if self._dthread is None or not self._dthread.is_alive():
-                self._dthread = threading.Thread(target=self._decode_loop, name="medsam-decoder", daemon=True)
-                self._dthread.start()
+            self._ensure_decoder_thread()
             self._dcond.notify_all()
         return gen
+
+    def warm_decoder(self, index: int, delay: float | None = None) -> None:
+        """Prepare the decoder for display slice ``index`` on the decoder thread once its
+        embedding exists, so the first box there is answered at the cached speed.
+
+        Runs only when no box is waiting, ``delay`` seconds (default :data:`WARM_DELAY_S`)
+        after the request (slider moves are coalesced: only the newest slice is prepared).
+        Nothing happens when the slice has no embedding yet (the scheduler's ``done`` asks
+        again) or the engine decodes with segment-anything's own decoder (``fp32``)."""
+        wait = WARM_DELAY_S if delay is None else max(0.0, float(delay))
+        with self._dcond:
+            if self._dstop:  # shut down (the app is closing)
+                return
+            self._warm = (int(index), time.monotonic() + wait)
+            self._ensure_decoder_thread()
+            self._dcond.notify_all()
+
+    def _ensure_decoder_thread(self) -> None:  # caller holds self._dcond
+        self._dstop = False
+        if self._dthread is None or not self._dthread.is_alive():
+            self._dthread = threading.Thread(target=self._decode_loop, name="medsam-decoder", daemon=True)
+            self._dthread.start()
+
+    def _run_warm(self, index: int) -> None:
+        """Decoder thread: the prepare step of :meth:`warm_decoder` (errors are only logged:
+        the box that follows reports them)."""
+        ctx = self._ctx
+        if ctx is None or ctx.engine is None or not self._ctx_ready.is_set():
+            return
+        prepare = getattr(ctx.engine, "prepare_decoder", None)
+        if prepare is None:
+            return
+        try:
+            emb = self.cached(index)
+            if emb is not None and prepare(emb):
+                self.prepared.append(int(index))
+                del self.prepared[:-64]
+        except Exception:  # noqa: BLE001 - a warm-up must never disturb the user
+            log.debug("decoder warm-up for slice %s failed", index, exc_info=True)
 
     def is_latest(self, token, gen: int) -> bool:
         with self._dcond:
@@ -482,11 +530,22 @@ class EmbeddingService(QObject):
     def _decode_loop(self) -> None:
         while True:
             with self._dcond:
+                warm = None
                 while not self._djobs and not self._dstop:
-                    self._dcond.wait()
+                    if self._warm is not None:
+                        due = self._warm[1] - time.monotonic()
+                        if due <= 0:
+                            warm, self._warm = self._warm[0], None
+                            break
+                        self._dcond.wait(due)
+                    else:
+                        self._dcond.wait()
                 if self._dstop:
                     return
-                _, job = self._djobs.popitem(last=False)
+                job = None if warm is not None else self._djobs.popitem(last=False)[1]
+            if job is None:  # no box waits: prepare the focus slice's decoder work
+                self._run_warm(warm)
+                continue
             token, index, box, gen, axis = job
             if not self.is_latest(token, gen):
                 continue

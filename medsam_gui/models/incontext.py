@@ -43,9 +43,11 @@ SIZE = (128, 128)
 DEFAULT_SUPPORT_SIZE_GPU = 64
 DEFAULT_SUPPORT_SIZE_CPU = 16
 # Largest (targets x support items) run through the model at once: bounds memory.
-# Measured on the CPU with UniverSeg.forward_fast (the default): 64 items (4 targets x S=16) peak
-# at ~1.4 GiB process RSS; the reference block-by-block path needs ~25 MiB per item.
-ITEMS_PER_BATCH_CPU = 64
+# CPU: 16 items (1 target at S=16, 2 at S=8) keep forward_fast's largest temporaries at 16 MiB,
+# under glibc's mmap threshold (medsam_gui.runtime), so they reuse heap memory instead of being
+# page-faulted in again every batch: as fast as 4 targets per batch with huge pages, ~25 % faster
+# without them (the GUI), and a lower memory peak. The reference path needs ~25 MiB per item.
+ITEMS_PER_BATCH_CPU = 16
 ITEMS_PER_BATCH_GPU = 1024
 
 

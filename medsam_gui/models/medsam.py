@@ -326,6 +326,17 @@ class MedSAMEngine:
         boxes_1024 = np.stack([box_to_1024(b, hw) for b in boxes])
         return self._fallback(1).call(lambda: self._decode_once(embedding, boxes_1024))
 
+    def prepare_decoder(self, embedding) -> bool:
+        """Do the box-independent decoder work for ``embedding`` now, ahead of its first box
+        (the fast precisions' :class:`FastDecoder` cache; ~15-20 ms on a 2-core CPU, after which a
+        box on that slice decodes at the cached speed). Returns True when work was done; False
+        for ``fp32`` (segment-anything's own decoder, nothing to prepare) or when the embedding
+        was prepared already. Safe to call from any thread (boxes do not wait for it)."""
+        if self.precision == "fp32":
+            return False
+        fd = self.fast_decoder
+        return bool(self._fallback(1).call(lambda: fd.prepare(embedding)))
+
     @property
     def fast_decoder(self):
         """The :class:`~medsam_gui.models.fast_encoder.FastDecoder` of this engine (created once).
