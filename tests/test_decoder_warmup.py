@@ -92,6 +92,13 @@ def test_service_prepares_the_focus_slice_and_its_first_box_hits_the_cache(engin
         assert mask.shape == hw and mask.sum() > 0
         # float rounding may flip pixels whose probability is within ~1e-7 of 0.5 (random weights)
         assert (mask != expected).sum() <= 20
+        # the scan is configured again (e.g. reopened) with the slice's embedding in the cache:
+        # the focus slice is prepared as soon as the service is ready, without a slider move
+        fd.clear_cache()
+        n = len(sv.prepared)
+        sv.configure(load_volume(LUNG), orient, (-160.0, 240.0), 0, modality="CT")  # same voxels: same keys
+        qtbot.waitUntil(lambda: len(sv.prepared) > n, timeout=60_000)
+        assert sv.prepared[-1] == z
         # an fp32 engine: nothing is prepared
         sv.set_engine(fp32)
         qtbot.waitUntil(lambda: sv.is_ready, timeout=60_000)

@@ -258,6 +258,8 @@ class EmbeddingService(QObject):
         if err is not None:
             self.error.emit(-1, err)
         else:
+            if ctx.engine is not None and self._focus is not None:
+                self.warm_decoder(self._focus)  # e.g. a reopened scan whose embeddings are on disk
             self.ready.emit()
 
     def _start_scheduler(self, ctx: _Context) -> None:
