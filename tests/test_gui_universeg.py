@@ -375,3 +375,64 @@ def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, golden_sd, tm
     qtbot.waitUntil(lambda: panel.proposal is not None and not panel.running, timeout=60_000)
     assert panel.proposal_slices() == [11]
     panel.reject()
+
+
+def test_batches_off_screen_do_not_redraw_and_a_rerun_reuses_the_layer(win, c, qtbot, ct_seg):
+    """GUI-thread work per batch: the proposal layer is redrawn only when a changed slice is on
+    screen (a canvas redraw costs ~50 ms per batch), off-screen slices show the right data when
+    the user goes there, the list's pixel counts are right, and a new run while a proposal is
+    shown reuses its layer (napari needs ~0.5 s of GUI thread to add one)."""
+    from medsam_gui.gui.universeg_panel import Proposal
+
+    panel = win.universeg
+    _setup(c, panel, _partial(ct_seg, (10, 14)))
+    panel.batch_spin.setValue(1)  # one batch per target slice
+    c.set_current_slice(0, 5)  # not a target
+    combined_calls = []
+    real_combined = Proposal.combined
+
+    def counting_combined(self, index):
+        combined_calls.append(int(index))
+        return real_combined(self, index)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Proposal, "combined", counting_combined)
+    refreshes = []
+    try:
+        panel.segment_button.click()
+        layer = panel.proposal_layer
+        assert layer is not None
+        real_refresh = layer.refresh
+        mp.setattr(layer, "refresh", lambda *a, **k: (refreshes.append(c.current_slice(0)), real_refresh(*a, **k)))
+        qtbot.waitUntil(lambda: not panel.running, timeout=90_000)
+    finally:
+        mp.undo()
+    targets = [11, 12, 13]
+    assert panel.proposal_slices() == targets
+    # batches for slices 11-13 did not redraw (slice 5 on screen); the run's end redrew once
+    assert refreshes == [5]
+    # each slice's mask computed once (painting), not again for the list after every batch
+    assert sorted(combined_calls) == targets
+    items = [panel.proposal_list.item(k).text() for k in range(panel.proposal_list.count())]
+    res = panel.proposal.results[LIVER]
+    assert items == [f"slice {i}: {int(res.mask(i).sum()):,} px" for i in targets]
+    # going to an off-screen slice shows its proposal
+    c.set_current_slice(0, 12)
+    qtbot.wait(50)
+    shown = np.asarray(layer._slice.image.raw)
+    assert np.array_equal(shown == LIVER, res.mask(12)) and shown.any()
+
+    # a new run with the proposal still shown: same layer object, only the new run's slices
+    _setup(c, panel, _partial(ct_seg, (10, 12)))
+    _run(qtbot, panel)
+    assert panel.proposal_layer is layer and layer in c.viewer.layers
+    assert panel.proposal_slices() == [11]
+    painted = np.flatnonzero(layer.data.reshape(len(layer.data), -1).any(1)).tolist()
+    assert painted == [11]
+    # a run that cannot start removes the emptied layer
+    _setup(c, panel, np.zeros(ct_seg.shape, dtype=np.uint16))
+    panel.segment_button.click()
+    assert panel.proposal is None and panel.proposal_layer is None
+    for box in list(c.error_boxes):
+        box.close()
+    c.error_boxes.clear()

@@ -30,6 +30,7 @@ from .. import __version__
 from . import dialogs
 from .labels_panel import LabelsPanel
 from .window_panel import WindowPanel
+from .workers import set_bar_value
 
 OBLIQUE_NOTICE = "Oblique scan: shown in voxel order (not re-sliced); edge letters are approximate"
 LABEL_DESCRIPTION_SUFFIXES = (".label", ".txt")
@@ -260,8 +261,7 @@ class MainWindow:
         h = active[-1]
         self.progress_bar.setToolTip(h.description)
         if h.progress and h.progress[1] > 0:
-            self.progress_bar.setRange(0, h.progress[1])
-            self.progress_bar.setValue(min(h.progress[0], h.progress[1]))
+            set_bar_value(self.progress_bar, min(h.progress[0], h.progress[1]), h.progress[1])
         else:
             self.progress_bar.setRange(0, 0)  # busy indicator
         if h.description:

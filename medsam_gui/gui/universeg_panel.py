@@ -78,6 +78,7 @@ from qtpy.QtWidgets import (
 
 from .. import config
 from ..errors import CheckpointError, MedsamGuiError
+from .workers import set_bar_value
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class Proposal:
         self.unchecked: set[int] = set()
         self.complete = False
         self.cancelled = False
+        self._counts: dict[int, list[tuple[int, int]]] = {}  # slice -> [(label, pixels)]
 
     @property
     def indices(self) -> list[int]:
@@ -220,6 +222,23 @@ class Proposal:
 
     def checked(self) -> list[int]:
         return [i for i in self.indices if i not in self.unchecked]
+
+    def counts(self, index: int, combined: np.ndarray | None = None) -> list[tuple[int, int]]:
+        """[(label value, proposed pixels)] on slice ``index``, kept until :meth:`changed`
+        (the proposal list shows them for every slice after every batch: without the cache the
+        GUI thread recomputed all earlier slices each time). ``combined``: the slice's
+        :meth:`combined` when the caller has it."""
+        c = self._counts.get(int(index))
+        if c is None:
+            comb = self.combined(index) if combined is None else combined
+            c = [(int(v), int(np.count_nonzero(comb == v))) for v in self.results]
+            self._counts[int(index)] = c
+        return c
+
+    def changed(self, indices) -> None:
+        """New results arrived for these slices: forget their cached counts."""
+        for i in indices:
+            self._counts.pop(int(i), None)
 
 
 # ----------------------------------------------------------------------------- the panel
@@ -1081,12 +1100,15 @@ class UniversegPanel(QWidget):
         except MedsamGuiError as exc:
             c.show_error(exc, title="UniverSeg")
             return False
+        finally:
+            if self._proposal is None:  # no run: no (emptied) proposal layer left behind
+                self._remove_layer()
 
     def _start(self, all_labels: bool, items: list[SupportItem] | None) -> bool:
         from ..models import incontext as ic
 
         c = self.controller
-        self._discard_proposal()
+        self._discard_proposal(keep_layer=True)  # its layer is reused by this run (see _create_layer)
         axis = self._axis()
         vol = c.display_volume()
         labels_now = c.display_labels()
@@ -1169,13 +1191,18 @@ class UniversegPanel(QWidget):
         res = prop.results[v]
         for i, p in zip(ev.indices, ev.probabilities):
             res.probabilities[int(i)] = p
+        prop.changed(ev.indices)
         for i in ev.indices:
             self._paint_layer_slice(int(i))
         if self._layer is not None:
-            self._layer.refresh()
+            # redraw only when a changed slice is on screen: a redraw of the canvas costs the GUI
+            # thread ~50 ms per batch; other slices are read from the data when the user goes there
+            if self._on_screen(prop.axis, ev.indices):
+                self._layer.refresh()
+            else:
+                self._layer_stale = True
         self._handle.set_progress(done, total)
-        self.progress.setRange(0, total)
-        self.progress.setValue(done)
+        set_bar_value(self.progress, done, total)
         self._rebuild_proposal_list()
 
     def _on_notice(self, message: str) -> None:
@@ -1211,6 +1238,9 @@ class UniversegPanel(QWidget):
         if self._handle is None:
             return
         self._handle = None
+        if getattr(self, "_layer_stale", False) and self._layer is not None:
+            self._layer.refresh()  # thumbnails and anything drawn from slices painted off screen
+        self._layer_stale = False
         self.progress.setVisible(False)
         if getattr(self, "_cancel_state", None) is not None and how != "done":
             self._cancel_state["cancel"] = True
@@ -1249,12 +1279,22 @@ class UniversegPanel(QWidget):
 
     def _create_layer(self) -> None:
         c = self.controller
-        self._remove_layer()
         lab = c.labels_layer
         shape = c.display_labels().shape
         prop = self._proposal
         top = max(prop.results) if prop is not None and prop.results else 1
         dtype = np.uint8 if top <= 255 else np.uint16
+        old = self.proposal_layer
+        if (old is not None and old.data.shape == shape and old.data.dtype == dtype
+                and tuple(old.scale) == tuple(lab.scale) and tuple(old.translate) == tuple(lab.translate)):
+            # a new run while the last proposal is still shown: reuse its layer (adding a layer
+            # costs napari ~0.5-0.7 s of GUI thread)
+            old.data[...] = 0
+            self._layer_stale = False
+            self._apply_layer_colormap()
+            old.refresh()
+            return
+        self._remove_layer()
         layer = c.viewer.add_labels(np.zeros(shape, dtype=dtype), name=PROPOSAL_LAYER_NAME,
                                     scale=tuple(lab.scale), translate=tuple(lab.translate), opacity=0.8)
         try:
@@ -1263,6 +1303,7 @@ class UniversegPanel(QWidget):
         except Exception:  # pragma: no cover - cosmetic
             pass
         self._layer = layer
+        self._layer_stale = False
         self._apply_layer_colormap()
         try:
             c.viewer.layers.selection.active = lab
@@ -1288,7 +1329,21 @@ class UniversegPanel(QWidget):
         if i in prop.unchecked or i not in prop.indices:
             layer.data[sl] = 0
         else:
-            layer.data[sl] = prop.combined(i).astype(layer.data.dtype)
+            comb = prop.combined(i)
+            prop.counts(i, comb)
+            layer.data[sl] = comb.astype(layer.data.dtype)
+
+    def _on_screen(self, axis: int, indices) -> bool:
+        """Whether any of display slices ``indices`` along ``axis`` is drawn now (3D view, a
+        view across that axis, or the current slice)."""
+        c = self.controller
+        try:
+            dims = c.viewer.dims
+            if dims.ndisplay == 3 or axis in dims.displayed:
+                return True
+            return int(c.current_slice(axis)) in {int(i) for i in indices}
+        except Exception:  # noqa: BLE001 - when unsure, redraw
+            return True
 
     def _remove_layer(self) -> None:
         layer, self._layer = self._layer, None
@@ -1299,9 +1354,16 @@ class UniversegPanel(QWidget):
             except Exception:  # pragma: no cover
                 log.exception("removing the proposal layer")
 
-    def _discard_proposal(self) -> None:
+    def _discard_proposal(self, keep_layer: bool = False) -> None:
+        """Forget the proposal and remove its layer (``keep_layer``: empty it instead, for a new
+        run about to reuse it; :meth:`segment_rest` removes it if that run does not start)."""
         self._proposal = None
-        self._remove_layer()
+        layer = self.proposal_layer if keep_layer else None
+        if layer is not None:
+            layer.data[...] = 0
+            layer.refresh()
+        else:
+            self._remove_layer()
         self._rebuild_proposal_list()
         self._update_buttons()
 
@@ -1318,10 +1380,8 @@ class UniversegPanel(QWidget):
             return
         table = self.controller.label_table
         for i in prop.indices:
-            comb = prop.combined(i)
             parts = []
-            for v in prop.results:
-                k = int(np.count_nonzero(comb == v))
+            for v, k in prop.counts(i):
                 if len(prop.results) > 1:
                     info = table.get(v)
                     parts.append(f"{info.name if info else v} {k:,} px")
