@@ -133,6 +133,7 @@ def test_segment_rest_proposal_accept_is_one_undo_step(win, c, qtbot, ct_seg, mo
     assert layer is not None and layer.name == "UniverSeg proposal"
     assert layer.data.shape == before.shape
     assert np.allclose(layer.scale, c.labels_layer.scale)
+    assert tuple(layer.units) == tuple(c.labels_layer.units)  # mm like the scan: no napari warning
     res = panel.proposal.results[LIVER]
     assert set(np.flatnonzero(layer.data.reshape(len(layer.data), -1).any(1))) <= {11, 13}
     for i in (11, 13):

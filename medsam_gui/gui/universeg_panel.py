@@ -1295,8 +1295,10 @@ class UniversegPanel(QWidget):
             old.refresh()
             return
         self._remove_layer()
+        units = getattr(lab, "units", None)  # the scan's physical units (mm): no napari warning
+        kw = {"units": units} if units is not None else {}
         layer = c.viewer.add_labels(np.zeros(shape, dtype=dtype), name=PROPOSAL_LAYER_NAME,
-                                    scale=tuple(lab.scale), translate=tuple(lab.translate), opacity=0.8)
+                                    scale=tuple(lab.scale), translate=tuple(lab.translate), opacity=0.8, **kw)
         try:
             layer.contour = 1
             layer.editable = False
