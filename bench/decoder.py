@@ -75,8 +75,10 @@ def main():
     ap.add_argument("--embedding", help="file to load the embedding from (saved there when missing)")
     args = ap.parse_args()
     torch = C.setup_torch(args.threads)
-    from medsam_gui.models.fast_encoder import FastDecoder, dice
-    from medsam_gui.models.medsam import MedSAMEngine, postprocess_low_res_logits
+    from medsam_gui.models.agreement import dice
+    from medsam_gui.models.fast_decoder import FastDecoder
+    from medsam_gui.models.medsam import MedSAMEngine
+    from medsam_gui.models.medsam_transforms import postprocess_low_res_logits
 
     sd, what = C.checkpoint_state_dict(args.checkpoint)
     u8, label = C.lung_ct()
@@ -90,7 +92,7 @@ def main():
         print(f"embedding loaded from {path}")
     else:
         fast_eng = MedSAMEngine(sd, device="cpu", precision=args.precision)
-        emb16 = fast_eng.embed(s).half()  # what the cache holds
+        emb16 = fast_eng.embed_slice(s).half()  # what the cache holds
         del fast_eng
         if path is not None:
             torch.save({"embedding": emb16, "weights": what, "z": z}, path)

@@ -30,7 +30,7 @@ def _sync(torch, dev):
 def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
     import torch
 
-    from medsam_gui.models.fast_encoder import cosine_and_relerr, dice
+    from medsam_gui.models.agreement import cosine_and_relerr, dice
     from medsam_gui.models.medsam import MedSAMEngine
 
     zs = C.tumour_slices(label, args.slices)
@@ -42,7 +42,7 @@ def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
     # warm-up / one-off build costs (int8 quantisation, CUDA kernels), reported separately
     t_build, _ = C.timed(lambda: fast._fast_encoder())
     if dev.type == "cuda":
-        ref.embed(slices[0]); fast.embed_batch(slices[:1]); _sync(torch, dev)
+        ref.embed_slice(slices[0]); fast.embed(slices[:1]); _sync(torch, dev)
         torch.cuda.reset_peak_memory_stats(dev)
 
     # reference, one slice at a time
@@ -50,7 +50,7 @@ def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
     with C.PeakRSS() as m_ref:
         for s in slices:
             t0 = time.perf_counter()
-            ref_embs.append(ref.embed(s))
+            ref_embs.append(ref.embed_slice(s))
             _sync(torch, dev)
             ref_times.append(time.perf_counter() - t0)
     gpu_ref = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
@@ -60,7 +60,7 @@ def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
         torch.cuda.reset_peak_memory_stats(dev)
     with C.PeakRSS() as m_fast:
         t0 = time.perf_counter()
-        fast_embs = fast.embed_batch(slices)
+        fast_embs = fast.embed(slices)
         _sync(torch, dev)
         t_fast = (time.perf_counter() - t0) / len(slices)
     gpu_fast = None
@@ -68,7 +68,7 @@ def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
     if dev.type == "cuda":
         many = [np.ascontiguousarray(u8[i % u8.shape[0]]) for i in range(args.cuda_slices)]
         t0 = time.perf_counter()
-        fast.embed_batch(many, batch_size=args.batch)
+        fast.embed(many, batch_size=args.batch)
         _sync(torch, dev)
         t_fast = (time.perf_counter() - t0) / len(many)
         gpu_fast = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -91,7 +91,8 @@ def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
     if args.bf16_check and dev.type == "cpu":
         # the CUDA default's numerics (bf16 autocast, fast encoder, GPU preprocessing code),
         # emulated on the CPU: slow here (no native bf16), but the agreement is what matters
-        from medsam_gui.models.fast_encoder import FastImageEncoder, preprocess_batch
+        from medsam_gui.models.fast_encoder import FastImageEncoder
+        from medsam_gui.models.medsam_transforms import preprocess_batch
 
         sdpa = FastImageEncoder(ref.model.image_encoder, quantize=False)
         x = preprocess_batch(torch.from_numpy(slices[0])[None], "spline")
@@ -106,7 +107,8 @@ def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
                        f"{dice(m_b, m_a):.4f}", f"{m_a.mean():.4f}/{m_b.mean():.4f}"])
 
     if args.variants and dev.type == "cpu":
-        from medsam_gui.models.fast_encoder import FastImageEncoder, preprocess_fast
+        from medsam_gui.models.fast_encoder import FastImageEncoder
+        from medsam_gui.models.medsam_transforms import preprocess_fast
 
         sdpa = FastImageEncoder(ref.model.image_encoder, quantize=False)
         x = preprocess_fast(slices[0])
@@ -121,8 +123,7 @@ def run_device(dev_name, sd, u8, label, args, out_rows, q_rows, mem_rows):
 def preprocessing_rows(u8, n=3):
     import torch
 
-    from medsam_gui.models.fast_encoder import preprocess_batch, resize_to_1024_fast
-    from medsam_gui.models.medsam import resize_to_1024_uint8
+    from medsam_gui.models.medsam_transforms import preprocess_batch, resize_to_1024_fast, resize_to_1024_uint8
 
     rows = []
     zs = np.linspace(0, u8.shape[0] - 1, n).round().astype(int)

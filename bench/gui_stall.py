@@ -76,9 +76,9 @@ def main():
     fast = MedSAMEngine(sd, device="cpu", precision="int8")
     print(f"# GUI-thread stall benchmark\nmachine: {C.machine()}\nweights: {what}\n")
     rows = []
-    for name, work in (("MedSAM reference encode (skimage + fp32)", lambda: ref.embed(s)),
+    for name, work in (("MedSAM reference encode (skimage + fp32)", lambda: ref.embed_slice(s)),
                        ("MedSAM ours: int8 build (once per engine)", lambda: fast._fast_encoder()),
-                       ("MedSAM ours: int8 encode", lambda: fast.embed(s))):
+                       ("MedSAM ours: int8 encode", lambda: fast.embed_slice(s))):
         t0 = time.perf_counter()
         stall, p99, n = measure(app, work)
         rows.append([name, f"{time.perf_counter() - t0:.1f}", f"{stall:.1f}", f"{p99:.1f}", n])

@@ -255,7 +255,7 @@ def run(args, tmp: Path, place: dict) -> int:
             try:
                 if c.busy or (mp is not None and (mp._running or mp._timer.isActive())):
                     return False
-                if svc is not None and svc.context is not None and not svc._ctx_ready.is_set():
+                if svc is not None and svc.predictor.preparing:
                     return False  # the MedSAM input (uint8 volume) is being prepared
                 if auto is not None:
                     st = auto.stats  # a property
@@ -484,8 +484,7 @@ def object_sizes(c, panel, up, torch) -> list[list]:
     rows = []
     vol = c.volume
     rows.append(["scan array (volume.array)", f"{vol.array.nbytes / MiB:.0f}", f"{vol.array.dtype} {vol.shape}"])
-    ctx = panel.service.context
-    u8 = getattr(ctx, "display_uint8", None)
+    u8 = panel.service.predictor.input_uint8
     if u8 is not None:
         rows.append(["MedSAM input uint8 volume", f"{u8.nbytes / MiB:.0f}", "embedding service, per (scan, window)"])
     lab = np.asarray(c.display_labels())

@@ -29,7 +29,8 @@ def main():
     args = ap.parse_args()
     torch = C.setup_torch(args.threads)
     from medsam_gui.core.propagation import propagate
-    from medsam_gui.models.fast_encoder import FastDecoder, dice
+    from medsam_gui.models.agreement import dice
+    from medsam_gui.models.fast_decoder import FastDecoder
     from medsam_gui.models.medsam import MedSAMEngine
 
     sd, what = C.checkpoint_state_dict(args.checkpoint)
@@ -49,7 +50,7 @@ def main():
         def segment(i, box, embs=embs, eng=eng, dec=dec, enc_t=enc_t):
             if i not in embs:
                 t = time.perf_counter()
-                embs[i] = eng.embed(np.ascontiguousarray(u8[i]))
+                embs[i] = eng.embed_slice(np.ascontiguousarray(u8[i]))
                 enc_t.append(time.perf_counter() - t)
             if dec is not None:
                 return dec.decode(embs[i].half(), box, u8[i].shape)

@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--precision", default="int8")
     args = ap.parse_args()
     C.setup_torch(args.threads)
-    from medsam_gui.models.fast_encoder import cosine_and_relerr, dice
+    from medsam_gui.models.agreement import cosine_and_relerr, dice
     from medsam_gui.models.medsam import MedSAMEngine
 
     sd, what = C.checkpoint_state_dict(args.checkpoint)
@@ -54,8 +54,8 @@ def main():
     print(f"# Quality guard: {fast.precision} vs fp32\nmachine: {C.machine()}\nweights: {what}\n")
     rows = []
     for name, z, s, box in real_slices():
-        a = ref.embed(s)
-        b = fast.embed(s)
+        a = ref.embed_slice(s)
+        b = fast.embed_slice(s)
         cos, rel = cosine_and_relerr(b, a)
         m_a = ref.decode(a, box, s.shape)
         m_b = ref.decode(b, box, s.shape)

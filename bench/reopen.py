@@ -63,7 +63,7 @@ def main():
     # setup
     v8, bounds, fp, eng = open_scan({})
     key = embedding_key(fp, 0, z, bounds, eng.checkpoint_id, eng.precision)
-    EmbeddingCache(disk_dir=tmp / "emb").put(key, eng.embed(np.ascontiguousarray(v8[z])))
+    EmbeddingCache(disk_dir=tmp / "emb").put(key, eng.embed_slice(np.ascontiguousarray(v8[z])))
     del eng
 
     rows = []
@@ -78,7 +78,7 @@ def main():
             assert emb is not None, "cache miss"
             stages["disk cache get"] = time.perf_counter() - t
         else:
-            emb = eng.embed(np.ascontiguousarray(v8[z]))
+            emb = eng.embed_slice(np.ascontiguousarray(v8[z]))
             stages["encoder"] = time.perf_counter() - t
         t = time.perf_counter()
         mask = eng.decode(emb, box, v8[z].shape)

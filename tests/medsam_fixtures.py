@@ -86,7 +86,7 @@ def hippocampus_embedding():
     eng = engine()
     with _lock:
         if "emb" not in _memo:
-            _memo["emb"] = eng.embed(hippocampus_golden()["volume_uint8_slice"])
+            _memo["emb"] = eng.embed_slice(hippocampus_golden()["volume_uint8_slice"])
         return _memo["emb"]
 
 

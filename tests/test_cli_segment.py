@@ -7,10 +7,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medsam_gui import api
 from medsam_gui.cli import main
 from medsam_gui.commands import segment as segment_cmd
 from medsam_gui.core.intensity import WINDOW_PRESETS, volume_to_uint8, window_bounds
 from medsam_gui.io import load_volume
+from medsam_gui.models.embedding_cache import embedding_key
 
 import medsam_fixtures
 
@@ -22,16 +24,24 @@ class BoxEngine:
     """Stand-in for MedSAMEngine: the 'embedding' is the slice; the mask is the box itself
     (inclusive pixel indices, x = column, y = row)."""
 
+    name = "box"
     device = "cpu"
     precision = "fp32"
+    on_notice = None
 
     def __init__(self):
         self.embedded = []
         self.decoded = []
 
-    def embed(self, sl):
-        self.embedded.append(np.array(sl))
-        return np.array(sl)
+    def cache_key(self, fingerprint, axis, index, bounds):
+        return embedding_key(fingerprint, axis, index, bounds, "0" * 64, engine=self.name)
+
+    def embed(self, slices):
+        self.embedded.extend(np.array(sl) for sl in slices)
+        return torch.from_numpy(np.stack(slices).astype(np.float32))
+
+    def prepare_decoder(self, emb):
+        return False
 
     def decode(self, emb, box, hw):
         self.decoded.append(tuple(float(v) for v in box))
@@ -44,7 +54,7 @@ class BoxEngine:
 @pytest.fixture
 def fake_engine(monkeypatch, tmp_path):
     eng = BoxEngine()
-    monkeypatch.setattr(segment_cmd, "_make_engine", lambda ckpt, device, precision: eng)
+    monkeypatch.setattr(api, "load_engine", lambda name, ckpt, device, precision: eng)
     ckpt = tmp_path / "dummy.pth"
     ckpt.write_bytes(b"x")  # never loaded by the stand-in
     eng.ckpt = ckpt
@@ -146,20 +156,20 @@ def test_real_engine_end_to_end(monkeypatch, data_dir, tmp_path, capsys):
     g = medsam_fixtures.hippocampus_golden()
     memo = medsam_fixtures.hippocampus_embedding()
     built = []
-    real_make = segment_cmd._make_engine
+    real_load = api.load_engine
 
-    def make(path, device, precision):
-        eng = real_make(path, device, precision)
+    def load(name, path, device, precision):
+        eng = real_load(name, path, device=device, precision=precision)
         built.append((path, eng))
 
-        def embed(sl):
-            np.testing.assert_array_equal(sl, g["volume_uint8_slice"])
+        def embed(slices):
+            np.testing.assert_array_equal(slices[0], g["volume_uint8_slice"])
             return memo
 
-        eng.embed = embed
+        monkeypatch.setattr(eng, "embed", embed)
         return eng
 
-    monkeypatch.setattr(segment_cmd, "_make_engine", make)
+    monkeypatch.setattr(api, "load_engine", load)
     x0, y0, x1, y1 = (int(v) for v in g["box_xyxy"])
     out = tmp_path / "real.nii.gz"
     rc = main(["segment", str(data_dir / HIPPO), "--box", f"11,{x0},{y0},{x1},{y1}", "--device", "cpu",

@@ -20,8 +20,9 @@ import pytest
 import torch
 from medsam_fixtures import vit_b_state_dict
 
-from medsam_gui.models import fast_encoder as fe
-from medsam_gui.models.medsam import MedSAMEngine, postprocess_low_res_logits
+from medsam_gui.models import fast_decoder as fe
+from medsam_gui.models.medsam import MedSAMEngine
+from medsam_gui.models.medsam_transforms import postprocess_low_res_logits
 
 HW = (96, 128)  # (H, W): not square, so the box scaling to 1024 differs per axis
 BOXES = [

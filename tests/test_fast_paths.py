@@ -13,13 +13,12 @@ import torch
 from medsam_fixtures import engine as shared_engine
 from medsam_fixtures import hippocampus_embedding, hippocampus_golden, vit_b_state_dict
 
+from medsam_gui.models import agreement
 from medsam_gui.models import fast_encoder as fe
+from medsam_gui.models import medsam_transforms as mt
 from medsam_gui.models.device import resolve_precision
-from medsam_gui.models.medsam import (
-    MedSAMEngine,
-    preprocess_slice,
-    resize_to_1024_uint8,
-)
+from medsam_gui.models.medsam import MedSAMEngine
+from medsam_gui.models.medsam_transforms import preprocess_slice, resize_to_1024_uint8
 
 GOLDENS = ["medsam_lung1_ct.npz", "medsam_hippocampus003_mr.npz"]
 
@@ -46,13 +45,13 @@ def lung_slices(data_dir):
 @pytest.mark.parametrize("name", GOLDENS)
 def test_matrix_resize_reproduces_golden_reference_input(name, golden_dir):
     g = _golden(golden_dir, name)
-    fast = fe.resize_to_1024_fast(g["volume_uint8_slice"])
+    fast = mt.resize_to_1024_fast(g["volume_uint8_slice"])
     ref = g["input_1024_uint8"]
     diff = np.abs(fast.astype(int) - ref.astype(int))
     # stated tolerance: at most 1 grey level on at most 0.1 % of the pixels (0 measured here)
     assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3
     # the batched torch version (the GPU preprocessing, run on the CPU) gives the same input
-    x = fe.preprocess_batch(torch.from_numpy(g["volume_uint8_slice"])[None], "spline")
+    x = mt.preprocess_batch(torch.from_numpy(g["volume_uint8_slice"])[None], "spline")
     r = preprocess_slice(g["volume_uint8_slice"])
     assert x.shape == (1, 3, 1024, 1024) and x.dtype == torch.float32
     assert float((x - r).abs().max()) <= 1.0 / 255 + 1e-6
@@ -60,23 +59,23 @@ def test_matrix_resize_reproduces_golden_reference_input(name, golden_dir):
 
 
 def test_gpu_preprocessing_batch_on_real_ct_slices(lung_slices):
-    batch = fe.preprocess_batch(torch.from_numpy(np.stack(lung_slices)), "spline")
+    batch = mt.preprocess_batch(torch.from_numpy(np.stack(lung_slices)), "spline")
     for i, s in enumerate(lung_slices):
         ref = preprocess_slice(s)
         d = (batch[i:i + 1] - ref).abs()
         assert float(d.max()) <= 1.0 / 255 + 1e-6 and float((d > 1e-6).float().mean()) <= 1e-3
-        np.testing.assert_array_equal(fe.resize_to_1024_fast(s), resize_to_1024_uint8(s))
+        np.testing.assert_array_equal(mt.resize_to_1024_fast(s), resize_to_1024_uint8(s))
     # torch's bicubic is a different kernel (Keys, not B-spline): measurably off, so it is not
     # the default; this also shows the tolerance above can fail
-    bic = fe.preprocess_batch(torch.from_numpy(lung_slices[1])[None], "bicubic")
+    bic = mt.preprocess_batch(torch.from_numpy(lung_slices[1])[None], "bicubic")
     assert float((bic - preprocess_slice(lung_slices[1])).abs().max()) > 2.0 / 255
 
 
 def test_resize_matrix_rejects_non_2d():
     with pytest.raises(ValueError, match="2D slice"):
-        fe.resize_to_1024_fast(np.zeros((2, 3, 4), np.uint8))
+        mt.resize_to_1024_fast(np.zeros((2, 3, 4), np.uint8))
     with pytest.raises(ValueError, match="B, H, W"):
-        fe.preprocess_batch(torch.zeros(3, 4, dtype=torch.uint8))
+        mt.preprocess_batch(torch.zeros(3, 4, dtype=torch.uint8))
 
 
 # ----------------------------------------------------------------------- tiny encoder
@@ -116,7 +115,7 @@ def test_fast_encoder_matches_reference_encoder(tiny, golden_dir):
     # SDPA + additive rel-pos bias: the same function up to float32 summation order
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(whole, fast, rtol=1e-5, atol=1e-5)
-    cos, rel = fe.cosine_and_relerr(q, ref)
+    cos, rel = agreement.cosine_and_relerr(q, ref)
     assert cos > 0.99 and rel < 0.15 and rel > 1e-4  # int8 really differs, but little
 
 
@@ -137,12 +136,12 @@ def test_engine_embed_batch_equals_per_slice_embed(tiny, lung_slices):
     eng = MedSAMEngine(vit_b_state_dict(), device="cpu", precision="int8")
     assert eng.precision == "int8" and eng.fast
     eng._fast_enc = fe.FastImageEncoder(tiny)  # the engine's batching logic on a cheap encoder
-    batch = eng.embed_batch(lung_slices, batch_size=2)
-    per = torch.cat([eng.embed(s) for s in lung_slices])
+    batch = eng.embed(lung_slices, batch_size=2)
+    per = torch.cat([eng.embed_slice(s) for s in lung_slices])
     assert batch.dtype == torch.float32 and batch.shape == (3, 256, 64, 64)
     torch.testing.assert_close(batch, per, rtol=0, atol=2e-3)
     assert [i for i, _ in eng.iter_embed_batch(lung_slices, batch_size=2)] == [0, 2]
-    assert eng.embed_batch([]).shape == (0, 256, 64, 64)
+    assert eng.embed([]).shape == (0, 256, 64, 64)
 
 
 def test_fp32_engine_stays_on_the_reference_path(golden_dir):
@@ -159,7 +158,7 @@ def test_fp32_engine_stays_on_the_reference_path(golden_dir):
     eng.model.image_encoder = Rec()
     try:
         g = _golden(golden_dir, "medsam_hippocampus003_mr.npz")
-        out = eng.embed_batch([g["volume_uint8_slice"]] * 2)
+        out = eng.embed([g["volume_uint8_slice"]] * 2)
     finally:
         eng.model.image_encoder = real
     assert out.shape == (2, 256, 64, 64) and len(seen) == 2 and seen[0].shape[0] == 1
@@ -193,11 +192,11 @@ def test_int8_cpu_path_agrees_with_fp32_on_a_real_slice():
     ref_eng = shared_engine()
     ref_emb = hippocampus_embedding()  # fp32 reference pass (shared with other modules)
     eng = MedSAMEngine(vit_b_state_dict(), device="cpu", precision="int8")
-    emb = eng.embed(sl)
-    cos, rel = fe.cosine_and_relerr(emb, ref_emb)
+    emb = eng.embed_slice(sl)
+    cos, rel = agreement.cosine_and_relerr(emb, ref_emb)
     assert cos >= 0.998 and rel <= 0.07, (cos, rel)
     m_ref = ref_eng.decode(ref_emb, box, sl.shape)
     m_fast = eng.decode(emb, box, sl.shape)
     # random weights: the mask is noisy but not empty nor full, so the Dice means something
     assert 0.02 < m_ref.mean() < 0.98
-    assert fe.dice(m_fast, m_ref) >= 0.98
+    assert agreement.dice(m_fast, m_ref) >= 0.98

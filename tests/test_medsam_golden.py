@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medsam_gui.core.intensity import default_bounds, volume_to_uint8
-from medsam_gui.models.medsam import (
+from medsam_gui.models.medsam_transforms import (
     box_to_1024,
     normalize_1024,
     postprocess_low_res_logits,
@@ -96,7 +96,7 @@ def test_engine_feeds_encoder_and_decoder_like_the_reference(golden_dir):
     rec = _RecordingEncoder()
     eng.model.image_encoder = rec
     try:
-        emb = eng.embed(sl)
+        emb = eng.embed_slice(sl)
     finally:
         eng.model.image_encoder = real_encoder
     assert emb.shape == (1, 256, 64, 64) and emb.dtype == torch.float32
@@ -145,7 +145,7 @@ def test_decode_is_not_blocked_by_a_running_encoder():
     real = eng.model.image_encoder
     eng.model.image_encoder = SlowEncoder()
     try:
-        t = threading.Thread(target=eng.embed, args=(np.zeros((8, 8), np.uint8),))
+        t = threading.Thread(target=eng.embed_slice, args=(np.zeros((8, 8), np.uint8),))
         t.start()
         assert started.wait(10)
         t0 = time.perf_counter()

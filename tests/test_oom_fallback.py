@@ -117,11 +117,11 @@ def engine():
 
 
 def test_engine_halves_encoder_batches_with_identical_embeddings(engine, slices):
-    expected = engine.embed_batch(slices, batch_size=4)
+    expected = engine.embed(slices, batch_size=4)
     notices = []
     engine.on_notice = notices.append
     engine._fast_enc = enc = StandInEncoder(fail_above=1)
-    got = engine.embed_batch(slices, batch_size=4)
+    got = engine.embed(slices, batch_size=4)
     assert enc.batches[:3] == [4, 2, 1] and set(enc.batches[3:]) == {1}
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert notices == ["The CPU ran out of memory: continuing with batches of 2",
@@ -129,11 +129,11 @@ def test_engine_halves_encoder_batches_with_identical_embeddings(engine, slices)
     assert engine.device.type == "cpu"
     with pytest.raises(DeviceMemoryError):  # batch 1 on the CPU fails: a user-facing error
         engine._fast_enc = StandInEncoder(fail_above=0)
-        engine.embed(slices[0])
+        engine.embed_slice(slices[0])
 
 
 def test_engine_moves_from_gpu_to_cpu_and_re_resolves_precision(engine, slices, monkeypatch):
-    expected = engine.embed_batch(slices, batch_size=1)
+    expected = engine.embed(slices, batch_size=1)
     # simulate a CUDA engine on "auto" precision (bf16 there) whose every GPU batch runs out of memory
     engine.device, engine.requested_precision, engine.precision = CUDA, "auto", "bf16"
     real = engine._embed_range
@@ -167,7 +167,7 @@ def test_reference_path_and_decoder_fall_back_to_cpu(engine, slices, monkeypatch
             return StandInEncoder()(x)
 
     monkeypatch.setattr(engine.model, "image_encoder", Ref())
-    emb = engine.embed(slices[0])
+    emb = engine.embed_slice(slices[0])
     mask = engine.decode(emb, box, (96, 96))
     logits = engine.decode_logits(emb, box, (96, 96))
     engine.device = CUDA
@@ -191,7 +191,7 @@ def test_reference_path_and_decoder_fall_back_to_cpu(engine, slices, monkeypatch
     real_enc = engine._encode_once
     monkeypatch.setattr(engine, "_encode_once",
                         lambda x: (_ for _ in ()).throw(cuda_oom()) if engine.device.type != "cpu" else real_enc(x))
-    torch.testing.assert_close(engine.embed(slices[0]), emb, rtol=0, atol=0)
+    torch.testing.assert_close(engine.embed_slice(slices[0]), emb, rtol=0, atol=0)
     assert len(notices) == 2 and engine.device.type == "cpu"
     # an error that is not out of memory is never swallowed
     engine.device = CUDA

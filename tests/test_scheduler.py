@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medsam_gui.models.embedding_cache import EmbeddingCache, embedding_key
-from medsam_gui.models.scheduler import EmbeddingScheduler, outward_order, volume_embed_fns
+from medsam_gui.models.scheduler import EmbeddingScheduler, outward_order
 
 import medsam_fixtures
 
@@ -190,26 +190,6 @@ def test_bad_listener_does_not_kill_worker():
     assert fake.calls == [0, 1, 2, 3, 4]
 
 
-def test_volume_embed_fns_slice_along_axis():
-    class Eng:
-        checkpoint_id = "c" * 64
-        precision = "fp32"
-
-        def __init__(self):
-            self.seen = []
-
-        def embed(self, sl):
-            self.seen.append(sl.copy())
-            return torch.zeros(1, 256, 64, 64)
-
-    vol8 = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
-    eng = Eng()
-    embed_fn, kf = volume_embed_fns(eng, vol8, volume_fingerprint="fp", bounds=(0, 1), axis=2)
-    embed_fn(3)
-    np.testing.assert_array_equal(eng.seen[0], vol8[:, :, 3])
-    assert kf(3) == embedding_key("fp", 2, 3, (0, 1), "c" * 64, "fp32") != kf(2)
-
-
 @pytest.mark.slow
 def test_real_engine_in_background():
     """One real (random-weight) ViT-B encoder pass, run by the scheduler's worker thread."""
@@ -221,7 +201,7 @@ def test_real_engine_in_background():
 
     def embed_fn(i):
         threads.append(threading.current_thread().name)
-        return medsam_fixtures.hippocampus_embedding()  # engine.embed(sl), memoised for other tests
+        return medsam_fixtures.hippocampus_embedding()  # engine.embed_slice(sl), memoised for other tests
 
     done = []
     s = EmbeddingScheduler(embed_fn, key_fn, 1, cache, on_done=lambda i, sec: done.append(i))

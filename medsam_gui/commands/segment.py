@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, MedsamGuiError
+from ..errors import MedsamGuiError
 from ..models.device import PRECISION_CHOICES
 
 DEFAULT_RECIST_MARGIN = 5.0
@@ -95,28 +95,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _make_engine(checkpoint: Path, device: str, precision: str):
-    """Build the MedSAM engine (a seam for tests)."""
-    from ..models.medsam import MedSAMEngine
-
-    return MedSAMEngine(checkpoint, device=device, precision=precision)
-
-
-def resolve_checkpoint(path: str | None) -> Path:
-    if path:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise CheckpointError(f"MedSAM weights not found: {p} does not exist.")
-        return p
-    from ..models import weights as manager
-
-    found = manager.resolve("medsam_vit_b")
-    if found is None:
-        raise CheckpointError(
-            "no MedSAM weights installed: pass --checkpoint medsam_vit_b.pth, or install them once with "
-            "`medsam-gui weights download medsam_vit_b` (or `medsam-gui weights import medsam_vit_b FILE`)."
-        )
-    return found
+def key_boxes(prompts) -> dict[int, tuple]:
+    """{z: box} from [(z, box)]: several boxes on one key slice become their union."""
+    keys: dict[int, tuple] = {}
+    for z, box in prompts:
+        k = keys.get(z)
+        keys[z] = tuple(box) if k is None else (min(k[0], box[0]), min(k[1], box[1]),
+                                                 max(k[2], box[2]), max(k[3], box[3]))
+    return keys
 
 
 def collect_boxes(shape_zyx, boxes, recists, margin: float) -> list[tuple[int, tuple[float, float, float, float]]]:
@@ -145,8 +131,8 @@ def collect_boxes(shape_zyx, boxes, recists, margin: float) -> list[tuple[int, t
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.intensity import WINDOW_PRESETS, default_bounds, volume_to_uint8, window_bounds
-    from ..io import load_volume, save_labels
+    from .. import api
+    from ..core.intensity import WINDOW_PRESETS, window_bounds
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     if not args.box and not args.recist:
@@ -159,62 +145,43 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise SegmentCommandError(f"{out} already exists; choose another --out or add --overwrite.")
 
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    vol = load_volume(args.scan)
-    modality = args.modality or vol.modality
+    checkpoint = api.resolve_checkpoint("medsam", args.checkpoint)
+    vol = api.load_volume(args.scan)
+    window = None
     if args.window:
-        bounds = window_bounds(*args.window)
+        window = window_bounds(*args.window)
     elif args.window_preset:
-        bounds = window_bounds(*WINDOW_PRESETS[args.window_preset])
-    else:
-        bounds = default_bounds(vol.array, modality)
+        window = window_bounds(*WINDOW_PRESETS[args.window_preset])
     prompts = collect_boxes(vol.shape, args.box, args.recist, args.margin)
-    nz, h, w = vol.shape
+    nz = vol.shape[0]
     if args.z_range:
         a, b = sorted(args.z_range)
         if a < 0 or b >= nz:
             raise SegmentCommandError(f"--z-range {a},{b} is outside the scan (slices 0..{nz - 1}).")
-    vol8 = volume_to_uint8(vol.array, modality, bounds)
 
     t0 = time.perf_counter()
-    engine = _make_engine(checkpoint, args.device, args.precision)
+    engine = api.load_engine("medsam", checkpoint, device=args.device, precision=args.precision)
     say(f"MedSAM loaded from {checkpoint} on {engine.device} ({engine.precision}) in {time.perf_counter() - t0:.1f} s")
-
-    embeddings: dict[int, object] = {}
-
-    def embedding(z: int):
-        if z not in embeddings:
-            t = time.perf_counter()
-            embeddings[z] = engine.embed(np.ascontiguousarray(vol8[z]))
-            say(f"  slice {z}: image encoder {time.perf_counter() - t:.1f} s")
-        return embeddings[z]
-
-    def segment_slice(z: int, box) -> np.ndarray:
-        return engine.decode(embedding(int(z)), box, (h, w))
-
     dtype = np.uint8 if args.label <= 255 else np.uint16
     labels = np.zeros(vol.shape, dtype=dtype)
     if args.propagate:
-        from ..core import propagation
-
-        key_boxes: dict[int, tuple] = {}
-        for z, box in prompts:
-            if z in key_boxes:  # several boxes on one key slice: use their union
-                k = key_boxes[z]
-                box = (min(k[0], box[0]), min(k[1], box[1]), max(k[2], box[2]), max(k[3], box[3]))
-            key_boxes[z] = box
-        limits = tuple(sorted(args.z_range)) if args.z_range else None
         kinds: dict[str, int] = {}
-        for res in propagation.propagate(vol.shape, key_boxes, segment_slice, axis=0,
-                                         margin=args.margin, limits=limits):
-            labels[res.index][res.mask] = args.label
+
+        def on_slice(res) -> None:
             kinds[res.kind] = kinds.get(res.kind, 0) + 1
+            say(f"  slice {res.index}: {res.kind}")
+
+        mask = api.propagate(vol, key_boxes(prompts), z_range=args.z_range, margin=args.margin, engine=engine,
+                             modality=args.modality, window=window, on_slice=on_slice)
+        labels[mask] = args.label
         say("  propagated: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     else:
-        for z, box in prompts:
-            mask = segment_slice(z, box)
-            labels[z][mask] = args.label
-    path = save_labels(labels, vol, out, overwrite=args.overwrite)
+        with api.open_predictor(vol, engine=engine, modality=args.modality, window=window) as predictor:
+            for z, box in prompts:
+                t = time.perf_counter()
+                labels[z][predictor.segment_box(z, box)] = args.label
+                say(f"  slice {z}: {time.perf_counter() - t:.1f} s")
+    path = api.save_labels(labels, vol, out, overwrite=args.overwrite)
     n = int(np.count_nonzero(labels))
     slices = int(np.count_nonzero(labels.reshape(nz, -1).any(axis=1)))
     ml = n * vol.voxel_volume_mm3 / 1000.0

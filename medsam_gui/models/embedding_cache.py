@@ -39,10 +39,13 @@ def embedding_key(
     bounds: Sequence[float],
     checkpoint_id: str,
     precision: str = "fp32",
+    *,
+    engine: str = "medsam",
 ) -> str:
     """The cache key (64 hex chars) of one slice's embedding.
 
-    ``bounds`` are the intensity window (lo, hi) used by volume_to_uint8 (rounded to 1e-4).
+    ``bounds`` are the intensity window (lo, hi) used by volume_to_uint8 (rounded to 1e-4);
+    ``engine`` is the engine's name (the same slice embedded by another engine has another key).
     """
     lo, hi = (float(b) for b in bounds)
     text = "|".join(
@@ -55,6 +58,7 @@ def embedding_key(
             f"ckpt={checkpoint_id}",
             f"precision={precision}",
         ]
+        + ([] if engine == "medsam" else [f"engine={engine}"])
     )
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -1,5 +1,8 @@
 """MedSAM inference engine (segment-anything ViT-B), reproducing MedSAM's reference inference.
 
+Implements :class:`medsam_gui.models.engine.BoxPromptEngine`; the processing steps live in
+:mod:`medsam_gui.models.medsam_transforms`.
+
 Pipeline for one slice (H, W) uint8 (already windowed to 0..255 over the whole volume by
 :func:`medsam_gui.core.intensity.volume_to_uint8`):
 
@@ -29,10 +32,10 @@ import numpy as np
 from ..errors import CheckpointError
 from .checkpoints import file_sha256, load_state_dict_file
 from .device import autocast, pick_device, resolve_precision
+from .medsam_transforms import INPUT_SIZE, box_to_1024, postprocess_low_res_logits, preprocess_slice
 from .oom import OomFallback, free_device_memory
 
 MODEL_NAME = "MedSAM (SAM ViT-B)"
-INPUT_SIZE = 1024
 
 _KNOWN_EMBED_DIMS = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H"}
 
@@ -72,61 +75,6 @@ def load_medsam_state_dict(path: str | os.PathLike) -> dict:
     )
 
 
-# ---------------------------------------------------------------- pre/post-processing
-
-def resize_to_1024_uint8(slice_hw: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 -> (1024, 1024) uint8 as the reference does it (3 equal channels resized
-    with skimage order=3, preserve_range, anti_aliasing, truncated to uint8). The channels are
-    identical, so one channel is resized (bit-identical to resizing the 3-channel image)."""
-    from skimage import transform
-
-    arr = np.asarray(slice_hw)
-    if arr.ndim != 2:
-        raise ValueError(f"expected a 2D slice (H, W), got shape {arr.shape}")
-    out = transform.resize(arr, (INPUT_SIZE, INPUT_SIZE), order=3, preserve_range=True, anti_aliasing=True)
-    return out.astype(np.uint8)
-
-
-def normalize_1024(img_1024_uint8: np.ndarray) -> np.ndarray:
-    """(1024, 1024) uint8 -> float64 in [0, 1] by the image's own min/max (denominator >= 1e-8)."""
-    img = img_1024_uint8.astype(np.float64)
-    lo = img.min()
-    return (img - lo) / np.clip(img.max() - lo, a_min=1e-8, a_max=None)
-
-
-def preprocess_slice(slice_hw: np.ndarray):
-    """(H, W) uint8 slice -> encoder input tensor (1, 3, 1024, 1024) float32 on CPU."""
-    import torch
-
-    norm = normalize_1024(resize_to_1024_uint8(slice_hw))
-    t = torch.from_numpy(norm).float()
-    return t.unsqueeze(0).unsqueeze(0).expand(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous()
-
-
-def box_to_1024(box_xyxy: Sequence[float], hw: tuple[int, int]) -> np.ndarray:
-    """Box (x0, y0, x1, y1) in slice pixels of an (H, W) slice -> float64 (4,) in 1024 space."""
-    h, w = int(hw[0]), int(hw[1])
-    box = np.asarray(box_xyxy, dtype=np.float64).reshape(4)
-    return box / np.array([w, h, w, h], dtype=np.float64) * INPUT_SIZE
-
-
-def postprocess_low_res_logits(logits, hw: tuple[int, int]) -> np.ndarray:
-    """Low-res logits (B, 1, 256, 256) (torch tensor or numpy) -> bool mask (H, W) for B == 1,
-    or (B, H, W) for B > 1: sigmoid, bilinear resize to (H, W) (align_corners=False), > 0.5."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(logits).detach().float().cpu()
-    if t.ndim == 2:
-        t = t[None, None]
-    elif t.ndim == 3:
-        t = t[:, None]
-    prob = torch.sigmoid(t)
-    prob = F.interpolate(prob, size=(int(hw[0]), int(hw[1])), mode="bilinear", align_corners=False)
-    mask = (prob[:, 0] > 0.5).numpy()
-    return mask[0] if mask.shape[0] == 1 else mask
-
-
 # ---------------------------------------------------------------- engine
 
 class MedSAMEngine:
@@ -146,6 +94,10 @@ class MedSAMEngine:
     called on the thread that runs the model).
     """
 
+    name = "medsam"
+    input_size = INPUT_SIZE
+    embedding_shape = (256, 64, 64)
+    embedding_dtype = "float32"
     on_notice = None
 
     def __init__(self, checkpoint, device: str = "auto", precision: str = "fp32") -> None:
@@ -209,15 +161,22 @@ class MedSAMEngine:
             batch_size = 16 if self.device.type == "cuda" else 1
         return BatchedEmbedder(self._fast_encoder(), self.device, self.precision, batch_size=batch_size)
 
-    def embed(self, slice_uint8_hw: np.ndarray):
+    def embed_slice(self, slice_uint8_hw: np.ndarray):
         """(H, W) uint8 slice -> image embedding (1, 256, 64, 64) float32 on CPU.
 
         "fp32": the reference path (skimage preprocessing, segment-anything's encoder), bit-exact.
-        Other precisions: the fast path (see :meth:`embed_batch`)."""
+        Other precisions: the fast path (see :meth:`embed`)."""
         if self.fast:
-            return self.embed_batch([slice_uint8_hw])
+            return self.embed([slice_uint8_hw])
         x = preprocess_slice(slice_uint8_hw)
         return self.embed_preprocessed(x)
+
+    def cache_key(self, volume_fingerprint: str, axis: int, index: int, bounds) -> str:
+        """Cache key of one slice's embedding (scan, slice, window, engine, weights, precision)."""
+        from .embedding_cache import embedding_key
+
+        return embedding_key(volume_fingerprint, axis, index, bounds, self.checkpoint_id, self.precision,
+                             engine=self.name)
 
     def embed_preprocessed(self, x):
         """Encoder input (1, 3, 1024, 1024) float32 -> embedding (1, 256, 64, 64) float32, CPU.
@@ -302,16 +261,16 @@ class MedSAMEngine:
             for off, e in parts:
                 yield start + off, e
 
-    def embed_batch(self, slices: Sequence[np.ndarray], batch_size: int | None = None):
+    def embed(self, slices: Sequence[np.ndarray], batch_size: int | None = None):
         """(H, W) uint8 slices -> embeddings (N, 256, 64, 64) float32 on CPU, equal to calling
-        :meth:`embed` on each slice ("fp32": the same code; fast precisions: up to the float16
-        rounding the batched path applies to every embedding)."""
+        :meth:`embed_slice` on each slice ("fp32": the same code; fast precisions: up to the
+        float16 rounding the batched path applies to every embedding)."""
         torch = self._torch
         slices = list(slices)
         if not slices:
-            return torch.empty(0, 256, 64, 64)
+            return torch.empty(0, *self.embedding_shape)
         if not self.fast:
-            return torch.cat([self.embed(s) for s in slices])
+            return torch.cat([self.embed_slice(s) for s in slices])
         return torch.cat([e for _, e in self.iter_embed_batch(slices, batch_size)]).float()
 
     # -- decoder
@@ -339,14 +298,14 @@ class MedSAMEngine:
 
     @property
     def fast_decoder(self):
-        """The :class:`~medsam_gui.models.fast_encoder.FastDecoder` of this engine (created once).
+        """The :class:`~medsam_gui.models.fast_decoder.FastDecoder` of this engine (created once).
 
         Used by :meth:`decode` for every precision but ``fp32`` (which stays segment-anything's
         own decoder call, bit for bit): logits equal to ~1e-6, ~2.7x faster on the CPU, with a
         per-embedding cache of the box-independent work."""
         fd = self.__dict__.get("_fast_decoder_obj")
         if fd is None:
-            from .fast_encoder import FastDecoder
+            from .fast_decoder import FastDecoder
 
             fd = self.__dict__.setdefault("_fast_decoder_obj", FastDecoder(self))
         return fd
@@ -376,7 +335,7 @@ class MedSAMEngine:
     def segment(self, slice_uint8_hw: np.ndarray, box_xyxy) -> np.ndarray:
         """Embed one (H, W) uint8 slice and decode one box -> bool mask (H, W)."""
         hw = tuple(np.asarray(slice_uint8_hw).shape[:2])
-        return self.decode(self.embed(slice_uint8_hw), box_xyxy, hw)
+        return self.decode(self.embed_slice(slice_uint8_hw), box_xyxy, hw)
 
 
 def _state_dict_id(sd: Mapping[str, Any]) -> str:

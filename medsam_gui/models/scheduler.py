@@ -263,25 +263,3 @@ class EmbeddingScheduler:
                 self._cond.notify_all()
             self._resolve(index, result)
             self._emit(self.on_done, index, seconds)
-
-
-def volume_embed_fns(
-    engine,
-    volume_uint8_zyx: np.ndarray,
-    *,
-    volume_fingerprint: str,
-    bounds,
-    axis: int = 0,
-) -> tuple[Callable[[int], object], Callable[[int], str]]:
-    """``(embed_fn, key_fn)`` for an EmbeddingScheduler over ``volume_uint8_zyx`` (the
-    volume_to_uint8 output for ``bounds``), slicing along ``axis`` with ``engine``
-    (a MedSAMEngine: its ``checkpoint_id`` and ``precision`` enter the key)."""
-    arr = volume_uint8_zyx
-
-    def embed_fn(index: int):
-        return engine.embed(np.ascontiguousarray(np.take(arr, int(index), axis=axis)))
-
-    def key_fn(index: int) -> str:
-        return embedding_key(volume_fingerprint, axis, int(index), bounds, engine.checkpoint_id, engine.precision)
-
-    return embed_fn, key_fn

@@ -1,0 +1,225 @@
+"""The stable Python API of medsam-gui (no Qt; the CLI commands are thin wrappers of it).
+
+    from medsam_gui import api
+    vol = api.load_volume("scan.nii.gz")
+    mask = api.segment_box(vol, 40, (120, 96, 180, 150), checkpoint="medsam_vit_b.pth")
+    lesion = api.propagate(vol, {40: (120, 96, 180, 150)}, checkpoint="medsam_vit_b.pth")
+    api.save_labels(lesion.astype("uint8"), like=vol, path="lesion.nii.gz")
+
+Arrays are (z, y, x) like ``Volume.array``; boxes are (x0, y0, x1, y1) voxel indices on axial
+slice z (x = column, y = row). ``engine`` is an engine name (``"medsam"``) or an engine object
+from :func:`load_engine` (load it once to segment many things); ``checkpoint`` is the weights
+file (default: the one installed with ``medsam-gui weights``). ``window`` is the intensity
+window (lo, hi) in scan units; by default CT soft tissue (40/400) or the MR percentile window,
+applied to the whole volume as in MedSAM's reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .core.volume import Volume
+from .errors import CheckpointError, MedsamGuiError
+from .io import load_volume, save_labels
+
+__all__ = ["load_volume", "save_labels", "load_engine", "open_predictor", "segment_box", "segment_recist",
+           "propagate", "segment_rest", "measure", "ENGINES"]
+
+ENGINES = {"medsam": ("medsam_vit_b", "MedSAM")}  # engine name -> (model-manager weights name, display name)
+
+
+def resolve_path(path, what: str):
+    """``path`` as a Path; CheckpointError when it does not exist."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"{what} weights not found: {p} does not exist.")
+    return p
+
+
+def resolve_checkpoint(engine: str, checkpoint=None):
+    """The weights file for ``engine``: ``checkpoint`` when given (it must exist), else the
+    installed one; CheckpointError says how to get it otherwise."""
+    name, title = ENGINES[engine]
+    if checkpoint is not None:
+        return resolve_path(checkpoint, title)
+    from .models import weights as manager
+
+    found = manager.resolve(name)
+    if found is None:
+        raise CheckpointError(
+            f"no {title} weights installed: pass the weights file (checkpoint=... / --checkpoint), or install "
+            f"them once with `medsam-gui weights download {name}` (or `medsam-gui weights import {name} FILE`).")
+    return found
+
+
+def load_engine(engine: str = "medsam", checkpoint=None, *, device: str = "auto", precision: str = "fp32"):
+    """Build a box-prompt engine (:class:`~medsam_gui.models.engine.BoxPromptEngine`).
+
+    ``precision``: "fp32" (the official computation bit for bit), "auto", "fast", "int8",
+    "bf16", "fp16" (see README)."""
+    if engine not in ENGINES:
+        raise MedsamGuiError(f"unknown engine {engine!r}; choose one of {', '.join(sorted(ENGINES))}.")
+    path = resolve_checkpoint(engine, checkpoint)
+    from .models.medsam import MedSAMEngine
+
+    return MedSAMEngine(path, device=device, precision=precision)
+
+
+def _engine(engine, checkpoint, device: str, precision: str):
+    return load_engine(engine, checkpoint, device=device, precision=precision) if isinstance(engine, str) else engine
+
+
+def window_bounds_for(volume: Volume, window=None, modality: str | None = None) -> tuple[float, float]:
+    """``window`` as (lo, hi) floats, or the default window of ``volume`` for ``modality``."""
+    from .core.intensity import default_bounds
+
+    if window is not None:
+        lo, hi = (float(v) for v in window)
+        if not hi > lo:
+            raise MedsamGuiError(f"the window ({lo:g}, {hi:g}) is empty: its upper bound must exceed the lower.")
+        return lo, hi
+    return default_bounds(volume.array, modality or volume.modality)
+
+
+def open_predictor(volume: Volume, *, engine="medsam", checkpoint=None, modality: str | None = None,
+                   window=None, device: str = "auto", precision: str = "fp32"):
+    """A :class:`~medsam_gui.models.volume_predictor.VolumePredictor` on ``volume``'s axial
+    slices, ready (use it as a context manager, or call ``shutdown()``): embeddings are computed
+    once per slice for any number of boxes."""
+    from .models.embedding_cache import EmbeddingCache
+    from .models.volume_predictor import VolumePredictor
+
+    bounds = window_bounds_for(volume, window, modality)
+    predictor = VolumePredictor(_engine(engine, checkpoint, device, precision), EmbeddingCache(disk_bytes=0),
+                                background=False, keep_float32=64)
+    try:
+        predictor.set_volume(volume, bounds=bounds, modality=modality or volume.modality, axis=0, wait=True)
+    except BaseException:
+        predictor.shutdown()
+        raise
+    return predictor
+
+
+def _check_slice(volume: Volume, z: int) -> int:
+    nz = volume.shape[0]
+    if not 0 <= int(z) < nz:
+        raise MedsamGuiError(f"slice {z} is outside the scan (slices 0..{nz - 1}).")
+    return int(z)
+
+
+def segment_box(volume: Volume, z: int, box: Sequence[float], *, engine="medsam", checkpoint=None,
+                modality: str | None = None, window=None, device: str = "auto",
+                precision: str = "fp32") -> np.ndarray:
+    """bool mask (y, x) of axial slice ``z`` for ``box`` (x0, y0, x1, y1)."""
+    z = _check_slice(volume, z)
+    with open_predictor(volume, engine=engine, checkpoint=checkpoint, modality=modality, window=window,
+                        device=device, precision=precision) as p:
+        return p.segment_box(z, box)
+
+
+def segment_recist(volume: Volume, z: int, p0: Sequence[float], p1: Sequence[float], *, margin: float = 5.0,
+                   engine="medsam", checkpoint=None, modality: str | None = None, window=None,
+                   device: str = "auto", precision: str = "fp32") -> np.ndarray:
+    """bool mask (y, x) of axial slice ``z`` for a RECIST long-axis line p0-p1 ((x, y) voxels):
+    the engine gets the square box around the line, ``margin`` voxels wider."""
+    z = _check_slice(volume, z)
+    with open_predictor(volume, engine=engine, checkpoint=checkpoint, modality=modality, window=window,
+                        device=device, precision=precision) as p:
+        return p.segment_recist(z, p0, p1, margin)[0]
+
+
+def propagate(volume: Volume, key_boxes: Mapping[int, Sequence[float]], *, z_range: tuple[int, int] | None = None,
+              margin: float = 5.0, engine="medsam", checkpoint=None, modality: str | None = None, window=None,
+              device: str = "auto", precision: str = "fp32",
+              on_slice: Callable[[object], None] | None = None,
+              cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """bool (z, y, x) mask of a structure followed from boxes on key slices ({z: box}) through
+    the scan, within ``z_range`` (inclusive) when given.
+
+    Between key slices the boxes are interpolated; beyond them each slice's box grows from the
+    previous slice's mask (MedSAM's 3D method). ``on_slice(result)`` is called with each
+    :class:`~medsam_gui.core.propagation.SliceResult` as it arrives; ``cancel()`` stops early
+    (the slices done are returned)."""
+    for z in key_boxes:
+        _check_slice(volume, z)
+    limits = None
+    if z_range is not None:
+        lo, hi = sorted(int(v) for v in z_range)
+        if lo < 0 or hi >= volume.shape[0]:
+            raise MedsamGuiError(f"the z-range {lo},{hi} is outside the scan (slices 0..{volume.shape[0] - 1}).")
+        limits = (lo, hi)
+    out = np.zeros(volume.shape, dtype=bool)
+    with open_predictor(volume, engine=engine, checkpoint=checkpoint, modality=modality, window=window,
+                        device=device, precision=precision) as p:
+        for res in p.propagate(key_boxes, limits=limits, margin=margin, cancel=cancel):
+            out[res.index] = res.mask
+            if on_slice is not None:
+                on_slice(res)
+    return out
+
+
+def load_universeg(checkpoint=None):
+    """The UniverSeg v1 network with the official weights (default: the installed file)."""
+    from .models import weights as manager
+    from .models.universeg import universeg_v1
+
+    if checkpoint is None:
+        checkpoint = manager.resolve("universeg_v1")
+        if checkpoint is None:
+            raise CheckpointError("no UniverSeg weights installed: pass the weights file (checkpoint=... / "
+                                  "--checkpoint), or install them once with `medsam-gui weights download universeg_v1`.")
+    return universeg_v1(resolve_path(checkpoint, "UniverSeg"))
+
+
+def segment_rest(volume: Volume, support, *, checkpoint=None, label: int | None = None, window=None,
+                 device: str = "auto", z_range: tuple[int, int] | None = None, support_size: int | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """UniverSeg: a label map (z, y, x) with the unlabelled axial slices filled in context.
+
+    ``support`` is a partial label map on the scan's grid (the slices where a label is drawn are
+    its support and stay as drawn; every label present is filled unless ``label`` picks one) or
+    an example set (``core.example_sets``; targets: ``z_range`` or every slice, value ``label``
+    or the set's). ``progress(done, total)`` follows the batches; ``cancel()`` stops early."""
+    from .models import incontext as ic
+
+    model = load_universeg(checkpoint)
+    dev = ic.resolve_device(device)
+    common = dict(model=model, support_size=support_size or ic.default_support_size(dev), z_range=z_range,
+                  device=dev, progress=progress, cancel=cancel)
+    if isinstance(support, np.ndarray):
+        labels = np.asarray(support)
+        if labels.shape != tuple(volume.shape):
+            raise MedsamGuiError(f"the support label map's shape {labels.shape} differs from the scan's "
+                                 f"{tuple(volume.shape)}.")
+        values = [int(v) for v in np.unique(labels) if v > 0] if label is None else [int(label)]
+        if not values or not np.any(labels == values[0]):
+            raise MedsamGuiError("the support label map has no labelled slice"
+                                 + ("" if label is None else f" of label {label}") + ": draw a few slices first.")
+        bounds = window_bounds_for(volume, window)
+        result = ic.segment_rest_multi(volume.array, labels, values, bounds=bounds, **common)
+        out = labels.copy()
+    else:
+        value = int(label or support.label_value or 1)
+        bounds = window_bounds_for(volume, window if window is not None else support.window_bounds)
+        result = ic.segment_rest(volume.array, None, value, bounds=bounds,
+                                 support=ic.SupportSet.from_example_set(support), **common)
+        out = np.zeros(volume.shape, dtype=np.uint8 if value <= 255 else np.uint16)
+    result.apply(out)
+    return out
+
+
+def measure(volume: Volume, labels: np.ndarray, label_table=None) -> list:
+    """Per label value > 0 of ``labels`` (z, y, x on ``volume``'s grid): volume (mL), slice
+    range and the RECIST long/short axes (mm)
+    (:class:`~medsam_gui.core.measurements.LabelMeasurement`)."""
+    from .core.measurements import measure_labels
+
+    labels = np.asarray(labels)
+    if labels.shape != tuple(volume.shape):
+        raise MedsamGuiError(f"the label map's shape {labels.shape} differs from the scan's {tuple(volume.shape)}.")
+    return measure_labels(labels, volume.spacing, label_table)

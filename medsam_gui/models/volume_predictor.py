@@ -1,0 +1,681 @@
+"""One box-prompt engine applied to one whole scan (segment-anything's predictor, for volumes).
+
+:class:`VolumePredictor` owns the expensive state for one scan and one engine
+(:class:`~medsam_gui.models.engine.BoxPromptEngine`): the engine input of the whole scan
+(``intensity.volume_to_uint8`` with the window bounds, computed once per (scan, window)), the
+embedding cache, a background scheduler that embeds slices nearest to the focus first, and a
+decoder thread for interactive boxes. The viewer uses it through a thin Qt adapter
+(``gui.embedding_service``); the CLI, the Python API and batches use it directly.
+
+- ``set_volume(volume, bounds=..., orientation=..., axis=..., wait=True)``;
+- ``set_focus(i)``, ``prefetch(indices)``, ``request(i) -> Future``, ``embedding(i)``;
+- ``segment_box(i, box)``, ``segment_recist(i, p0, p1, margin)``, ``propagate(key_boxes, ...)``
+  (a generator of ``core.propagation.SliceResult``, cancellable, embedding ahead);
+- ``segment_async(token, i, box)`` and ``warm_decoder(i)`` for the viewer (decoder thread);
+- ``shutdown()`` stops and joins every thread it started.
+
+Events go to a :class:`PredictorListener` (called on worker threads). Slices are
+``np.take(display_uint8, i, axis)`` of the scan in *display order* (``orientation.to_display``;
+without an orientation, the scan's own (z, y, x) order). Boxes are (x0, y0, x1, y1) in pixels
+of that 2D slice (x = column, y = row).
+
+Cache keys (``engine.cache_key``) include the scan fingerprint, the axis and index, the window
+bounds, the engine, its weights and precision, so nothing stale is ever reused. The cache
+stores float16; the last ``keep_float32`` embeddings computed here are also kept in float32, so
+a freshly embedded slice decodes exactly like ``engine.decode(engine.embed_slice(slice))``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, MedsamGuiError
+
+log = logging.getLogger(__name__)
+
+KEEP_FLOAT32 = 16
+WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared
+NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
+
+
+class EmbeddingCancelled(MedsamGuiError):
+    """A wait for an embedding was cancelled."""
+
+
+class PredictorListener:
+    """What a :class:`VolumePredictor` reports (no-ops here; called on worker threads)."""
+
+    def prepared(self) -> None:
+        """The scan's engine input is ready (after ``set_volume``)."""
+
+    def embedding_started(self, index: int) -> None:
+        """The engine started embedding slice ``index``."""
+
+    def embedding_done(self, index: int, seconds: float) -> None:
+        """Slice ``index`` was embedded in ``seconds``."""
+
+    def embedding_failed(self, index: int, exc: BaseException) -> None:
+        """Preparing the scan (index -1) or embedding slice ``index`` failed."""
+
+    def mask_ready(self, token, index: int, box, mask: np.ndarray, decode_ms: float, gen: int) -> None:
+        """A :meth:`VolumePredictor.segment_async` request was decoded."""
+
+    def mask_failed(self, token, exc: BaseException) -> None:
+        """A :meth:`VolumePredictor.segment_async` request failed."""
+
+    def waiting(self, token, index: int) -> None:
+        """A box waits for slice ``index``'s embedding."""
+
+    def notice(self, message: str) -> None:
+        """The engine changed device or batch size (out of GPU memory)."""
+
+
+class _Scan:
+    """What the predictor works on: (scan, display orientation, window, axis, engine)."""
+
+    def __init__(self, volume, orientation, bounds, axis: int, engine, modality: str) -> None:
+        self.volume = volume
+        self.orientation = orientation
+        # None: the MR/unknown auto window (intensity.mr_auto_bounds), computed in prepare()
+        self.requested_bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+        self.bounds = self.requested_bounds
+        self.axis = int(axis)
+        self.engine = engine
+        self.modality = modality
+        self.fingerprint: str | None = None
+        self.display_uint8: np.ndarray | None = None
+        shape = tuple(volume.shape) if orientation is None else orientation.display_shape(volume.shape)
+        self.n_slices = int(shape[self.axis])
+        self.hw = tuple(int(s) for j, s in enumerate(shape) if j != self.axis)
+
+    def same_input(self, other: "_Scan") -> bool:
+        return (other.volume is self.volume and other.requested_bounds == self.requested_bounds
+                and other.modality == self.modality and other.orientation == self.orientation)
+
+    def prepare(self) -> None:
+        from ..core.intensity import mr_auto_bounds, volume_to_uint8
+
+        if self.bounds is None:
+            self.bounds = mr_auto_bounds(self.volume.array)
+        vol8 = volume_to_uint8(self.volume.array, self.modality, self.bounds)
+        self.display_uint8 = vol8 if self.orientation is None else self.orientation.to_display(vol8)
+        self.fingerprint = self.volume.fingerprint() + ("" if self.orientation is None else ":display")
+
+    def slice_uint8(self, index: int) -> np.ndarray:
+        """(H, W) uint8 slice ``index`` along ``axis`` (contiguous copy)."""
+        return np.ascontiguousarray(np.take(self.display_uint8, int(index), axis=self.axis))
+
+    def key(self, index: int) -> str:
+        return self.engine.cache_key(self.fingerprint, self.axis, int(index), self.bounds)
+
+
+class VolumePredictor:
+    """Embeddings, boxes and 3D propagation on one scan with one engine (see the module doc).
+
+    ``cache``: an :class:`~medsam_gui.models.embedding_cache.EmbeddingCache` (default: memory
+    and disk in ``config.embeddings_dir()``). ``neighbours``: slices each side of the focus
+    embedded in the background; ``prefetch_all``: then every other slice; ``background``:
+    False embeds only what is requested. ``keep_float32``: recent embeddings kept in float32.
+    """
+
+    def __init__(self, engine=None, cache=None, *, neighbours: int = 2, prefetch_all: bool = False,
+                 background: bool = True, keep_float32: int = KEEP_FLOAT32,
+                 listener: PredictorListener | None = None) -> None:
+        self._cache = cache
+        self.neighbours = int(neighbours)
+        self.prefetch_all = bool(prefetch_all)
+        self.background = bool(background)
+        self.keep_float32 = max(1, int(keep_float32))
+        self.listener = listener or PredictorListener()
+        self._lock = threading.RLock()
+        self._engine = None
+        self._scan: _Scan | None = None
+        self._ready = threading.Event()
+        self._scan_error: BaseException | None = None
+        self._scheduler = None
+        self._pending: list[tuple[_Scan, int, Future]] = []
+        self._focus: int | None = None
+        self._memo: OrderedDict[str, Any] = OrderedDict()
+        self._threads: list[threading.Thread] = []
+        self.embed_seconds: list[tuple[int, float]] = []
+        self.last_message = ""
+        self.device_notice = ""
+        # decoder thread
+        self._dcond = threading.Condition()
+        self._djobs: OrderedDict[Any, tuple] = OrderedDict()
+        self._latest: dict[Any, int] = {}
+        self._gen = itertools.count(1)
+        self._dthread: threading.Thread | None = None
+        self._dstop = False
+        self._closed = False
+        self._warm: tuple[int, float] | None = None  # (index, monotonic time due)
+        self.prepared: list[int] = []  # slices whose decoder work was done ahead (newest last)
+        if engine is not None:
+            self.set_engine(engine)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def cache(self):
+        if self._cache is None:
+            from .embedding_cache import EmbeddingCache
+
+            self._cache = EmbeddingCache()
+        return self._cache
+
+    @property
+    def engine(self):
+        return self._engine
+
+    @property
+    def scheduler(self):
+        """The running EmbeddingScheduler (None before the scan is prepared / without engine)."""
+        return self._scheduler
+
+    @property
+    def is_ready(self) -> bool:
+        return self._scan is not None and self._ready.is_set() and self._scan_error is None
+
+    @property
+    def preparing(self) -> bool:
+        """True while the scan's engine input is being prepared."""
+        return self._scan is not None and not self._ready.is_set()
+
+    @property
+    def input_uint8(self) -> np.ndarray | None:
+        """The engine input of the whole scan (uint8, display order), once prepared."""
+        return None if self._scan is None else self._scan.display_uint8
+
+    @property
+    def axis(self) -> int | None:
+        return None if self._scan is None else self._scan.axis
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        return None if self._scan is None else self._scan.bounds
+
+    @property
+    def volume(self):
+        return None if self._scan is None else self._scan.volume
+
+    @property
+    def n_slices(self) -> int:
+        return 0 if self._scan is None else self._scan.n_slices
+
+    def slice_hw(self) -> tuple[int, int] | None:
+        return None if self._scan is None else self._scan.hw
+
+    def slice_uint8(self, index: int) -> np.ndarray:
+        """The engine's (H, W) uint8 input slice ``index`` (after ``set_volume`` is ready)."""
+        self._ready.wait()
+        if self._scan_error is not None:
+            raise self._scan_error
+        return self._scan.slice_uint8(index)
+
+    # ------------------------------------------------------------------ configuration
+    def set_engine(self, engine) -> None:
+        """Use ``engine`` (a BoxPromptEngine, or None); the scan stays, the scheduler restarts."""
+        self._engine = engine
+        self.device_notice = ""
+        if engine is not None:
+            engine.on_notice = self._on_engine_notice  # called on a worker thread
+        scan = self._scan
+        if scan is not None:
+            self.set_volume(scan.volume, bounds=scan.requested_bounds, orientation=scan.orientation,
+                            axis=scan.axis, modality=scan.modality, wait=False)
+
+    def set_volume(self, volume, *, bounds=None, orientation=None, axis: int = 0,
+                   modality: str | None = None, wait: bool = True) -> None:
+        """Work on slices along ``axis`` of ``volume`` (in display order when ``orientation``
+        is given) windowed with ``bounds`` ((lo, hi) in scan units; None = the MR auto window).
+
+        ``wait=False`` returns at once and prepares on a background thread (then
+        ``listener.prepared``); a configuration equal to the current one is kept.
+        """
+        modality = modality or volume.modality
+        old = self._scan
+        scan = _Scan(volume, orientation, bounds, axis, self._engine, modality)
+        same = old is not None and scan.same_input(old)
+        if same and old.axis == scan.axis and old.engine is self._engine and self._scan_error is None:
+            if wait:
+                self._ready.wait()
+            return
+        self._stop_scheduler()
+        reuse = same and old.display_uint8 is not None and self._scan_error is None
+        with self._lock:
+            self._scan = scan
+            self._ready = threading.Event()
+            self._scan_error = None
+            ready = self._ready
+        if reuse:  # only the axis or the engine changed: the uint8 volume stays
+            scan.bounds, scan.display_uint8, scan.fingerprint = old.bounds, old.display_uint8, old.fingerprint
+            self._on_prepared(scan, ready, None)
+        elif wait:
+            self._prepare(scan, ready)
+        else:
+            self._start_thread(self._prepare, (scan, ready), "medsam-prepare")
+        if wait and self._scan_error is not None:
+            raise self._scan_error
+
+    def _start_thread(self, target, args, name: str) -> threading.Thread:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+        return t
+
+    def _prepare(self, scan: _Scan, ready: threading.Event) -> None:
+        err = None
+        try:
+            t0 = time.perf_counter()
+            scan.prepare()
+            log.info("engine input prepared in %.2f s", time.perf_counter() - t0)
+        except BaseException as exc:  # noqa: BLE001 - reported through the futures and listener
+            err = exc
+        self._on_prepared(scan, ready, err)
+
+    def _on_prepared(self, scan: _Scan, ready: threading.Event, err) -> None:
+        with self._lock:
+            if scan is not self._scan:
+                return
+            self._scan_error = err
+            if err is None and scan.engine is not None and not self._closed:
+                self._start_scheduler(scan)
+            pending, self._pending = [p for p in self._pending if p[0] is scan], []
+            ready.set()
+        for _, index, fut in pending:
+            self._forward(scan, index, fut)
+        if err is not None:
+            self.listener.embedding_failed(-1, err)
+            return
+        if scan.engine is not None and self._focus is not None:
+            self.warm_decoder(self._focus)  # e.g. a reopened scan whose embeddings are on disk
+        self.listener.prepared()
+
+    def _start_scheduler(self, scan: _Scan) -> None:
+        from .scheduler import EmbeddingScheduler
+
+        def embed_fn(index: int):
+            emb = scan.engine.embed([scan.slice_uint8(index)])
+            self._remember(scan.key(index), emb)
+            return emb
+
+        def on_started(index: int) -> None:
+            if scan is self._scan:
+                self.last_message = self._with_notice(f"MedSAM: embedding slice {index}…")
+                self.listener.embedding_started(int(index))
+
+        def on_done(index: int, seconds: float) -> None:
+            self.embed_seconds.append((int(index), float(seconds)))
+            if scan is self._scan and self._focus == int(index):
+                self.warm_decoder(int(index), delay=0.0)
+            if scan is self._scan:
+                self.last_message = self._with_notice(f"MedSAM: slice {index} embedded in {seconds:.1f} s")
+                self.listener.embedding_done(int(index), float(seconds))
+
+        def on_error(exc: BaseException) -> None:
+            if scan is self._scan:
+                self.listener.embedding_failed(int(getattr(exc, "slice_index", -1)), exc)
+
+        focus = self._focus if self.background else None
+        if focus is not None:
+            focus = min(max(int(focus), 0), scan.n_slices - 1)
+        self._scheduler = EmbeddingScheduler(
+            embed_fn, scan.key, scan.n_slices, self.cache, focus=focus, neighbours=self.neighbours,
+            prefetch_all=self.prefetch_all, on_started=on_started, on_done=on_done, on_error=on_error,
+        )
+
+    def _on_engine_notice(self, message: str) -> None:
+        self.device_notice = f"MedSAM: {message}"
+        self.last_message = self.device_notice
+        self.listener.notice(self.device_notice)
+
+    def _with_notice(self, message: str) -> str:
+        return f"{message} ({self.device_notice})" if self.device_notice else message
+
+    def _stop_scheduler(self, wait: bool = False, timeout: float | None = None) -> None:
+        with self._lock:
+            sched, self._scheduler = self._scheduler, None
+        if sched is not None:
+            sched.stop(wait=wait, timeout=timeout)
+
+    def apply_settings(self, *, neighbours: int | None = None, prefetch_all: bool | None = None,
+                       background: bool | None = None) -> None:
+        """Change the background-embedding settings (they take effect at once)."""
+        if neighbours is not None:
+            self.neighbours = int(neighbours)
+        if prefetch_all is not None:
+            self.prefetch_all = bool(prefetch_all)
+        if background is not None:
+            self.background = bool(background)
+        sched = self._scheduler
+        if sched is not None:
+            sched.set_options(neighbours=self.neighbours, prefetch_all=self.prefetch_all)
+            sched.set_focus(self._focus if self.background else None)
+
+    def set_focus(self, index: int | None) -> None:
+        """The slice the user looks at (index along the configured axis)."""
+        self._focus = None if index is None else int(index)
+        sched = self._scheduler
+        if sched is not None:
+            sched.set_focus(self._focus if self.background else None)
+        if self._focus is not None:
+            self.warm_decoder(self._focus)
+
+    def pause_background(self, paused: bool) -> None:
+        """Stop (True) / resume (False) background embedding; requests still run."""
+        sched = self._scheduler
+        if sched is not None:
+            sched.set_focus(None if paused or not self.background else self._focus)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler, the decoder and the preparation threads and wait for them
+        (at most ``timeout`` seconds in all: an encoder pass in progress is finished first)."""
+        end = time.monotonic() + timeout
+        self._closed = True
+        self._stop_scheduler(wait=True, timeout=timeout)
+        with self._dcond:
+            self._dstop = True
+            self._djobs.clear()
+            self._warm = None
+            self._dcond.notify_all()
+            threads = [self._dthread] if self._dthread is not None else []
+        with self._lock:
+            threads += self._threads
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, end - time.monotonic()))
+
+    def __enter__(self) -> "VolumePredictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ embeddings
+    def _remember(self, key: str, emb) -> None:
+        with self._lock:
+            self._memo[key] = emb
+            self._memo.move_to_end(key)
+            while len(self._memo) > self.keep_float32:
+                self._memo.popitem(last=False)
+
+    def key(self, index: int) -> str | None:
+        scan = self._scan
+        if scan is None or not self._ready.is_set() or scan.fingerprint is None or scan.engine is None:
+            return None
+        return scan.key(index)
+
+    def cached(self, index: int):
+        """Slice ``index``'s embedding if it exists (float32 when computed recently, else the
+        cache's float16), else None. Never computes."""
+        key = self.key(index)
+        if key is None:
+            return None
+        with self._lock:
+            emb = self._memo.get(key)
+        return emb if emb is not None else self.cache.get(key)
+
+    def has_embedding(self, index: int) -> bool:
+        key = self.key(index)
+        if key is None:
+            return False
+        with self._lock:
+            if key in self._memo:
+                return True
+        return self.cache.contains(key)
+
+    def request(self, index: int) -> Future:
+        """A Future of slice ``index``'s embedding, computed next when not cached."""
+        fut: Future = Future()
+        with self._lock:
+            scan = self._scan
+            if scan is None:
+                fut.set_exception(MedsamGuiError("No scan is open. Open a scan first."))
+                return fut
+            if scan.engine is None:
+                fut.set_exception(CheckpointError(NO_ENGINE))
+                return fut
+            if not self._ready.is_set():
+                self._pending.append((scan, int(index), fut))
+                return fut
+        self._forward(scan, int(index), fut)
+        return fut
+
+    def _forward(self, scan: _Scan, index: int, fut: Future) -> None:
+        if self._scan_error is not None:
+            fut.set_exception(self._scan_error)
+            return
+        key = scan.key(index)
+        with self._lock:
+            emb = self._memo.get(key)
+        if emb is not None:
+            fut.set_result(emb)
+            return
+        sched = self._scheduler
+        if sched is None:
+            fut.set_exception(MedsamGuiError("MedSAM embedding is not running (the scan changed)."))
+            return
+        inner = sched.request(index)
+
+        def relay(f: Future) -> None:
+            if fut.done():
+                return
+            if f.cancelled():
+                fut.set_exception(EmbeddingCancelled(f"the embedding of slice {index} was cancelled"))
+                return
+            exc = f.exception()
+            if exc is not None:
+                fut.set_exception(exc)
+                return
+            with self._lock:
+                memo = self._memo.get(key)
+            fut.set_result(memo if memo is not None else f.result())
+
+        inner.add_done_callback(relay)
+
+    def prefetch(self, indices) -> None:
+        """Ask for these slices' embeddings ahead (results stay in the cache)."""
+        for i in indices:
+            if not self.has_embedding(int(i)):
+                self.request(int(i))
+
+    def embedding(self, index: int, cancel: Callable[[], bool] | None = None, timeout: float | None = None):
+        """Slice ``index``'s embedding, waiting for it (never call it on a GUI thread).
+
+        ``cancel()`` is polled every 0.1 s; when it returns True, EmbeddingCancelled is raised.
+        """
+        emb = self.cached(index)
+        if emb is not None:
+            return emb
+        fut = self.request(index)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return fut.result(timeout=0.1)
+            except TimeoutError:
+                pass
+            if cancel is not None and cancel():
+                raise EmbeddingCancelled(f"waiting for slice {index}'s embedding was cancelled")
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"slice {index}'s embedding did not arrive in time")
+
+    # ------------------------------------------------------------------ prompts
+    def _require_engine(self) -> _Scan:
+        scan = self._scan
+        if scan is None:
+            raise MedsamGuiError("No scan is open. Open a scan first.")
+        if scan.engine is None:
+            raise CheckpointError(NO_ENGINE)
+        return scan
+
+    def segment_box(self, index: int, box, cancel: Callable[[], bool] | None = None) -> np.ndarray:
+        """bool mask (H, W) of slice ``index`` for ``box`` (x0, y0, x1, y1); waits for the
+        embedding (computed first when needed)."""
+        scan = self._require_engine()
+        emb = self.embedding(index, cancel)
+        return np.asarray(scan.engine.decode(emb, box, scan.hw), dtype=bool)
+
+    def segment_recist(self, index: int, p0, p1, margin: float = 5.0,
+                       cancel: Callable[[], bool] | None = None):
+        """``(mask (H, W) bool, box)`` for a RECIST long-axis line p0-p1 ((x, y) pixels) on slice
+        ``index``: the engine gets the square box around the line, ``margin`` pixels wider."""
+        from ..core.prompts import recist_to_box
+
+        scan = self._require_engine()
+        box = recist_to_box(p0, p1, margin=margin).clip(*scan.hw).xyxy()
+        return self.segment_box(index, box, cancel), box
+
+    def propagate(self, key_boxes: Mapping[int, Sequence[float]], *, limits: tuple[int, int] | None = None,
+                  margin: float | None = None, cancel: Callable[[], bool] | None = None,
+                  **options) -> Iterator:
+        """Follow a structure from boxes on key slices through the scan along ``axis``.
+
+        A generator of :class:`~medsam_gui.core.propagation.SliceResult` (index, box, mask,
+        kind), embedding the next slices ahead while the current one decodes. ``limits``:
+        inclusive (first, last) slices it may reach; ``cancel()`` stops it between slices;
+        ``options`` go to :func:`medsam_gui.core.propagation.propagate`. Validation errors are
+        raised here, before the first slice.
+        """
+        from ..core import propagation
+
+        scan = self._require_engine()
+        self._ready.wait()
+        if self._scan_error is not None:
+            raise self._scan_error
+        shape = tuple(scan.display_uint8.shape)
+        if margin is not None:
+            options["margin"] = margin
+        gen = propagation.propagate(shape, dict(key_boxes), lambda i, b: self.segment_box(i, b, cancel),
+                                    axis=scan.axis, limits=limits, cancel=cancel, prefetch=self.prefetch,
+                                    **options)
+        self.prefetch(sorted(key_boxes)[:2])
+        return gen
+
+    # ------------------------------------------------------------------ interactive decoding
+    def segment_async(self, token, index: int, box) -> int:
+        """Decode ``box`` on slice ``index`` on the decoder thread; ``listener.mask_ready`` (or
+        ``mask_failed``) follows. A newer request with the same ``token`` supersedes an older one
+        still queued. Returns the request's generation number."""
+        gen = next(self._gen)
+        scan = self._scan
+        axis = None if scan is None else scan.axis
+        with self._dcond:
+            self._latest[token] = gen
+            self._djobs.pop(token, None)
+            self._djobs[token] = (token, int(index), tuple(float(v) for v in box), gen, axis)
+            self._ensure_decoder_thread()
+            self._dcond.notify_all()
+        return gen
+
+    def warm_decoder(self, index: int, delay: float | None = None) -> None:
+        """Do the decoder's box-independent work for slice ``index`` on the decoder thread once
+        its embedding exists, so the first box there is answered at the cached speed.
+
+        Runs only while no box waits, ``delay`` seconds (default :data:`WARM_DELAY_S`) after
+        the request (only the newest slice asked for is prepared)."""
+        wait = WARM_DELAY_S if delay is None else max(0.0, float(delay))
+        with self._dcond:
+            if self._closed:
+                return
+            self._warm = (int(index), time.monotonic() + wait)
+            self._ensure_decoder_thread()
+            self._dcond.notify_all()
+
+    def is_latest(self, token, gen: int) -> bool:
+        with self._dcond:
+            return self._latest.get(token) == gen
+
+    def _ensure_decoder_thread(self) -> None:  # caller holds self._dcond
+        if self._closed:
+            return
+        self._dstop = False
+        if self._dthread is None or not self._dthread.is_alive():
+            self._dthread = threading.Thread(target=self._decode_loop, name="medsam-decoder", daemon=True)
+            self._dthread.start()
+
+    def _run_warm(self, index: int) -> None:
+        """Decoder thread: the work of :meth:`warm_decoder` (errors are only logged: the box
+        that follows reports them)."""
+        scan = self._scan
+        if scan is None or scan.engine is None or not self._ready.is_set():
+            return
+        try:
+            emb = self.cached(index)
+            if emb is not None and scan.engine.prepare_decoder(emb):
+                self.prepared.append(int(index))
+                del self.prepared[:-64]
+        except Exception:  # noqa: BLE001 - a warm-up must never disturb the user
+            log.debug("decoder warm-up for slice %s failed", index, exc_info=True)
+
+    def _next_decoder_job(self):
+        """Wait for a box (returns the job) or a due warm-up (returns its index as an int);
+        None when stopped. Caller holds nothing."""
+        with self._dcond:
+            while not self._djobs and not self._dstop:
+                if self._warm is not None:
+                    due = self._warm[1] - time.monotonic()
+                    if due <= 0:
+                        index, self._warm = self._warm[0], None
+                        return index
+                    self._dcond.wait(due)
+                else:
+                    self._dcond.wait()
+            if self._dstop:
+                return None
+            return self._djobs.popitem(last=False)[1]
+
+    def _decode_loop(self) -> None:
+        while True:
+            job = self._next_decoder_job()
+            if job is None:
+                return
+            if isinstance(job, int):
+                self._run_warm(job)
+                continue
+            token, index, box, gen, axis = job
+            if not self.is_latest(token, gen):
+                continue
+            try:
+                scan = self._scan  # the window may have changed since: the box (pixels) still holds
+                if scan is None or scan.axis != axis:
+                    raise MedsamGuiError("The scan or view changed before the box could be segmented; draw it again.")
+                if scan.engine is None:
+                    raise CheckpointError(NO_ENGINE)
+                emb = self.cached(index) if self._ready.is_set() else None
+                if emb is None:
+                    fut = self.request(index)
+                    self.listener.waiting(token, index)
+                    fut.add_done_callback(lambda f, job=job: self._requeue(job, f))
+                    continue
+                t0 = time.perf_counter()
+                mask = np.asarray(scan.engine.decode(emb, box, scan.hw), dtype=bool)
+                ms = (time.perf_counter() - t0) * 1000.0
+            except BaseException as exc:  # noqa: BLE001 - reported to the listener
+                self.listener.mask_failed(token, exc)
+                continue
+            self.listener.mask_ready(token, index, box, mask, ms, gen)
+
+    def _requeue(self, job, fut: Future) -> None:
+        token, index, box, gen, axis = job
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, EmbeddingCancelled):
+            if self.is_latest(token, gen):
+                self.listener.mask_failed(token, exc)
+            return
+        # done, or cancelled because the scheduler was replaced (new window): decode again
+        with self._dcond:
+            if self._latest.get(token) != gen or token in self._djobs or self._dstop:
+                return
+            self._djobs[token] = job
+            self._dcond.notify_all()
