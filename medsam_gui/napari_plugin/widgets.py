@@ -1,6 +1,8 @@
 """npe2 widgets: the app's panels working on a plain napari viewer's layers.
 
-One :class:`~medsam_gui.gui.controller.Controller` per viewer (``window=None``: no menus, no
+Each command makes its panel for the current viewer (``napari.current_viewer()``: napari gives
+factory functions no viewer, and widget classes only a proxy without the layers' private undo
+history the controller needs). One :class:`~medsam_gui.gui.controller.Controller` per viewer (``window=None``: no menus, no
 status bar) is made by the first widget opened and shared by the others. It adopts the scan
 the medsam-gui reader opened (the active image layer, else the last one; with a labels layer on
 the same grid if there is one, else it adds one) and every scan or label map opened later.
@@ -14,6 +16,7 @@ import napari
 import napari.layers
 from qtpy.QtWidgets import QApplication, QWidget
 
+from ..errors import MedsamGuiError
 from ..gui.controller import Controller
 from .reader import source_of
 
@@ -58,17 +61,32 @@ def _on_inserted(controller: Controller, layer) -> None:
 
 
 def controller_for(viewer) -> Controller:
-    """The viewer's controller, made (and set on the viewer's scan, if any) on first use."""
+    """The viewer's controller (made on first use; it follows scans the reader adds)."""
     controller = _controllers.get(id(viewer))
     if controller is not None and controller.viewer is viewer:
         return controller
     controller = Controller(viewer, window=None)
     _controllers[id(viewer)] = controller
     viewer.layers.events.inserted.connect(lambda event: _on_inserted(controller, event.value))
-    image = _scan_layer(viewer)
-    if image is not None:
-        controller.adopt_layers(image, _labels_for(viewer, image))
     return controller
+
+
+def _show_scan(controller: Controller, *, again: bool = False) -> None:
+    """Adopt the viewer's scan if the controller has none yet; ``again``: announce the shown scan
+    once more (volume_changed), for a panel that only learns of scans from that signal."""
+    if controller.volume is None:
+        image = _scan_layer(controller.viewer)
+        if image is not None:
+            controller.adopt_layers(image, _labels_for(controller.viewer, image))
+    elif again:
+        controller.adopt_layers(controller.image_layer, controller.labels_layer)
+
+
+def _current_viewer():
+    viewer = napari.current_viewer()
+    if viewer is None:
+        raise MedsamGuiError("Open a napari viewer before adding a medsam-gui widget.")
+    return viewer
 
 
 def _stop_at_quit(panel) -> None:
@@ -76,33 +94,44 @@ def _stop_at_quit(panel) -> None:
     QApplication.instance().aboutToQuit.connect(panel.shutdown)
 
 
-def medsam_widget(viewer: napari.viewer.Viewer) -> QWidget:
+def medsam_widget() -> QWidget:
     """MedSAM: boxes / RECIST lines segment a slice; propagation in 3D."""
     from ..gui.medsam_panel import MedSAMPanel
 
-    panel = MedSAMPanel(controller_for(viewer))
+    controller = controller_for(_current_viewer())
+    panel = MedSAMPanel(controller)
     _stop_at_quit(panel)
+    _show_scan(controller, again=True)  # MedSAMPanel picks up a scan from volume_changed only
     return panel
 
 
-def universeg_widget(viewer: napari.viewer.Viewer) -> QWidget:
+def universeg_widget() -> QWidget:
     """UniverSeg: segment the remaining slices from a few labelled ones."""
     from ..gui.universeg_panel import UniversegPanel
 
-    panel = UniversegPanel(controller_for(viewer))
+    controller = controller_for(_current_viewer())
+    panel = UniversegPanel(controller)
     _stop_at_quit(panel)
+    _show_scan(controller)
     return panel
 
 
-def labels_widget(viewer: napari.viewer.Viewer) -> QWidget:
+def labels_widget() -> QWidget:
     """Labels: the label table (names, colours, active label)."""
     from ..gui.labels_panel import LabelsPanel
 
-    return LabelsPanel(controller_for(viewer))
+    controller = controller_for(_current_viewer())
+    panel = LabelsPanel(controller)
+    _show_scan(controller)
+    return panel
 
 
-def measurements_widget(viewer: napari.viewer.Viewer) -> QWidget:
+def measurements_widget() -> QWidget:
     """Measurements: volume and diameters of each label."""
     from ..gui.measurements_panel import MeasurementsPanel
 
-    return MeasurementsPanel(controller_for(viewer))
+    controller = controller_for(_current_viewer())
+    panel = MeasurementsPanel(controller)
+    _show_scan(controller)
+    panel.refresh()
+    return panel
