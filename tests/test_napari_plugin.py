@@ -9,6 +9,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+import napari
 import nibabel as nib
 import npe2
 import numpy as np
@@ -72,11 +73,14 @@ def permuted_mha(tmp_path_factory, data_dir) -> Path:
 
 
 # ------------------------------------------------------------------ manifest / discovery
-def test_manifest_validates_with_npe2_cli():
-    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", "--imports", str(MANIFEST)],
+def test_manifest_validates_with_npe2_cli(pm):
+    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in proc.stdout
+    # every command's python_name resolves (what `npe2 validate --imports` checks)
+    for command in pm.get_manifest(PLUGIN).contributions.commands:
+        assert callable(pm.commands.get(command.id)), command.id
 
 
 def test_entry_point_names_the_packaged_manifest(pm):
@@ -140,6 +144,18 @@ def test_reader_mgz(pm, data_dir, tmp_path):
 def test_reader_opens_label_maps_as_labels(pm, data_dir):
     layers = npe2.read([str(data_dir / HIPPO_LABEL)], stack=False, plugin_name=PLUGIN)
     assert_layer_matches(layers[0], sitk.ReadImage(str(data_dir / HIPPO_LABEL)), layer_type="labels")
+
+
+def test_reader_opens_the_first_component_of_a_vector_image(pm, data_dir, tmp_path):
+    img = sitk.ReadImage(str(data_dir / HIPPO))
+    first = sitk.GetImageFromArray(sitk.GetArrayFromImage(img))
+    first.CopyInformation(img)
+    second = sitk.Cast(first, sitk.sitkFloat32) * 2.0
+    path = tmp_path / "two_channels.mha"
+    sitk.WriteImage(sitk.Compose(sitk.Cast(first, sitk.sitkFloat32), second), str(path))
+    layers = npe2.read([str(path)], stack=False, plugin_name=PLUGIN)
+    assert len(layers) == 1
+    assert_layer_matches(layers[0], sitk.Cast(first, sitk.sitkFloat32))
 
 
 def test_reader_declines_other_paths(pm, tmp_path, data_dir):
@@ -282,6 +298,18 @@ def test_widget_adopts_scans_and_label_maps_opened_later(pm, make_napari_viewer,
     (other,) = viewer.open(str(permuted_mha), plugin=PLUGIN)
     assert c.image_layer is other and c.volume.path == str(permuted_mha)
     assert c.labels_layer is not seg and not c.labels_layer.data.any()
+    # the same scan opened again works on the label map file open on its grid
+    (again,) = viewer.open(str(data_dir / HIPPO), plugin=PLUGIN)
+    assert c.image_layer is again and c.volume is again.metadata["medsam_gui"]["volume"]
+    assert c.labels_layer is seg
+    # without a label map file it gets labels of its own, not those made for the other copy
+    viewer.layers.remove(seg)
+    made_for_first = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels)
+                      and layer.metadata["medsam_gui"]["volume"] is image.metadata["medsam_gui"]["volume"]]
+    assert len(made_for_first) == 1
+    (third,) = viewer.open(str(data_dir / HIPPO), plugin=PLUGIN)
+    assert c.image_layer is third and c.labels_layer not in made_for_first
+    assert c.labels_layer.metadata["medsam_gui"]["volume"] is c.volume
 
 
 @pytest.mark.gui

@@ -8,6 +8,10 @@ scans napari's world coordinates are the patient's LPS coordinates (z, y, x). Ea
 its source in ``metadata[METADATA_KEY] = {"volume": Volume, "orientation": DisplayOrientation}``:
 the writer restores the source grid from it and the widgets adopt the layer through it.
 
+A 4D / multi-channel file opens its first component; what the reader did or found
+(``volume.meta["notices"]``: that, NaN replaced, an oblique direction, ...) is shown as napari
+notifications.
+
 A file whose name ends in ``label``/``labels``/``seg``/``segmentation``/``mask`` (before the
 extension) and holds whole numbers opens as a labels layer; everything else as an image.
 """
@@ -94,6 +98,21 @@ def _is_label_map(path: Path, volume: Volume) -> bool:
     return bool(np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr)))
 
 
+def _load(path: Path, series_uid: str | None = None) -> Volume:
+    """``io.load_volume``, taking component 0 of a 4D / multi-channel image; notices shown."""
+    from napari.utils.notifications import show_info
+
+    from .. import io as mio
+
+    try:
+        volume = mio.load_volume(path, series_uid=series_uid)
+    except mio.MultiComponentError:
+        volume = mio.load_volume(path, series_uid=series_uid, component=0)
+    for notice in volume.meta.get("notices") or []:
+        show_info(f"{volume.name}: {notice}")
+    return volume
+
+
 def read_scan(path: str | os.PathLike) -> list[LayerData]:
     """Layers of one scan file or DICOM folder (one image layer per series of a folder)."""
     from .. import io as mio
@@ -103,8 +122,8 @@ def read_scan(path: str | os.PathLike) -> list[LayerData]:
         series = mio.list_dicom_series(p)
         if not series:
             raise MedsamGuiError(f"The folder {p} holds no DICOM series. Open a scan file or a DICOM folder.")
-        return [image_layer_data(mio.load_volume(p, series_uid=s.uid)) for s in series]
-    volume = mio.load_volume(p)
+        return [image_layer_data(_load(p, s.uid)) for s in series]
+    volume = _load(p)
     if _is_label_map(p, volume):
         return [labels_layer_data(volume)]
     return [image_layer_data(volume)]

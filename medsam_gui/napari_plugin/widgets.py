@@ -41,20 +41,28 @@ def _on_grid(layer, volume) -> bool:
 
 
 def _labels_for(viewer, image) -> napari.layers.Labels | None:
-    """The last reader-made labels layer on the grid of ``image``'s scan, if any."""
+    """The last label map file the reader opened on the grid of ``image``'s scan, if any."""
     volume = source_of(image.metadata)["volume"]
     for layer in reversed(viewer.layers):
-        if _on_grid(layer, volume):
+        if _on_grid(layer, volume) and _is_label_file(layer, viewer):
             return layer
     return None
 
 
+def _is_label_file(layer, viewer) -> bool:
+    """A labels layer the reader read from a file (not one made for an image layer's scan)."""
+    volume = source_of(layer.metadata)["volume"]
+    return not any(isinstance(other, napari.layers.Image) and source_of(other.metadata) is not None
+                   and source_of(other.metadata)["volume"] is volume for other in viewer.layers)
+
+
 def _on_inserted(controller: Controller, layer) -> None:
-    """Adopt a scan (or a label map on the current scan's grid) the reader just added."""
+    """Adopt a scan (or a label map file on the current scan's grid) the reader just added."""
     try:
         if isinstance(layer, napari.layers.Image) and source_of(layer.metadata) is not None:
             controller.adopt_layers(layer, _labels_for(controller.viewer, layer))
-        elif controller.volume is not None and _on_grid(layer, controller.volume):
+        elif (controller.volume is not None and _on_grid(layer, controller.volume)
+              and _is_label_file(layer, controller.viewer)):
             controller.adopt_layers(controller.image_layer, layer)
     except Exception as exc:  # shown to the user; the viewer keeps working
         controller.show_error(exc, title="medsam-gui")
