@@ -276,6 +276,11 @@ def test_widgets_work_on_the_viewers_layers(pm, make_napari_viewer, data_dir, tm
     src = sitk.ReadImage(str(data_dir / HIPPO))
     assert back.GetSize() == src.GetSize() and back.GetDirection() == pytest.approx(src.GetDirection())
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), c.source_labels())
+    # the adopted layer's edits are undoable through the controller (and napari's Ctrl+Z)
+    c.undo()
+    assert not np.any(labels.data == new_value)
+    c.redo()
+    assert int(np.count_nonzero(labels.data == new_value)) == 100
     medsam_w.shutdown()
     useg_w.shutdown()
 

@@ -901,6 +901,8 @@ class Controller(QObject):
         if old_labels is not None and old_labels is not labels_layer:
             old_labels.events.paint.disconnect(self._on_layer_paint)
             old_labels.events.selected_label.disconnect(self._on_layer_selected_label)
+            old_labels.bind_key("Control-z", None)
+            old_labels.bind_key("Control-Shift-z", None)
         if old_image is not None and old_image is not image_layer:
             old_image.events.contrast_limits.disconnect(self._on_contrast_limits)
         if labels_layer is not old_labels:
