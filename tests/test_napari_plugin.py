@@ -276,6 +276,10 @@ def test_widgets_work_on_the_viewers_layers(pm, make_napari_viewer, data_dir, tm
     src = sitk.ReadImage(str(data_dir / HIPPO))
     assert back.GetSize() == src.GetSize() and back.GetDirection() == pytest.approx(src.GetDirection())
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), c.source_labels())
+    from medsam_gui.io import read_label_description
+
+    names = read_label_description(tmp_path / "drawn.label")  # the widget's names went along
+    assert names.get(new_value).name == c.label_table.get(new_value).name
     # the adopted layer's edits are undoable through the controller (and napari's Ctrl+Z)
     c.undo()
     assert not np.any(labels.data == new_value)
@@ -333,3 +337,4 @@ def test_writer_finds_the_scan_of_a_napari_made_labels_layer(pm, make_napari_vie
     np.testing.assert_allclose(back.GetOrigin(), src.GetOrigin(), atol=1e-4)
     ref = lps_display(back)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ref), drawn)
+    assert not (tmp_path / "drawn.label").exists()  # no widget, no label names

@@ -68,10 +68,16 @@ def _on_inserted(controller: Controller, layer) -> None:
         controller.show_error(exc, title="medsam-gui")
 
 
+def existing_controller(viewer) -> Controller | None:
+    """The viewer's controller if a widget made one, else None."""
+    controller = _controllers.get(id(viewer))
+    return controller if controller is not None and controller.viewer is viewer else None
+
+
 def controller_for(viewer) -> Controller:
     """The viewer's controller (made on first use; it follows scans the reader adds)."""
-    controller = _controllers.get(id(viewer))
-    if controller is not None and controller.viewer is viewer:
+    controller = existing_controller(viewer)
+    if controller is not None:
         return controller
     controller = Controller(viewer, window=None)
     _controllers[id(viewer)] = controller

@@ -4,7 +4,9 @@ The layer's data are in display order (see :mod:`.reader`); the source scan (a V
 spacing, origin, direction) comes from ``metadata[METADATA_KEY]`` of the labels layer, or else
 of the image layer in the current viewer it lies on (same display shape, scale and translate:
 e.g. a labels layer made with napari's "New labels layer" button). The array is mapped back to
-the scan's (z, y, x) voxel order and written by :func:`medsam_gui.io.save_labels`.
+the scan's (z, y, x) voxel order and written by :func:`medsam_gui.io.save_labels`; when the
+layer is the one the medsam-gui widgets edit, the label names and colours go to ``<stem>.label``
+beside it (ITK-SNAP label description).
 """
 
 from __future__ import annotations
@@ -18,11 +20,28 @@ from ..errors import ExportError
 from .reader import source_of
 
 
-def _source_in_viewer(shape, scale, translate) -> dict | None:
-    """The kept source of an image layer of the current viewer on the same display grid."""
+def _current_viewer():
     import napari
 
-    viewer = napari.current_viewer()
+    return napari.current_viewer()
+
+
+def _label_table_of(data):
+    """The widgets' label table when ``data`` is the labels layer their controller edits, else None."""
+    viewer = _current_viewer()
+    if viewer is None:
+        return None
+    from .widgets import existing_controller
+
+    controller = existing_controller(viewer)
+    if controller is None or controller.labels_layer is None or controller.labels_layer.data is not data:
+        return None
+    return controller.label_table
+
+
+def _source_in_viewer(shape, scale, translate) -> dict | None:
+    """The kept source of an image layer of the current viewer on the same display grid."""
+    viewer = _current_viewer()
     if viewer is None:
         return None
     for layer in viewer.layers:
@@ -59,5 +78,5 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
             f"The labels layer {name!r} has shape {tuple(arr.shape)} but its scan {volume.name!r} is shown as "
             f"{tuple(expected)}; a label map must lie on its scan's grid.")
     array_zyx = np.ascontiguousarray(orientation.from_display(arr))
-    written = mio.save_labels(array_zyx, volume, Path(path), overwrite=True)
+    written = mio.save_labels(array_zyx, volume, Path(path), label_table=_label_table_of(data), overwrite=True)
     return [str(written)]
