@@ -2,10 +2,11 @@
 
 Each command makes its panel for the current viewer (``napari.current_viewer()``: napari gives
 factory functions no viewer, and widget classes only a proxy without the layers' private undo
-history the controller needs). One :class:`~medsam_gui.gui.controller.Controller` per viewer (``window=None``: no menus, no
-status bar) is made by the first widget opened and shared by the others. It adopts the scan
-the medsam-gui reader opened (the active image layer, else the last one; with a labels layer on
-the same grid if there is one, else it adds one) and every scan or label map opened later.
+history the controller needs). One :class:`~medsam_gui.gui.controller.Controller` per viewer
+(``window=None``: no menus, no status bar) is made by the first widget opened and shared by the
+others. It adopts the scan the medsam-gui reader opened (the active image layer, else the last
+one; with a label map file on the same grid if one is open, else it adds a labels layer) and
+every scan or label map file opened later.
 """
 
 from __future__ import annotations
