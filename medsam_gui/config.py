@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,10 @@ def try_set_setting(key: str, value: Any) -> bool:
 
 
 def resources_dir() -> Path:
-    """The top-level ``resources/`` folder shipped with the source tree."""
-    return Path(__file__).resolve().parent.parent / "resources"
+    """The ``resources/`` folder: at the top of a source checkout, else where the wheel put it
+    (``<prefix>/share/medsam-gui/resources``)."""
+    source = Path(__file__).resolve().parent.parent / "resources"
+    return source if source.is_dir() else Path(sys.prefix) / "share" / "medsam-gui" / "resources"
 
 
 def demo_scan_path() -> Path:
