@@ -77,7 +77,7 @@ def test_demo_scan_opens_with_display_geometry(win):
     assert "example_ct_sm" in win.qt_window.windowTitle()
     # napari's own menus (its readers ignore the scan geometry) are gone; ours are there
     menus = [a.text().replace("&", "") for a in win.qt_window.menuBar().actions()]
-    assert menus == ["File", "Edit", "View", "Help"]
+    assert menus == ["File", "Edit", "View", "Models", "Help"]  # Models filled by the model panels
     for name in ("open_scan", "open_dicom", "open_labels", "save_labels", "save_labels_as",
                  "import_descriptions", "export_descriptions", "quit"):
         assert name in win.actions
