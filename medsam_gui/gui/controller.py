@@ -97,7 +97,14 @@ from .workers import WorkerHandle, start_worker
 log = logging.getLogger(__name__)
 
 THREAD_PREFIX = "medsam-"  # every background thread medsam-gui starts is named medsam-*
-SHUTDOWN_WAIT_S = 30.0  # longest wait for background threads when the app closes
+SHUTDOWN_WAIT_S = 10.0  # longest wait for background threads when the app closes
+
+
+def background_threads() -> list[threading.Thread]:
+    """medsam-gui's background threads (named ``medsam-*``) still running, the caller's aside."""
+    current = threading.current_thread()
+    return [t for t in threading.enumerate()
+            if t is not current and t.name.startswith(THREAD_PREFIX) and t.is_alive()]
 
 
 class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, QObject):
@@ -482,7 +489,9 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, QObject):
         Runs the shutdown hooks (panels stop their services), cancels the workers, then waits
         up to ``timeout_s`` in all for Qt's thread pool (``run_worker`` work) and every
         ``medsam-*`` Python thread. A thread still inside torch when the interpreter exits
-        aborts the process ("terminate called without an active exception").
+        aborts the process ("terminate called without an active exception"); a MedSAM encoder
+        pass cannot be interrupted, so ``app.run_app`` leaves with ``os._exit`` when one
+        outlives the wait.
         """
         if self._shut_down:
             return
@@ -497,10 +506,7 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, QObject):
         from qtpy.QtCore import QThreadPool
 
         QThreadPool.globalInstance().waitForDone(int(timeout_s * 1000))
-        current = threading.current_thread()
-        for thread in threading.enumerate():
-            if thread is current or not thread.name.startswith(THREAD_PREFIX):
-                continue
+        for thread in background_threads():
             thread.join(max(0.0, end - time.monotonic()))
             if thread.is_alive():
                 log.warning("background thread %s still runs at exit", thread.name)
