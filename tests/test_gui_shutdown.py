@@ -23,7 +23,7 @@ pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import os, sys
+import os, sys, threading
 import torch
 torch.set_num_threads(2)
 from qtpy.QtCore import QTimer
@@ -38,15 +38,20 @@ def build(*args, **kwargs):  # drive the window run_app builds
     return w
 
 def start(w):
-    service = w.panels.medsam.service
+    started = []  # the signal comes from the embedding thread: only record it there
+    w.panels.medsam.service.started.connect(started.append)
 
-    def started(index):
-        service.started.disconnect(started)
-        alive = sorted(t.name for t in __import__("threading").enumerate() if t.name.startswith("medsam-"))
-        print("closing while embedding slice", index, alive, flush=True)
+    def poll():
+        if not started:
+            return
+        timer.stop()
+        alive = sorted(t.name for t in threading.enumerate() if t.name.startswith("medsam-"))
+        print("closing while embedding slice", started[0], alive, flush=True)
         w.qt_window.close()  # what the window's close button does
 
-    service.started.connect(started)
+    timer = QTimer(w.qt_window)
+    timer.timeout.connect(poll)
+    timer.start(20)
     w.panels.medsam.load_engine(checkpoint)
 
 QTimer.singleShot(240000, lambda: (print("timed out", flush=True), os._exit(3)))
