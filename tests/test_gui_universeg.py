@@ -266,9 +266,7 @@ def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
     panel.set_state(state)
     assert panel.pin_check.isChecked() and panel.support_slices() == [10, 16, 20]
     assert np.array_equal(np.stack([it.mask for it in panel.support_items()]), sup["labels"])
-    from medsam_gui.gui import session
-
-    assert "universeg_support" in session._providers(c)  # registered for autosave at install
+    assert "universeg_support" in c.state_providers  # registered for autosave at install
 
 
 def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, monkeypatch, data_dir):
