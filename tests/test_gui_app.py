@@ -77,7 +77,7 @@ def test_demo_scan_opens_with_display_geometry(win):
     assert "example_ct_sm" in win.qt_window.windowTitle()
     # napari's own menus (its readers ignore the scan geometry) are gone; ours are there
     menus = [a.text().replace("&", "") for a in win.qt_window.menuBar().actions()]
-    assert menus == ["File", "Edit", "View", "Help"]
+    assert menus == ["File", "Edit", "View", "Models", "Help"]  # Models filled by the model panels
     for name in ("open_scan", "open_dicom", "open_labels", "save_labels", "save_labels_as",
                  "import_descriptions", "export_descriptions", "quit"):
         assert name in win.actions
@@ -417,3 +417,55 @@ def test_cli_inputs_checked_before_window(tmp_path):
     with pytest.raises(MedsamGuiError, match="--labels needs a scan"):
         run_app(labels=str(tmp_path / "x.nii.gz"))
     assert os.environ.get("MEDSAM_GUI_HOME")
+
+
+def test_menus_by_id_and_add_action(win):
+    from qtpy.QtWidgets import QMenu
+
+    assert all(isinstance(win.menu(m), QMenu) for m in ("file", "edit", "view", "models", "help"))
+    with pytest.raises(KeyError):
+        win.menu("tools")
+    called = []
+    act = win.add_action("file", "test_entry", "Test entry", lambda: called.append(1), shortcut="Ctrl+Alt+T",
+                         tip="a test", after="open_labels", separator_before=True)
+    try:
+        entries = win.menu("file").actions()
+        i = entries.index(win.actions["open_labels"])
+        assert entries[i + 1].isSeparator() and entries[i + 2] is act and win.actions["test_entry"] is act
+        assert act.shortcut().toString() == "Ctrl+Alt+T" and act.toolTip() == "a test"
+        act.trigger()
+        assert called == [1]
+        with pytest.raises(KeyError):  # "after" names an action of another menu
+            win.add_action("file", "other", "Other", lambda: None, after="undo")
+    finally:
+        win.menu("file").removeAction(entries[i + 1])
+        win.menu("file").removeAction(act)
+        del win.actions["test_entry"]
+
+
+def test_state_providers_and_shutdown_hooks(qapp):
+    import threading
+
+    from medsam_gui.gui.controller import Controller, background_threads
+
+    c = Controller(viewer=None)
+    seen = []
+    c.state_changed.connect(lambda: seen.append("changed"))
+    c.register_state_provider("panel", lambda: {"a": 1}, seen.append)
+    assert c.state_providers["panel"][0]() == {"a": 1}
+    with pytest.raises(ValueError):
+        c.register_state_provider("", dict, print)
+    c.notify_state_changed()
+    assert seen == ["changed"]
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, args=(30,), name="medsam-test-worker", daemon=True)
+    worker.start()
+    assert worker in background_threads()
+    c.add_shutdown_hook(lambda: seen.append("first added"))
+    c.add_shutdown_hook(lambda: 1 / 0)  # a failing hook does not stop the others
+    c.add_shutdown_hook(lambda: (seen.append("last added"), stop.set()))
+    c.shutdown(timeout_s=5)
+    c.shutdown()  # once only
+    assert seen[1:] == ["last added", "first added"]
+    assert not worker.is_alive() and worker not in background_threads()

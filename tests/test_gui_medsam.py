@@ -250,7 +250,7 @@ def app_window(qapp):
 
     win = build_app(show=False, install_panels=True)
     yield win
-    panel = getattr(win.controller, "medsam_panel", None)
+    panel = win.panels.medsam
     if panel is not None:
         panel.shutdown()
         if panel.weights_dialog is not None:
@@ -266,7 +266,7 @@ def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatc
     from medsam_gui.models import weights
 
     c = app_window.controller
-    panel = c.medsam_panel  # installed by build_app through PANEL_MODULES
+    panel = app_window.panels.medsam  # installed by build_app
     assert "load_medsam_weights" in app_window.actions
     panel.background_check.setChecked(False)  # no encoder pass in this test
     assert weights.resolve("medsam_vit_b") is None

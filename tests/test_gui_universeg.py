@@ -97,8 +97,7 @@ def c(win, model, ct_seg, monkeypatch):
     for box in list(ctrl.error_boxes):
         box.close()
     ctrl.error_boxes.clear()
-    if hasattr(ctrl, "medsam_panel"):
-        del ctrl.medsam_panel
+    panel.medsam = None
 
 
 def _setup(c, panel, labels, active=LIVER):
@@ -180,8 +179,8 @@ def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg):
     _setup(c, panel, _partial(ct_seg, (10, 12, 14)))
     box = (10.0, 10.0, 60.0, 60.0)
     # the MedSAM panel's API: key boxes of the active label on this axis (slice 20 has no mask)
-    c.medsam_panel = SimpleNamespace(key_boxes=lambda axis, label: {10: box, 14: box, 20: box}
-                                     if (axis, label) == (0, LIVER) else {})
+    panel.medsam = SimpleNamespace(key_boxes=lambda axis, label: {10: box, 14: box, 20: box}
+                                   if (axis, label) == (0, LIVER) else {})
     assert panel.medsam_slices() == [10, 14]
     assert "MedSAM" in panel.medsam_button.toolTip() and "3–5" in panel.medsam_button.toolTip()
     before = c.display_labels().copy()
@@ -267,9 +266,7 @@ def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
     panel.set_state(state)
     assert panel.pin_check.isChecked() and panel.support_slices() == [10, 16, 20]
     assert np.array_equal(np.stack([it.mask for it in panel.support_items()]), sup["labels"])
-    from medsam_gui.gui import session
-
-    assert "universeg_support" in session._providers(c)  # registered for autosave at install
+    assert "universeg_support" in c.state_providers  # registered for autosave at install
 
 
 def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, monkeypatch, data_dir):

@@ -981,10 +981,10 @@ class MedSAMPanel(QWidget):
 
 
 def install(controller, service: EmbeddingService | None = None):
-    """Create the MedSAM and Measurements docks and the Models menu; returns the MedSAM panel.
+    """Create the MedSAM and Measurements docks and the Models menu entries; returns the MedSAM
+    panel (its Measurements panel is ``panel.measurements``).
 
-    Called by ``medsam_gui.app.build_app`` (``PANEL_MODULES``). The panels are also reachable
-    as ``controller.medsam_panel`` and ``controller.measurements_panel``.
+    Called by ``medsam_gui.app.build_app``. Registers the panel's shutdown with the controller.
     """
     from .measurements_panel import MeasurementsPanel
 
@@ -995,44 +995,11 @@ def install(controller, service: EmbeddingService | None = None):
     panel.dock = medsam_dock
     if medsam_dock is not None:
         medsam_dock.raise_()
-    panel.measurements_panel = measurements
-    controller.medsam_panel = panel
-    controller.measurements_panel = measurements
+    panel.measurements = measurements
     window = controller.window
     if window is not None:
-        from qtpy.QtGui import QAction
-
-        bar = window.qt_window.menuBar()
-        menu = None
-        for act in bar.actions():
-            if act.text().replace("&", "") == "Models" and act.menu() is not None:
-                menu = act.menu()
-        if menu is None:
-            help_act = next((a for a in bar.actions() if a.text().replace("&", "") == "Help"), None)
-            from qtpy.QtWidgets import QMenu
-
-            menu = QMenu("&Models", bar)
-            if help_act is not None:
-                bar.insertMenu(help_act, menu)
-            else:
-                bar.addMenu(menu)
-        act = QAction("Load MedSAM weights…", window.qt_window)
-        act.setStatusTip("Download MedSAM's weights or choose the medsam_vit_b.pth file")
-        act.triggered.connect(lambda _checked=False: panel.show_weights_dialog())
-        menu.addAction(act)
-        act2 = QAction("Export measurements (CSV)…", window.qt_window)
-        act2.triggered.connect(lambda _checked=False: measurements.export_csv())
-        menu.addAction(act2)
-        if isinstance(getattr(window, "actions", None), dict):
-            window.actions["load_medsam_weights"] = act
-            window.actions["export_measurements"] = act2
-        window.models_menu = menu
-    try:
-        from qtpy.QtWidgets import QApplication
-
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(panel.shutdown)
-    except Exception:  # pragma: no cover
-        pass
+        window.add_action("models", "load_medsam_weights", "Load MedSAM weights…", panel.show_weights_dialog,
+                          tip="Download MedSAM's weights or choose the medsam_vit_b.pth file")
+        window.add_action("models", "export_measurements", "Export measurements (CSV)…", measurements.export_csv)
+    controller.add_shutdown_hook(panel.shutdown)
     return panel

@@ -262,9 +262,10 @@ class UniversegPanel(QWidget):
     run_finished = Signal(str)
     notice = Signal(str)  # emitted from worker threads (GPU out of memory); shown in the status bar
 
-    def __init__(self, controller, parent: QWidget | None = None) -> None:
+    def __init__(self, controller, parent: QWidget | None = None, *, medsam=None) -> None:
         super().__init__(parent)
         self.controller = controller
+        self.medsam = medsam  # the MedSAM panel (its key boxes), or None
         self._model = None
         self._model_path: Path | None = None
         self._items: list[SupportItem] = []
@@ -913,13 +914,7 @@ class UniversegPanel(QWidget):
 
     def _mark_dirty(self) -> None:
         """Tell the session autosave that the (pinned) support set changed."""
-        mod = sys.modules.get("medsam_gui.gui.session")
-        fn = getattr(mod, "mark_dirty", None) if mod is not None else None
-        if fn is not None:
-            try:
-                fn(self.controller)
-            except Exception:  # pragma: no cover - autosave is a convenience here
-                log.exception("session mark_dirty")
+        self.controller.notify_state_changed()
 
     # ------------------------------------------------------------------ targets
     def _update_range_defaults(self) -> None:
@@ -1055,7 +1050,7 @@ class UniversegPanel(QWidget):
         """Slices of ``label`` (default active) the MedSAM panel segmented on the view axis (its
         ``key_boxes``) where the label is drawn; [] without a MedSAM panel or boxes."""
         c = self.controller
-        panel = getattr(c, "medsam_panel", None)
+        panel = self.medsam
         if panel is None or not hasattr(panel, "key_boxes") or c.volume is None:
             return []
         axis = self._axis()
@@ -1502,12 +1497,11 @@ class UniversegPanel(QWidget):
 # ----------------------------------------------------------------------------- install
 
 
-def install(controller) -> UniversegPanel:
-    """Create the UniverSeg dock (and a Models menu entry); returns the panel (also
-    ``controller.universeg_panel``). Registers the pinned support set with the session module's
-    ``register_state_provider`` when that exists (autosave)."""
-    panel = UniversegPanel(controller)
-    medsam = getattr(controller, "medsam_panel", None)
+def install(controller, *, medsam=None) -> UniversegPanel:
+    """Create the UniverSeg dock (and a Models menu entry); returns the panel. ``medsam``: the
+    MedSAM panel (its key boxes are offered as support slices). Registers the pinned support
+    set as the controller's state provider and the panel's shutdown with the controller."""
+    panel = UniversegPanel(controller, medsam=medsam)
     controller.add_dock(panel, "UniverSeg", "right", tabify=medsam is not None)
     medsam_dock = getattr(medsam, "dock", None)
     if medsam_dock is not None:  # MedSAM is where a new user starts
@@ -1515,37 +1509,10 @@ def install(controller) -> UniversegPanel:
 
         medsam_dock.raise_()
         QTimer.singleShot(0, medsam_dock.raise_)
-    controller.universeg_panel = panel
     window = controller.window
-    menu = getattr(window, "models_menu", None) if window is not None else None
-    if menu is not None:
-        try:
-            from qtpy.QtGui import QAction
-
-            act = QAction("Load UniverSeg weights…", window.qt_window)
-            act.setStatusTip("Download UniverSeg's weights or choose universeg_v1_nf64_ss64_STA.pt")
-            act.triggered.connect(lambda _checked=False: panel.show_weights_dialog())
-            menu.addAction(act)
-            if isinstance(getattr(window, "actions", None), dict):
-                window.actions["load_universeg_weights"] = act
-        except Exception:  # pragma: no cover - cosmetic
-            log.exception("UniverSeg menu entry")
-    try:
-        from . import session as _session  # type: ignore[attr-defined]
-    except ImportError:
-        _session = None
-    register = getattr(_session, "register_state_provider", None) if _session is not None else None
-    if register is not None:
-        try:
-            register(controller, STATE_NAME, panel.get_state, panel.set_state)
-        except Exception:  # pragma: no cover - autosave of the support set is a convenience
-            log.exception("registering the UniverSeg support set with the session")
-    try:
-        from qtpy.QtWidgets import QApplication
-
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(panel.shutdown)
-    except Exception:  # pragma: no cover
-        pass
+    if window is not None:
+        window.add_action("models", "load_universeg_weights", "Load UniverSeg weights…", panel.show_weights_dialog,
+                          tip="Download UniverSeg's weights or choose universeg_v1_nf64_ss64_STA.pt")
+    controller.register_state_provider(STATE_NAME, panel.get_state, panel.set_state)
+    controller.add_shutdown_hook(panel.shutdown)
     return panel

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QApplication, QWidget
 
 from ..errors import MedsamGuiError
 from ..gui.controller import Controller
-from .reader import source_of
+from ..gui.layers import source_of
 
 _controllers: "weakref.WeakValueDictionary[int, Controller]" = weakref.WeakValueDictionary()
 
