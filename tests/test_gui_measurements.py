@@ -29,7 +29,7 @@ def env(qapp, tmp_path_factory):
     win = build_app(show=False, install_panels=False)
     panel = install(win.controller, service=EmbeddingService(EmbeddingCache(disk_bytes=0), background=False))
     try:
-        yield SimpleNamespace(win=win, c=win.controller, panel=panel, mp=win.controller.measurements_panel)
+        yield SimpleNamespace(win=win, c=win.controller, panel=panel, mp=panel.measurements)
     finally:
         panel.shutdown()
         win.close(force=True)
