@@ -180,10 +180,10 @@ def key_boxes(placed: Iterable[tuple[int, int, Box, int]], axis: int, label: int
 
 
 def prompts_to_state(prompts: Sequence[Prompt], to_source: Callable) -> dict:
-    """Saved state of ``prompts``: ``{"prompts": [{"kind", "label", "vertices_zyx": float64
+    """Saved state of ``prompts``: ``{"shapes": [{"kind", "label", "vertices_zyx": float64
     (N, 3) array}]}`` with the vertices mapped by ``to_source`` ((N, 3) -> (N, 3); e.g. display
     -> the scan's (z, y, x) voxel indices) so they survive reopening the scan."""
-    return {"prompts": [{"kind": p.kind, "label": int(p.label),
+    return {"shapes": [{"kind": p.kind, "label": int(p.label),
                          "vertices_zyx": np.asarray(to_source(p.vertices), dtype=np.float64).reshape(-1, 3)}
                         for p in prompts]}
 
@@ -192,7 +192,7 @@ def prompts_from_state(state: dict | None, from_source: Callable) -> list[Prompt
     """The prompts saved by :func:`prompts_to_state`, vertices mapped back by ``from_source``.
     Raises ValueError for a malformed entry."""
     out = []
-    for i, d in enumerate((state or {}).get("prompts") or []):
+    for i, d in enumerate((state or {}).get("shapes") or []):
         try:
             verts = np.asarray(d["vertices_zyx"], dtype=np.float64).reshape(-1, 3)
             out.append(Prompt(str(d["kind"]), int(d["label"]), np.asarray(from_source(verts), dtype=np.float64)))

@@ -208,7 +208,7 @@ class PromptLayers(QObject):
         c = self.controller
         layer = self._layer
         if c.volume is None or not self._alive(layer):
-            return {"prompts": []}
+            return {"shapes": []}
         shape = c.volume.shape
         return cp.prompts_to_state([self.prompt(i) for i in range(len(layer.data))],
                                    lambda v: c.orientation.display_to_index(v, shape))
