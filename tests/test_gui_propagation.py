@@ -122,7 +122,7 @@ def test_recist_propagate_cancel_half_way_then_one_undo(env, qtbot):
     np.testing.assert_array_equal(np.array(c.display_labels()), before)
     c.redo()
     np.testing.assert_array_equal(np.array(c.display_labels()), after)
-    assert panel.propagate_button.isEnabled()
+    assert panel.propagation_box.propagate_button.isEnabled()
     panel.clear_prompts()
 
 
@@ -146,10 +146,10 @@ def test_two_key_boxes_limits_match_core_and_failure_closes_group(env, qtbot):
     assert sorted(keys) == [ka, kb]
     # limits from the current slice
     c.set_current_slice(0, int(zs[0]) + 2)
-    panel.from_button.click()
+    panel.propagation_box.from_button.click()
     c.set_current_slice(0, int(zs[-1]) - 2)
-    panel.to_button.click()
-    limits = (panel.from_spin.value(), panel.to_spin.value())
+    panel.propagation_box.to_button.click()
+    limits = (panel.propagation_box.from_spin.value(), panel.propagation_box.to_spin.value())
     assert limits == (int(zs[0]) + 2, int(zs[-1]) - 2)
     before = np.array(c.display_labels())
     with qtbot.waitSignal(panel.propagation_finished, timeout=30_000) as fin:
@@ -159,7 +159,7 @@ def test_two_key_boxes_limits_match_core_and_failure_closes_group(env, qtbot):
     assert kinds == {"key", "interpolated", "propagated"}
     expected = np.zeros(ref.shape, np.uint16)
     propagate_to_volume(expected, keys, SimulatedSegmenter(ref, axis=0), LIVER, axis=0, replace=True,
-                        limits=limits, margin=panel.prop_margin_spin.value())
+                        limits=limits, margin=panel.propagation_box.margin_spin.value())
     np.testing.assert_array_equal(np.array(c.display_labels()), expected)
     painted = np.flatnonzero((expected == LIVER).any(axis=(1, 2)))
     assert painted.min() >= limits[0] and painted.max() <= limits[1]
@@ -208,13 +208,13 @@ def test_propagation_along_sagittal_axis(env, qtbot):
     h, w = ref.shape[0], ref.shape[1]  # the sagittal slice: rows = display axis 0, columns = axis 1
     want_box = (max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, w - 1), min(y1 + 1, h - 1))  # clipped
     np.testing.assert_allclose(keys[k], want_box, atol=1e-4)
-    assert panel.to_spin.maximum() == ref.shape[2] - 1
+    assert panel.propagation_box.to_spin.maximum() == ref.shape[2] - 1
     with qtbot.waitSignal(panel.propagation_finished, timeout=30_000) as fin:
         panel.propagate()
     assert fin.args == ["done"]
     expected = np.zeros(ref.shape, np.uint16)
     propagate_to_volume(expected, keys, SimulatedSegmenter(ref, axis=2), LIVER, axis=2, replace=True,
-                        margin=panel.prop_margin_spin.value())
+                        margin=panel.propagation_box.margin_spin.value())
     np.testing.assert_array_equal(np.array(c.display_labels()), expected)
     # through the orientation, the result lies on the liver on the source grid
     src = np.asarray(c.source_labels()) == LIVER

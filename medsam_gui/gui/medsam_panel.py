@@ -35,14 +35,12 @@ from pathlib import Path
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -52,8 +50,9 @@ from ..errors import MedsamGuiError
 from .embedding_service import EmbeddingService
 from .engine_loader import EngineLoader
 from .measurements_panel import MeasurementsPanel
+from .model_box import ModelBox
 from .prompt_layers import PromptLayers
-from .propagation_run import start_propagation
+from .propagation_run import AXIS_NAMES, PropagationBox, start_propagation
 from .slice_segmentation import SliceSegmentation
 
 STATE_NAME = "medsam_prompts"
@@ -69,7 +68,6 @@ DEFAULTS = {
     "prefetch_all": False,
     "background": True,
 }
-AXIS_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
 
 
 class MedSAMPanel(QWidget):
@@ -103,7 +101,6 @@ class MedSAMPanel(QWidget):
             self.settings["background"] = service.background
         self._engine = None
         self._waiting_engine: list[int] = []
-        self._run = None
         self.last_propagation: list[tuple] = []
         self._auto_load_tried = False
         self._build()
@@ -160,95 +157,16 @@ class MedSAMPanel(QWidget):
         tl.addWidget(self.clear_button)
         layout.addWidget(tools)
 
-        prop = QGroupBox("Propagate in 3D")
-        pl = QFormLayout(prop)
-        self.axis_label = QLabel("axial")
-        pl.addRow("Along", self.axis_label)
-        self.from_spin = QSpinBox()
-        self.to_spin = QSpinBox()
-        self.from_button = QPushButton("Current")
-        self.to_button = QPushButton("Current")
-        self.from_button.setToolTip("Set from the current slice")
-        self.to_button.setToolTip("Set from the current slice")
-        r1 = QHBoxLayout()
-        r1.addWidget(self.from_spin, 1)
-        r1.addWidget(self.from_button)
-        r2 = QHBoxLayout()
-        r2.addWidget(self.to_spin, 1)
-        r2.addWidget(self.to_button)
-        pl.addRow("First slice", r1)
-        pl.addRow("Last slice", r2)
-        self.prop_margin_spin = QSpinBox()
-        self.prop_margin_spin.setRange(0, 100)
-        self.prop_margin_spin.setSuffix(" px")
-        self.prop_margin_spin.setValue(int(s["prop_margin"]))
-        self.prop_margin_spin.setToolTip("Pixels added around each slice's mask for the next slice's box")
-        pl.addRow("Margin", self.prop_margin_spin)
-        r3 = QHBoxLayout()
-        self.propagate_button = QPushButton("Propagate in 3D")
-        self.propagate_button.setToolTip(
-            "Follow the active label through the scan from its boxes/lines on this view's slices "
-            "(several key slices: the slices between use interpolated boxes). One undo step.")
-        self.cancel_prop_button = QPushButton("Cancel")
-        self.cancel_prop_button.setEnabled(False)
-        r3.addWidget(self.propagate_button, 1)
-        r3.addWidget(self.cancel_prop_button)
-        pl.addRow(r3)
-        self.prop_label = QLabel("")
-        self.prop_label.setWordWrap(True)
-        pl.addRow(self.prop_label)
-        layout.addWidget(prop)
+        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]))
+        layout.addWidget(self.propagation_box)
 
-        model = QGroupBox("Model")
-        ml = QFormLayout(model)
-        self.precision_combo = QComboBox()
-        from ..models.device import PRECISION_CHOICES
-
-        self.precision_combo.addItems(["auto", "fp32", "fast", "int8", "bf16", "fp16"])
-        self.precision_combo.setCurrentText(str(s["precision"]) if s["precision"] in PRECISION_CHOICES else "auto")
-        self.precision_combo.setToolTip(
-            "auto: bfloat16 on a GPU, 'fast' on the CPU\n"
-            "fp32: MedSAM's reference inference, bit for bit\n"
-            "fast: the reference's float32 numbers, ~1.7x faster on a CPU\n"
-            "int8: ~1.9x faster on a CPU, masks agree with fp32 (Dice >= 0.98)\n"
-            "bf16 / fp16: for GPUs")
-        self.device_combo = QComboBox()
-        self._fill_devices()
-        ml.addRow("Precision", self.precision_combo)
-        ml.addRow("Device", self.device_combo)
-        self.background_check = QCheckBox("Embed slices in the background")
-        self.background_check.setChecked(bool(s["background"]))
-        self.neighbours_spin = QSpinBox()
-        self.neighbours_spin.setRange(0, 50)
-        self.neighbours_spin.setValue(int(s["neighbours"]))
-        self.neighbours_spin.setToolTip("Slices on each side of the current slice embedded ahead")
-        self.prefetch_all_check = QCheckBox("Then all slices")
-        self.prefetch_all_check.setChecked(bool(s["prefetch_all"]))
-        ml.addRow(self.background_check)
-        ml.addRow("Neighbours", self.neighbours_spin)
-        ml.addRow(self.prefetch_all_check)
-        self.weights_button = QPushButton("Load MedSAM weights…")
-        ml.addRow(self.weights_button)
-        layout.addWidget(model)
+        self.model_box = ModelBox(s, self._save)
+        mb = self.model_box
+        self.precision_combo, self.device_combo, self.weights_button = mb.precision_combo, mb.device_combo, mb.weights_button
+        self.background_check, self.neighbours_spin = mb.background_check, mb.neighbours_spin
+        self.prefetch_all_check = mb.prefetch_all_check
+        layout.addWidget(mb)
         layout.addStretch(1)
-
-    def _fill_devices(self) -> None:
-        """auto / cpu, and cuda once a loaded engine shows torch sees a GPU (torch is not
-        imported for this before MedSAM is loaded)."""
-        choices = ["auto", "cpu"]
-        if self._engine is not None:
-            import torch
-
-            if torch.cuda.is_available():
-                choices.append("cuda")
-        current = self.device_combo.currentText() or str(self.settings["device"])
-        if current == "cuda" and self._engine is None:
-            choices.append("cuda")
-        self.device_combo.blockSignals(True)
-        self.device_combo.clear()
-        self.device_combo.addItems(choices)
-        self.device_combo.setCurrentText(current if current in choices else "auto")
-        self.device_combo.blockSignals(False)
 
     def _connect(self) -> None:
         c = self.controller
@@ -256,20 +174,18 @@ class MedSAMPanel(QWidget):
         self.recist_button.clicked.connect(lambda _=False: self.activate_recist_tool())
         self.select_button.clicked.connect(lambda _=False: self.activate_select_tool())
         self.clear_button.clicked.connect(lambda _=False: self.clear_prompts())
-        self.propagate_button.clicked.connect(lambda _=False: self.propagate())
-        self.cancel_prop_button.clicked.connect(lambda _=False: self.cancel_propagation())
-        self.from_button.clicked.connect(lambda _=False: self.from_spin.setValue(self._current_index()))
-        self.to_button.clicked.connect(lambda _=False: self.to_spin.setValue(self._current_index()))
+        pb = self.propagation_box
+        pb.propagate_button.clicked.connect(lambda _=False: self.propagate())
+        pb.margin_spin.valueChanged.connect(lambda v: self._save("prop_margin", int(v)))
+        pb.slice_painted.connect(self.slice_painted)
+        pb.finished.connect(self.propagation_finished)
         self.weights_button.clicked.connect(lambda _=False: self.show_weights_dialog())
         self.recist_margin_spin.valueChanged.connect(lambda v: self._save("recist_margin", float(v)))
         self.recist_margin_spin.valueChanged.connect(lambda _v: self.prompts.update_recist_boxes())
-        self.prop_margin_spin.valueChanged.connect(lambda v: self._save("prop_margin", int(v)))
         self.overwrite_check.toggled.connect(lambda v: self._save("overwrite_other", bool(v)))
-        self.precision_combo.currentTextChanged.connect(self._on_model_settings)
-        self.device_combo.currentTextChanged.connect(self._on_model_settings)
-        self.background_check.toggled.connect(self._on_embed_settings)
-        self.neighbours_spin.valueChanged.connect(self._on_embed_settings)
-        self.prefetch_all_check.toggled.connect(self._on_embed_settings)
+        self.model_box.engine_settings_changed.connect(self._on_model_settings)
+        self.model_box.embed_settings_changed.connect(
+            lambda: self.service.apply_settings(**self.model_box.embed_settings()))
 
         self.prompts.drawn.connect(self._segment_pid)
         self.prompts.moved.connect(self._segment_pid)
@@ -324,8 +240,10 @@ class MedSAMPanel(QWidget):
         self._engine = engine
         self.service.set_engine(engine)
         self._reconfigure()
-        self._fill_devices()
         if engine is not None:
+            import torch
+
+            self.model_box.fill_devices(gpu=torch.cuda.is_available())
             dev = getattr(engine, "device", "?")
             self.model_label.setText(f"MedSAM ready on {dev} ({getattr(engine, 'precision', 'fp32')})")
             self._segment_waiting()
@@ -355,30 +273,17 @@ class MedSAMPanel(QWidget):
 
     def load_engine(self, path: str | Path | None = None):
         """Load MedSAM from ``path`` (default: the model manager's file) off the GUI thread."""
-        self.loader.device = self.device_combo.currentText() or "auto"
-        self.loader.precision = self.precision_combo.currentText() or "fp32"
+        self.loader.device, self.loader.precision = self.model_box.device, self.model_box.precision
         return self.loader.load(path)
 
     def show_weights_dialog(self, reason: str = ""):
         """Open the weights dialog (non-blocking); accepted weights are loaded at once."""
         return self.loader.show_dialog(reason)
 
-    def _on_model_settings(self, _text=None) -> None:
-        self._save("precision", self.precision_combo.currentText())
-        self._save("device", self.device_combo.currentText())
-        self.loader.device = self.device_combo.currentText() or "auto"
-        self.loader.precision = self.precision_combo.currentText() or "fp32"
+    def _on_model_settings(self) -> None:
         path = getattr(self._engine, "checkpoint_path", None)
         if self._engine is not None and path is not None:
             self.load_engine(path)
-
-    def _on_embed_settings(self, _v=None) -> None:
-        self._save("background", self.background_check.isChecked())
-        self._save("neighbours", self.neighbours_spin.value())
-        self._save("prefetch_all", self.prefetch_all_check.isChecked())
-        self.service.apply_settings(neighbours=self.neighbours_spin.value(),
-                                    prefetch_all=self.prefetch_all_check.isChecked(),
-                                    background=self.background_check.isChecked())
 
     # ------------------------------------------------------------------ scan / view events
     def _axis(self) -> int:
@@ -411,7 +316,7 @@ class MedSAMPanel(QWidget):
     def _on_volume_changed(self, _volume) -> None:
         self.segmentation.reset()
         self.prompts.reset()
-        self._update_limits()
+        self.propagation_box.update_limits()
         self._reconfigure()
         if self._engine is None and self.segmentation.segmenter is None and not self._auto_load_tried:
             self._auto_load_tried = True
@@ -419,7 +324,7 @@ class MedSAMPanel(QWidget):
                 self.load_engine()
 
     def _on_view_changed(self, _view: str) -> None:
-        self._update_limits()
+        self.propagation_box.update_limits()
         self._reconfigure()
 
     def _on_window_changed(self, _lo: float, _hi: float) -> None:
@@ -436,20 +341,6 @@ class MedSAMPanel(QWidget):
         except Exception:  # the layers are being replaced
             return
         self._update_embed_label()
-
-    def _update_limits(self) -> None:
-        c = self.controller
-        if c.volume is None:
-            return
-        axis = self._axis()
-        n = int(c.orientation.display_shape(c.volume.shape)[axis])
-        for spin in (self.from_spin, self.to_spin):
-            spin.blockSignals(True)
-            spin.setRange(0, max(0, n - 1))
-            spin.blockSignals(False)
-        self.from_spin.setValue(0)
-        self.to_spin.setValue(max(0, n - 1))
-        self.axis_label.setText(f"{AXIS_NAMES.get(axis, str(axis))} (display axis {axis}, {n} slices)")
 
     # ------------------------------------------------------------------ embedding status
     def _update_embed_label(self) -> None:
@@ -556,7 +447,7 @@ class MedSAMPanel(QWidget):
     # ------------------------------------------------------------------ 3D propagation
     @property
     def propagating(self) -> bool:
-        return self._run is not None and self._run.running
+        return self.propagation_box.running
 
     def propagate(self, axis: int | None = None, limits: tuple[int, int] | None = None,
                   margin: int | None = None, label: int | None = None):
@@ -585,9 +476,9 @@ class MedSAMPanel(QWidget):
                 return None
             if self.service.axis != axis:
                 self._configure(axis)
-        if limits is None:
-            limits = (int(self.from_spin.value()), int(self.to_spin.value()))
-        margin = int(self.prop_margin_spin.value()) if margin is None else int(margin)
+        pb = self.propagation_box
+        limits = pb.limits if limits is None else limits
+        margin = int(pb.margin_spin.value()) if margin is None else int(margin)
         try:
             run = start_propagation(c, keys, axis=axis, label=label, limits=limits, margin=margin,
                                     overwrite_other=self.overwrite_check.isChecked(), service=self.service,
@@ -595,37 +486,13 @@ class MedSAMPanel(QWidget):
         except MedsamGuiError as exc:
             c.show_error(exc)
             return None
-        self._run = run
         self.last_propagation = run.results
-        run.slice_painted.connect(self._on_prop_slice)
-        run.finished.connect(self._on_prop_finished)
-        self.propagate_button.setEnabled(False)
-        self.cancel_prop_button.setEnabled(True)
-        self.prop_label.setText(f"Propagating from slices {', '.join(map(str, keys))}…")
+        pb.show_run(run, keys)
         return run.handle
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation; the slices already written stay (one undo step)."""
-        if self._run is not None:
-            self._run.cancel()
-
-    def _on_prop_slice(self, axis: int, index: int) -> None:
-        res = self.last_propagation[-1]
-        self.prop_label.setText(f"Slice {index} ({res[1]}): {len(self.last_propagation)} slices done")
-        self.slice_painted.emit(axis, index)
-
-    def _on_prop_finished(self, state: str) -> None:
-        n = len(self.last_propagation)
-        idx = sorted(i for i, _k, _b in self.last_propagation)
-        rng = f" (slices {idx[0]}–{idx[-1]})" if idx else ""
-        text = {"done": f"Propagation finished: {n} slices{rng}. Edit > Undo removes it in one step.",
-                "cancelled": f"Propagation cancelled: {n} slices kept{rng}. Edit > Undo removes them.",
-                "failed": f"Propagation failed after {n} slices{rng}."}[state]
-        self.prop_label.setText(text)
-        self.controller.status(text, 8000)
-        self.propagate_button.setEnabled(True)
-        self.cancel_prop_button.setEnabled(False)
-        self.propagation_finished.emit(state)
+        self.propagation_box.cancel()
 
     # ------------------------------------------------------------------ session state, lifecycle
     def get_state(self) -> dict:

@@ -1,4 +1,5 @@
-"""The GUI side of one 3D propagation: runs ``core.propagation.propagate`` in
+"""The GUI side of 3D propagation: the dock's "Propagate in 3D" group (:class:`PropagationBox`)
+and one run (:class:`PropagationRun`), which runs ``core.propagation.propagate`` in
 ``controller.run_worker`` (progress bar + Cancel in the status bar) and writes each finished
 slice to the labels as it arrives, all of them ONE undo step (:class:`RunHistory`), so autosave,
 measurements and the support list follow the run while the user's own edits made meanwhile
@@ -11,8 +12,11 @@ import threading
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 
 from .run_history import RunHistory
+
+AXIS_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
 
 STROKE_RETRY_MS = 100  # how often slices held back by a brush stroke are tried again
 
@@ -174,3 +178,111 @@ def start_propagation(controller, keys: dict, *, axis: int, label: int, limits: 
         run.finished.connect(lambda _state: service.pause_background(False))
         service.prefetch(list(keys)[:2])
     return run
+
+
+class PropagationBox(QGroupBox):
+    """The "Propagate in 3D" group: slice range (``from_spin`` / ``to_spin``, "Current" buttons),
+    ``margin_spin``, ``propagate_button`` / ``cancel_button`` and a status line; shows one
+    :class:`PropagationRun` at a time (``run``).
+
+    Signals: ``slice_painted(axis, index)``, ``finished(state)`` (see PropagationRun)."""
+
+    slice_painted = Signal(int, int)
+    finished = Signal(str)
+
+    def __init__(self, controller, margin: int, parent: QWidget | None = None) -> None:
+        super().__init__("Propagate in 3D", parent)
+        self.controller = controller
+        self.run: PropagationRun | None = None
+        pl = QFormLayout(self)
+        self.axis_label = QLabel("axial")
+        pl.addRow("Along", self.axis_label)
+        self.from_spin, self.to_spin = QSpinBox(), QSpinBox()
+        self.from_button, self.to_button = QPushButton("Current"), QPushButton("Current")
+        for text, spin, button in (("First slice", self.from_spin, self.from_button),
+                                   ("Last slice", self.to_spin, self.to_button)):
+            button.setToolTip("Set from the current slice")
+            button.clicked.connect(lambda _=False, sp=spin: sp.setValue(self._current_index()))
+            row = QHBoxLayout()
+            row.addWidget(spin, 1)
+            row.addWidget(button)
+            pl.addRow(text, row)
+        self.margin_spin = QSpinBox()
+        self.margin_spin.setRange(0, 100)
+        self.margin_spin.setSuffix(" px")
+        self.margin_spin.setValue(int(margin))
+        self.margin_spin.setToolTip("Pixels added around each slice's mask for the next slice's box")
+        pl.addRow("Margin", self.margin_spin)
+        row = QHBoxLayout()
+        self.propagate_button = QPushButton("Propagate in 3D")
+        self.propagate_button.setToolTip(
+            "Follow the active label through the scan from its boxes/lines on this view's slices "
+            "(several key slices: the slices between use interpolated boxes). One undo step.")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(lambda _=False: self.cancel())
+        row.addWidget(self.propagate_button, 1)
+        row.addWidget(self.cancel_button)
+        pl.addRow(row)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        pl.addRow(self.status_label)
+
+    @property
+    def running(self) -> bool:
+        return self.run is not None and self.run.running
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        return int(self.from_spin.value()), int(self.to_spin.value())
+
+    def _current_index(self) -> int:
+        c = self.controller
+        return int(c.current_slice(int(c.view_axis))) if c.volume is not None else 0
+
+    def update_limits(self) -> None:
+        """The whole scan along the current view's axis (a new scan or view)."""
+        c = self.controller
+        if c.volume is None:
+            return
+        axis = int(c.view_axis)
+        n = int(c.orientation.display_shape(c.volume.shape)[axis])
+        for spin in (self.from_spin, self.to_spin):
+            spin.blockSignals(True)
+            spin.setRange(0, max(0, n - 1))
+            spin.blockSignals(False)
+        self.from_spin.setValue(0)
+        self.to_spin.setValue(max(0, n - 1))
+        self.axis_label.setText(f"{AXIS_NAMES.get(axis, str(axis))} (display axis {axis}, {n} slices)")
+
+    def show_run(self, run: PropagationRun, keys) -> None:
+        """Follow ``run`` (started from the key slices ``keys``)."""
+        self.run = run
+        run.slice_painted.connect(self._on_slice)
+        run.finished.connect(self._on_finished)
+        self.propagate_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText(f"Propagating from slices {', '.join(map(str, keys))}…")
+
+    def cancel(self) -> None:
+        """Stop the running propagation; the slices already written stay (one undo step)."""
+        if self.run is not None:
+            self.run.cancel()
+
+    def _on_slice(self, axis: int, index: int) -> None:
+        results = self.run.results
+        self.status_label.setText(f"Slice {index} ({results[-1][1]}): {len(results)} slices done")
+        self.slice_painted.emit(axis, index)
+
+    def _on_finished(self, state: str) -> None:
+        idx = sorted(i for i, _k, _b in self.run.results)
+        n = len(idx)
+        rng = f" (slices {idx[0]}–{idx[-1]})" if idx else ""
+        text = {"done": f"Propagation finished: {n} slices{rng}. Edit > Undo removes it in one step.",
+                "cancelled": f"Propagation cancelled: {n} slices kept{rng}. Edit > Undo removes them.",
+                "failed": f"Propagation failed after {n} slices{rng}."}[state]
+        self.status_label.setText(text)
+        self.controller.status(text, 8000)
+        self.propagate_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.finished.emit(state)
