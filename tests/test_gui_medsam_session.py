@@ -66,12 +66,16 @@ def test_box_and_recist_line_survive_a_session_round_trip(qapp, qtbot, tmp_path,
         keys1, keys2 = panel.key_boxes(0, 1), panel.key_boxes(0, 2)
         assert list(keys1) == [zb] and list(keys2) == [zr]
         painted = np.array(c.display_labels())
+        pb = panel.propagation_box
+        pb.from_spin.setValue(5)
+        pb.to_spin.setValue(27)
 
         # the provider's state: source voxel vertices
         state = panel.get_state()
         assert [s["kind"] for s in state["shapes"]] == ["box", "recist"]
         for s, v in zip(state["shapes"], verts):
             np.testing.assert_allclose(s["vertices_zyx"], o.display_to_index(v, vol.shape))
+        assert (state["range_axis"], state["range_first"], state["range_last"]) == (0, 5, 27)  # z not flipped
         src_box = state["shapes"][0]["vertices_zyx"]
         assert not np.allclose(src_box, verts[0])  # flipped rows/columns
 
@@ -80,9 +84,9 @@ def test_box_and_recist_line_survive_a_session_round_trip(qapp, qtbot, tmp_path,
         c.wait_idle(30)
         assert path.exists()
 
-        # another scan replaces this one: the prompts go
+        # the scan is shown again from scratch: the prompts go, the range is the whole scan
         c.set_volume(load_volume(SCAN))
-        assert panel.prompts.exists is False or len(panel.prompts_layer.data) == 0
+        assert not panel.prompts.exists and (pb.from_spin.value(), pb.to_spin.value()) == (0, d - 1)
         gsession.open_session(c, path)
         c.wait_idle(60)
         qtbot.waitUntil(lambda: panel.prompts.exists and len(panel.prompts_layer.data) == 2, timeout=30_000)
@@ -92,6 +96,7 @@ def test_box_and_recist_line_survive_a_session_round_trip(qapp, qtbot, tmp_path,
         for got, want in zip(layer.data, verts):
             np.testing.assert_allclose(np.asarray(got), want, atol=1e-9)
         assert panel.key_boxes(0, 1) == keys1 and panel.key_boxes(0, 2) == keys2
+        assert (pb.from_spin.value(), pb.to_spin.value()) == (5, 27)
         pids = np.asarray(layer.features["pid"]).tolist()
         assert min(pids) > 0 and len(set(pids)) == 2
         # the RECIST square box is drawn again; nothing was segmented again (labels as saved)

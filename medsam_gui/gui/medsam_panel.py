@@ -177,6 +177,8 @@ class MedSAMPanel(QWidget):
         pb = self.propagation_box
         pb.propagate_button.clicked.connect(lambda _=False: self.propagate())
         pb.margin_spin.valueChanged.connect(lambda v: self._save("prop_margin", int(v)))
+        for spin in (pb.from_spin, pb.to_spin):
+            spin.valueChanged.connect(lambda _v: c.notify_state_changed())
         pb.slice_painted.connect(self.slice_painted)
         pb.finished.connect(self.propagation_finished)
         self.weights_button.clicked.connect(lambda _=False: self.show_weights_dialog())
@@ -496,11 +498,13 @@ class MedSAMPanel(QWidget):
 
     # ------------------------------------------------------------------ session state, lifecycle
     def get_state(self) -> dict:
-        """The prompts (``PromptLayers.get_state``: source (z, y, x) voxel vertices)."""
-        return self.prompts.get_state()
+        """``{"shapes": ...}`` (``PromptLayers.get_state``: vertices in source (z, y, x) voxels) and
+        the propagation's slice range (``PropagationBox.get_state``)."""
+        return {**self.prompts.get_state(), **self.propagation_box.get_state()}
 
     def set_state(self, state: dict | None) -> None:
         self.prompts.set_state(state)
+        self.propagation_box.set_state(state or {})
 
     def shutdown(self) -> None:
         """Stop background threads (the window is closing)."""

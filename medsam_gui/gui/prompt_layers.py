@@ -217,6 +217,8 @@ class PromptLayers(QObject):
         """Replace the prompts by the saved ones (nothing is segmented: the labels are restored
         by the session)."""
         c = self.controller
+        if c.volume is None:
+            return
         shape = c.volume.shape
         saved = cp.prompts_from_state(state, lambda v: c.orientation.index_to_display(v, shape))
         self.clear()

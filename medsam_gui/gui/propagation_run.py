@@ -73,6 +73,7 @@ class PropagationRun(QObject):
         self._retry = QTimer(self)
         self._retry.setInterval(STROKE_RETRY_MS)
         self._retry.timeout.connect(self._write_held)
+        controller.volume_changed.connect(self._on_volume_changed)
 
     def start(self, description: str):
         """Start the worker; returns its WorkerHandle."""
@@ -96,6 +97,10 @@ class PropagationRun(QObject):
         h = self.handle
         if h is not None and not h.finished:
             h.cancel()
+
+    def _on_volume_changed(self, _volume) -> None:
+        if self.state != "finished":
+            self.cancel()  # its slices belong to the scan that was replaced
 
     def _on_result(self, res) -> None:
         if self._cancelled or self.controller.volume is None:
@@ -141,6 +146,7 @@ class PropagationRun(QObject):
     def _maybe_finish(self) -> None:
         if self._worker_ended and not self._held and self.state != "finished":
             state, self.state = self.state, "finished"
+            self.controller.volume_changed.disconnect(self._on_volume_changed)
             self.finished.emit(state)
 
 
@@ -254,6 +260,30 @@ class PropagationBox(QGroupBox):
         self.from_spin.setValue(0)
         self.to_spin.setValue(max(0, n - 1))
         self.axis_label.setText(f"{AXIS_NAMES.get(axis, str(axis))} (display axis {axis}, {n} slices)")
+
+    def get_state(self) -> dict:
+        """The slice range as ``{"range_axis", "range_first", "range_last"}`` (plain ints: settings,
+        not work worth recovering): the scan's own array axis and indices along it (first <= last)."""
+        c = self.controller
+        if c.volume is None:
+            return {}
+        o, axis = c.orientation, int(c.view_axis)
+        n = int(c.volume.shape[o.perm[axis]])
+        ends = [n - 1 - i if o.flips[axis] else i for i in self.limits]
+        return {"range_axis": int(o.perm[axis]), "range_first": min(ends), "range_last": max(ends)}
+
+    def set_state(self, state: dict) -> None:
+        """Restore :meth:`get_state`'s range when the current view runs along that source axis."""
+        c = self.controller
+        if c.volume is None or "range_axis" not in state:
+            return
+        o, axis = c.orientation, int(c.view_axis)
+        if int(state["range_axis"]) != int(o.perm[axis]):
+            return
+        n = int(c.volume.shape[o.perm[axis]])
+        ends = sorted(n - 1 - int(state[k]) if o.flips[axis] else int(state[k]) for k in ("range_first", "range_last"))
+        self.from_spin.setValue(ends[0])
+        self.to_spin.setValue(ends[1])
 
     def show_run(self, run: PropagationRun, keys) -> None:
         """Follow ``run`` (started from the key slices ``keys``)."""
