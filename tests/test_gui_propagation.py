@@ -32,6 +32,7 @@ def _drag(layer, p0_data, p1_data, displayed=(1, 2), steps=3):
 @pytest.fixture(scope="module")
 def env(qapp, tmp_path_factory):
     from medsam_gui.app import build_app
+    from medsam_gui.gui import session as gsession
     from medsam_gui.gui.embedding_service import EmbeddingService
     from medsam_gui.gui.medsam_panel import install
     from medsam_gui.io import load_labels, load_volume
@@ -42,12 +43,14 @@ def env(qapp, tmp_path_factory):
     win = build_app(show=False, install_panels=False)
     service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, background=False)
     panel = install(win.controller, service=service)
+    session = gsession.install(win.controller, offer=False)
     vol = load_volume(SCAN)
     ref_src = load_labels(SEG, like=vol) == LIVER
     try:
-        yield SimpleNamespace(win=win, c=win.controller, panel=panel, vol=vol, ref_src=ref_src)
+        yield SimpleNamespace(win=win, c=win.controller, panel=panel, vol=vol, ref_src=ref_src, session=session)
     finally:
         panel.shutdown()
+        session.shutdown()
         win.close(force=True)
         mp.undo()
 
@@ -284,6 +287,9 @@ def test_propagation_commits_as_it_goes_one_undo_and_strokes_stay_apart(env, qtb
             assert panel.propagate() is not None
             qtbot.waitUntil(lambda: len(panel.last_propagation) >= 3, timeout=20_000)
             n_at_press = len(panel.last_propagation)
+            # what an autosave writes now (a kill -9 later keeps it): the slices done so far
+            snap = env.session.snapshot()
+            assert (snap.labels == LIVER).any(axis=(1, 2)).sum() >= n_at_press
             _stroke(c, qtbot, stroke_at, 9, wait_ms=300)  # slices arrive while the mouse is held
             assert panel.propagating
     finally:
