@@ -5,9 +5,11 @@ and open the weights dialog when there are none or they cannot be used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QWidget
 
 from ..errors import CheckpointError
 
@@ -15,21 +17,22 @@ MODEL_NAME = "medsam_vit_b"
 
 
 class EngineLoader(QObject):
-    """Signals: ``loading(str)`` (file name), ``loaded(engine)``, ``failed()``. ``dialog``: the
-    last weights dialog (or None); ``busy``: a load is running."""
+    """``options()`` gives the (device, precision) to load with. Signals: ``loading(str)`` (file
+    name), ``loaded(engine)``, ``failed()``. ``dialog``: the last weights dialog (or None);
+    ``busy``: a load is running."""
 
     loading = Signal(str)
     loaded = Signal(object)
     failed = Signal()
 
-    def __init__(self, controller, dialog_parent, parent: QObject | None = None) -> None:
+    def __init__(self, controller, dialog_parent: Callable[[], QWidget], options: Callable[[], tuple[str, str]],
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.controller = controller
         self.dialog_parent = dialog_parent
         self.dialog = None
         self._handle = None
-        self.device = "auto"
-        self.precision = "fp32"
+        self.options = options
 
     @property
     def busy(self) -> bool:
@@ -53,12 +56,12 @@ class EngineLoader(QObject):
 
     def load(self, path: str | Path | None = None):
         """Load MedSAM from ``path`` (default: the model manager's file) off the GUI thread with
-        ``device`` / ``precision``; returns the WorkerHandle (None when there are no weights)."""
+        ``options()``; returns the WorkerHandle (None when there are no weights)."""
         path = Path(path) if path is not None else self.installed_weights()
         if path is None:
             self.show_dialog("No MedSAM weights were found on this computer.")
             return None
-        device, precision = self.device, self.precision
+        device, precision = self.options()
         self.loading.emit(path.name)
 
         def work():

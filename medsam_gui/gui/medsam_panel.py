@@ -107,7 +107,8 @@ class MedSAMPanel(QWidget):
         self.prompts = PromptLayers(controller, self.recist_margin_spin.value, parent=self)
         self.segmentation = SliceSegmentation(controller, self.service, self.overwrite_check.isChecked,
                                               self._result_wanted, parent=self)
-        self.loader = EngineLoader(controller, self._dialog_parent, parent=self)
+        self.loader = EngineLoader(controller, self._dialog_parent,
+                                   lambda: (self.model_box.device, self.model_box.precision), parent=self)
         self.measurements = MeasurementsPanel(controller)
         self._connect()
 
@@ -275,7 +276,6 @@ class MedSAMPanel(QWidget):
 
     def load_engine(self, path: str | Path | None = None):
         """Load MedSAM from ``path`` (default: the model manager's file) off the GUI thread."""
-        self.loader.device, self.loader.precision = self.model_box.device, self.model_box.precision
         return self.loader.load(path)
 
     def show_weights_dialog(self, reason: str = ""):
