@@ -66,11 +66,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def default_support_size(device: str | torch.device | None = "auto") -> int:
-    """Support size S: setting ``universeg_support_size_gpu`` (64) or ``..._cpu`` (16)."""
+    """Support size S: setting ``universeg_support_size_gpu`` (64) or ``..._cpu`` (16) for
+    ``device`` ("auto": the GPU when there is one; "cuda" counts as a GPU even without one)."""
     from ..config import get_setting
 
-    dev = resolve_device(device)
-    key, default = (("universeg_support_size_gpu", DEFAULT_SUPPORT_SIZE_GPU) if dev.type == "cuda"
+    gpu = torch.cuda.is_available() if device is None or device == "auto" else torch.device(device).type == "cuda"
+    key, default = (("universeg_support_size_gpu", DEFAULT_SUPPORT_SIZE_GPU) if gpu
                     else ("universeg_support_size_cpu", DEFAULT_SUPPORT_SIZE_CPU))
     try:
         value = int(get_setting(key, default))
