@@ -121,7 +121,7 @@ def main():
     rows.append(["MedSAM: embed the slice on screen (int8)", f"{time.perf_counter() - t0:.1f}", *_fmt(hb.stall())])
 
     # UniverSeg: segment the rest
-    upanel = universeg_panel.install(c)
+    upanel = universeg_panel.install(c, medsam=mpanel)
     torch.manual_seed(1234)
     upanel.set_model(universeg_v1())
     upanel.support_size_spin.setValue(16)

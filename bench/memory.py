@@ -374,7 +374,7 @@ def run(args, tmp: Path, place: dict) -> int:
     stage("e. propagate 3D", f"{finished[-1]}: {len(panel.last_propagation)} slices")
 
     # (f) ------------------------------------------------------------------ UniverSeg
-    up = c.universeg_panel
+    up = window.panels.universeg
     window.actions["load_universeg_weights"].trigger()
     udlg = up.weights_dialog
     udlg.choose_file(tmp / "universeg_v1_nf64_ss64_STA.pt")

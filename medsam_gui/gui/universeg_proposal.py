@@ -5,13 +5,10 @@ undo step) and Reject. The bookkeeping is :class:`medsam_gui.models.incontext_pr
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidgetItem
-
-log = logging.getLogger(__name__)
 
 PROPOSAL_LAYER_NAME = "UniverSeg proposal"
 

@@ -5,7 +5,6 @@ MedSAM boxes", progress, Cancel. The work itself is
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from qtpy.QtWidgets import QWidget
 from ..core.support_set import SupportSlice
 from ..errors import CheckpointError, MedsamGuiError
 from .workers import set_bar_value
-
-log = logging.getLogger(__name__)
 
 MODEL_NAME = "universeg_v1"
 
