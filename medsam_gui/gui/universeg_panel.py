@@ -83,7 +83,7 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         self._model = None
         self._items = []  # SupportSlice, in list order
         self._live = LiveSupport()
-        self._keys: dict = {}  # id(SupportSlice) -> its cache key (live list)
+        self._live_keys: list = []  # cache keys of the examples built since the last refresh
         self._thumbs: dict = {}
         self._proposal = None
         self._layer = None

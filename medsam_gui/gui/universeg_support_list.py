@@ -66,7 +66,7 @@ class SupportListMixin:
         item = self._live.cached(key, lambda: SupportSlice.from_slice(
             img, mask, bounds, index=index, axis=axis, label=label, source=self._scan_name(),
             modality=c.volume.modality))
-        self._keys[id(item)] = key
+        self._live_keys.append(key)
         return item if item.origin == origin else item.with_origin(origin)
 
     def thumbnail(self, item: SupportSlice) -> np.ndarray:
@@ -93,10 +93,10 @@ class SupportListMixin:
                 self._items = []
             else:
                 axis, label, bounds = self._axis(), int(c.active_label), self._bounds()
-                self._keys = {}
+                self._live_keys = []
                 self._items = [self._make_item(i, axis, label, bounds, origin)
                                for i, origin in self._live.wanted(self.labeled(label, axis))]
-                self._live.prune(self._keys.values())
+                self._live.prune(self._live_keys)
         self._update_range_defaults()
         self._rebuild_support_list()
 
