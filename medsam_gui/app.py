@@ -67,6 +67,7 @@ def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show:
         sessions = session_panel.install(controller)
         medsam = medsam_panel.install(controller)
         universeg = universeg_panel.install(controller, medsam=medsam)
+        window.raise_dock("MedSAM")  # where a new user starts
         window.panels = Panels(session=sessions, medsam=medsam, measurements=medsam.measurements,
                                universeg=universeg)
     if session is not None:

@@ -53,10 +53,9 @@ def win(qapp, tmp_path_factory):
 
     w = build_app(show=True, install_panels=False)
     w.qt_window.resize(1300, 900)
-    w.universeg = universeg_panel.install(w.controller)
+    panel = universeg_panel.install(w.controller)
     mp.undo()
-    yield w
-    w.universeg.shutdown()
+    yield SimpleNamespace(window=w, controller=w.controller, universeg=panel)
     w.close(force=True)
 
 
@@ -97,7 +96,6 @@ def c(win, model, ct_seg, monkeypatch):
     for box in list(ctrl.error_boxes):
         box.close()
     ctrl.error_boxes.clear()
-    panel.medsam = None
 
 
 def _setup(c, panel, labels, active=LIVER):
@@ -174,13 +172,14 @@ def test_reject_changes_nothing(win, c, qtbot, ct_seg):
     assert not panel.accept_button.isEnabled()
 
 
-def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg):
+def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg, monkeypatch):
     panel = win.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12, 14)))
     box = (10.0, 10.0, 60.0, 60.0)
     # the MedSAM panel's API: key boxes of the active label on this axis (slice 20 has no mask)
-    panel.medsam = SimpleNamespace(key_boxes=lambda axis, label: {10: box, 14: box, 20: box}
-                                   if (axis, label) == (0, LIVER) else {})
+    assert panel.medsam is None and panel.medsam_slices() == []  # installed without a MedSAM panel
+    monkeypatch.setattr(panel, "medsam", SimpleNamespace(
+        key_boxes=lambda axis, label: {10: box, 14: box, 20: box} if (axis, label) == (0, LIVER) else {}))
     assert panel.medsam_slices() == [10, 14]
     assert "MedSAM" in panel.medsam_button.toolTip() and "3–5" in panel.medsam_button.toolTip()
     before = c.display_labels().copy()
@@ -230,14 +229,14 @@ def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
     assert all(not icon.isNull() for icon in panel.thumbnail_icons())
     for it in panel.support_items():
         assert it.image.shape == (128, 128) and it.mask.shape == (128, 128) and it.mask.any()
-        th = it.thumbnail
+        th = panel.thumbnail(it)
         assert th.shape == (48, 48, 3)
         grey = (th[..., 0] == th[..., 1]) & (th[..., 1] == th[..., 2])
         pick = np.arange(48) * 128 // 48
         assert np.array_equal(~grey, it.mask[np.ix_(pick, pick)] > 0)  # colour exactly on the mask
     # the image is windowed as displayed: the support image equals the windowed slice
     lo, hi = c.window_bounds
-    from medsam_gui.models.incontext import resize_images, window_unit
+    from medsam_gui.core.support_set import resize_images, window_unit
 
     ref = resize_images(window_unit(c.display_volume()[13][None], (lo, hi)))[0]
     assert np.allclose(panel.support_items()[1].image, ref, atol=1e-6)
@@ -267,11 +266,13 @@ def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
     assert panel.pin_check.isChecked() and panel.support_slices() == [10, 16, 20]
     assert np.array_equal(np.stack([it.mask for it in panel.support_items()]), sup["labels"])
     assert "universeg_support" in c.state_providers  # registered for autosave at install
+    assert set(state["support"]["origins"]) == {"pinned", "added"}
+    assert state["support"]["sources"] == [c.volume.name] * 3
 
 
 def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, monkeypatch, data_dir):
     from medsam_gui.core.example_sets import load_example_set
-    from medsam_gui.gui import universeg_panel as up
+    from medsam_gui.gui import universeg_support_list as up
 
     panel = win.universeg
     _setup(c, panel, _partial(ct_seg, (10, 13, 16)))
@@ -282,8 +283,8 @@ def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, 
     panel.save_set_button.click()
     es = load_example_set(out)
     assert es.images.shape == (3, 128, 128) and es.masks.shape == (3, 128, 128)
-    assert es.slice_indices == (10, 13, 16) and es.label_value == LIVER and es.axis == 0
-    assert es.window_bounds == pytest.approx(c.window_bounds) and es.modality == c.volume.modality
+    assert es.indices == (10, 13, 16) and es.label_value == LIVER and es.axis == 0
+    assert es.bounds == pytest.approx(c.window_bounds) and es.modality == c.volume.modality
     assert np.allclose(es.images, np.stack([it.image for it in ct_items]), atol=1e-3)
     assert np.array_equal(es.masks, np.stack([it.mask for it in ct_items]))
 
@@ -380,7 +381,7 @@ def test_batches_off_screen_do_not_redraw_and_a_rerun_reuses_the_layer(win, c, q
     screen (a canvas redraw costs ~50 ms per batch), off-screen slices show the right data when
     the user goes there, the list's pixel counts are right, and a new run while a proposal is
     shown reuses its layer (napari needs ~0.5 s of GUI thread to add one)."""
-    from medsam_gui.gui.universeg_panel import Proposal
+    from medsam_gui.models.incontext_proposal import Proposal
 
     panel = win.universeg
     _setup(c, panel, _partial(ct_seg, (10, 14)))
@@ -434,3 +435,24 @@ def test_batches_off_screen_do_not_redraw_and_a_rerun_reuses_the_layer(win, c, q
     for box in list(c.error_boxes):
         box.close()
     c.error_boxes.clear()
+
+
+def test_install_wiring(win, c):
+    """install(): Models menu entry, session state provider, change notices."""
+    panel = win.universeg
+    act = win.window.actions["load_universeg_weights"]
+    assert act.text() == "Load UniverSeg weights…"
+    get_state, set_state = c.state_providers["universeg_support"]
+    assert get_state() == {"pinned": False} and set_state.__self__ is panel
+    notices = []
+
+    def heard():
+        notices.append(1)
+
+    c.state_changed.connect(heard)
+    try:
+        panel.set_pinned(True)  # a pinned set is session state: autosave hears of it
+        assert notices
+    finally:
+        c.state_changed.disconnect(heard)
+        panel.set_pinned(False)

@@ -94,16 +94,12 @@ def resolve_checkpoint(path: str | None) -> Path:
     """``--checkpoint`` if given, else the model manager's local copy of ``universeg_v1``."""
     if path:
         return Path(path).expanduser()
-    found = None
+    from ..models import weights as manager
+
     try:
-        from ..models import weights as manager
-    except ImportError:  # model manager not installed with this build
-        manager = None
-    if manager is not None:
-        try:
-            found = manager.resolve(MODEL_NAME)
-        except MedsamGuiError:
-            found = None
+        found = manager.resolve(MODEL_NAME)
+    except MedsamGuiError:
+        found = None
     if found and Path(found).is_file():
         return Path(found)
     raise CheckpointError(
@@ -122,7 +118,7 @@ def _bounds(args, volume, example_set):
     if args.window_preset:
         return window_bounds(*WINDOW_PRESETS[args.window_preset])
     if example_set is not None and volume.modality == "CT" and example_set.modality == "CT":
-        return tuple(example_set.window_bounds)
+        return example_set.bounds
     return default_bounds(volume.array, volume.modality)
 
 
@@ -130,6 +126,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..core.example_sets import load_example_set, save_example_set
+    from ..core.support_set import SupportSet
     from ..io import load_labels, load_volume, save_labels
     from ..models import incontext as ic
     from ..models.universeg import universeg_v1
@@ -160,10 +157,9 @@ def run(args) -> int:
             say(f"note: the example set was taken along axis {example_set.axis}, this run uses axis {axis}")
         say(f"UniverSeg: label {value} from example set {args.example_set} ({len(example_set)} slices, "
             f"S={S}, window {bounds[0]:g}..{bounds[1]:g}, {device})")
-        support = ic.SupportSet.from_example_set(example_set)
-        result = ic.segment_rest(volume.array, None, value, support=support, progress=progress, **common)
+        result = ic.segment_rest(volume.array, None, value, support=example_set, progress=progress, **common)
         values = [value]
-        support_for_save = {value: support}
+        to_save = example_set
     else:
         labels = np.asarray(load_labels(args.support_labels, like=volume))
         if not np.issubdtype(labels.dtype, np.integer):
@@ -185,14 +181,12 @@ def run(args) -> int:
         say(f"UniverSeg: label(s) {', '.join(map(str, values))} (S={S}, window {bounds[0]:g}..{bounds[1]:g}, "
             f"{device})")
         result = ic.segment_rest_multi(volume.array, labels, values, progress=progress, **common)
-        support_for_save = {}
         if args.save_example_set:
             v = values[0]
-            used = ic.choose_support(ic.labeled_slices(labels, v, axis), S)
-            support_for_save[v] = ic.prepare_support(
-                np.stack([np.take(volume.array, i, axis) for i in used]),
-                np.stack([np.take(labels, i, axis) == v for i in used]), bounds, indices=used,
-                modality=volume.modality, source=volume.name or Path(args.scan).name)
+            to_save = SupportSet.from_partial_labels(
+                volume.array, labels, v, axis, bounds=bounds,
+                slices=ic.choose_support(ic.labeled_slices(labels, v, axis), S), modality=volume.modality,
+                source=volume.name or Path(args.scan).name, label_name=f"label {v}")
 
     output = labels.copy()
     changed = result.apply(output)
@@ -201,12 +195,7 @@ def run(args) -> int:
     save_labels(output, volume, out, overwrite=args.overwrite)
     say(f"filled {len(changed)} slice(s) in {time.perf_counter() - t0:.1f} s; wrote {out}")
     if args.save_example_set:
-        v = values[0]
-        sup = support_for_save[v]
-        if example_set is not None:
-            sup.modality = example_set.modality
-        es = sup.to_example_set(label_name=(example_set.label_name if example_set is not None else f"label {v}"),
-                                label_value=v, axis=axis)
-        save_example_set(args.save_example_set, es)
-        say(f"saved example set ({len(es)} slices) to {args.save_example_set}")
+        to_save.label_value = values[0]
+        save_example_set(args.save_example_set, to_save)
+        say(f"saved example set ({len(to_save)} slices) to {args.save_example_set}")
     return 0

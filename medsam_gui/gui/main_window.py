@@ -121,6 +121,7 @@ class MainWindow:
         self.qt_viewer = self.viewer.window._qt_viewer
         self.force_close = False
         self.actions: dict[str, QAction] = {}
+        self.docks: dict[str, QWidget] = {}
         self.panels = Panels()
         self._menus: dict[str, QMenu] = {}
         self._tracked = []
@@ -287,7 +288,15 @@ class MainWindow:
             scroll.setMinimumWidth(widget.minimumSizeHint().width() + bar + 4)
             scroll.setMinimumHeight(200)
             widget = scroll
-        return self.viewer.window.add_dock_widget(widget, name=name, area=area, tabify=tabify)
+        dock = self.viewer.window.add_dock_widget(widget, name=name, area=area, tabify=tabify)
+        self.docks[name] = dock
+        return dock
+
+    def raise_dock(self, name: str) -> None:
+        """Bring the dock ``name`` to the front of its tab group (now and after pending layout)."""
+        dock = self.docks[name]
+        dock.raise_()
+        QTimer.singleShot(0, dock.raise_)
 
     def show_status(self, message: str, timeout_ms: int = 5000) -> None:
         self.message_label.setText(message)
