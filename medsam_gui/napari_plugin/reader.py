@@ -28,7 +28,7 @@ import numpy as np
 from ..core import intensity
 from ..core.volume import Volume
 from ..errors import MedsamGuiError
-from ..gui.layers import METADATA_KEY, source_of
+from ..gui.layers import METADATA_KEY
 from ..gui.layers import display_orientation, display_scale
 
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh", ".dcm")
