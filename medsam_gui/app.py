@@ -9,7 +9,6 @@ keeps them in ``window.panels``.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -99,8 +98,6 @@ def run_app(scan=None, labels=None, demo: bool = False, session=None) -> int:
     _check_inputs(scan, labels, demo, session)
     from napari.qt import get_qapp
 
-    from .gui.controller import background_threads
-
     app = get_qapp()
     app.setApplicationName("medsam-gui")
     window = build_app(scan=scan, labels=labels, demo=demo, session=session, show=True)
@@ -108,13 +105,4 @@ def run_app(scan=None, labels=None, demo: bool = False, session=None) -> int:
     window.show()
     code = int(app.exec() or 0)
     window.controller.shutdown()  # done already when the window closed or on aboutToQuit
-    if background_threads():
-        # a thread still inside torch (a MedSAM encoder pass outlived the shutdown wait) would
-        # abort the interpreter's exit ("terminate called without an active exception"); the
-        # panels are shut down and the autosave closed, so leave without finalizing
-        log.warning("leaving with background work still running")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     return code

@@ -489,10 +489,9 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
 
         Runs the shutdown hooks (panels stop their services), cancels the workers, then waits
         up to ``timeout_s`` in all for Qt's thread pool (``run_worker`` work) and every
-        ``medsam-*`` Python thread. A thread still inside torch when the interpreter exits
-        aborts the process ("terminate called without an active exception"); a MedSAM encoder
-        pass cannot be interrupted, so ``app.run_app`` leaves with ``os._exit`` when one
-        outlives the wait.
+        ``medsam-*`` Python thread (a thread still inside torch when the interpreter exits
+        aborts the process: "terminate called without an active exception"; an encoder pass
+        stops at its next transformer block once its predictor is shut down).
         """
         if self._shut_down:
             return
