@@ -163,18 +163,11 @@ def start_propagation(controller, keys: dict, *, axis: int, label: int, limits: 
     shape = tuple(int(s) for s in controller.orientation.display_shape(controller.volume.shape))
     cancel = threading.Event()
     if segmenter is None:
-        def segment(index: int, box):
-            return service.segment_blocking(index, box, cancel=cancel.is_set)
-
-        prefetch = service.prefetch
+        gen = service.predictor.propagate(keys, limits=limits, margin=margin, cancel=cancel.is_set)
     else:
-        def segment(index: int, box):
-            return np.asarray(segmenter(int(index), tuple(box)), dtype=bool)
-
-        prefetch = None
+        gen = propagation.propagate(shape, keys, lambda i, box: np.asarray(segmenter(int(i), tuple(box)), dtype=bool),
+                                    axis=axis, margin=margin, limits=limits, cancel=cancel.is_set)
     total = len(propagation.slices_to_encode(shape, keys, axis=axis, limits=limits))
-    gen = propagation.propagate(shape, keys, segment, axis=axis, margin=margin, limits=limits,
-                                cancel=cancel.is_set, prefetch=prefetch)
     run = PropagationRun(controller, gen, axis=axis, label=label, total=total, overwrite_other=overwrite_other,
                          cancel=cancel, parent=parent)
     n = len(keys)
@@ -182,7 +175,6 @@ def start_propagation(controller, keys: dict, *, axis: int, label: int, limits: 
     if segmenter is None:
         service.pause_background(True)
         run.finished.connect(lambda _state: service.pause_background(False))
-        service.prefetch(list(keys)[:2])
     return run
 
 

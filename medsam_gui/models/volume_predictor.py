@@ -90,9 +90,10 @@ class _Scan:
         self.modality = modality
         self.fingerprint: str | None = None
         self.display_uint8: np.ndarray | None = None
-        shape = tuple(volume.shape) if orientation is None else orientation.display_shape(volume.shape)
-        self.n_slices = int(shape[self.axis])
-        self.hw = tuple(int(s) for j, s in enumerate(shape) if j != self.axis)
+        self.shape = tuple(int(s) for s in (volume.shape if orientation is None
+                                             else orientation.display_shape(volume.shape)))
+        self.n_slices = self.shape[self.axis]
+        self.hw = tuple(s for j, s in enumerate(self.shape) if j != self.axis)
 
     def same_input(self, other: "_Scan") -> bool:
         return (other.volume is self.volume and other.requested_bounds == self.requested_bounds
@@ -545,19 +546,15 @@ class VolumePredictor:
         A generator of :class:`~medsam_gui.core.propagation.SliceResult` (index, box, mask,
         kind), embedding the next slices ahead while the current one decodes. ``limits``:
         inclusive (first, last) slices it may reach; ``cancel()`` stops it between slices;
-        ``options`` go to :func:`medsam_gui.core.propagation.propagate`. Validation errors are
-        raised here, before the first slice.
+        ``options`` go to :func:`medsam_gui.core.propagation.propagate`. Returns at once (also
+        while the scan is being prepared); validation errors are raised here.
         """
         from ..core import propagation
 
         scan = self._require_engine()
-        self._ready.wait()
-        if self._scan_error is not None:
-            raise self._scan_error
-        shape = tuple(scan.display_uint8.shape)
         if margin is not None:
             options["margin"] = margin
-        gen = propagation.propagate(shape, dict(key_boxes), lambda i, b: self.segment_box(i, b, cancel),
+        gen = propagation.propagate(scan.shape, dict(key_boxes), lambda i, b: self.segment_box(i, b, cancel),
                                     axis=scan.axis, limits=limits, cancel=cancel, prefetch=self.prefetch,
                                     **options)
         self.prefetch(sorted(key_boxes)[:2])
