@@ -285,8 +285,13 @@ def test_widgets_work_on_the_viewers_layers(pm, make_napari_viewer, data_dir, tm
     assert not np.any(labels.data == new_value)
     c.redo()
     assert int(np.count_nonzero(labels.data == new_value)) == 100
-    medsam_w.shutdown()
-    useg_w.shutdown()
+    # quitting napari shuts the controller down: the panels' threads end with it
+    from medsam_gui.gui.controller import background_threads
+
+    medsam_w.service.set_focus(mid)  # the decoder thread runs
+    assert background_threads()
+    c.shutdown()
+    assert background_threads() == []
 
 
 @pytest.mark.gui

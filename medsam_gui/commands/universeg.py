@@ -27,7 +27,6 @@ import numpy as np
 from ..errors import MedsamGuiError
 
 
-
 class UniversegCommandError(MedsamGuiError):
     """Bad combination of options for ``medsam-gui universeg``."""
 

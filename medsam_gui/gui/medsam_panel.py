@@ -111,6 +111,8 @@ class MedSAMPanel(QWidget):
                                    lambda: (self.model_box.device, self.model_box.precision), parent=self)
         self.measurements = MeasurementsPanel(controller)
         self._connect()
+        if controller.volume is not None:  # made after the scan was shown (napari plugin)
+            self._on_volume_changed(controller.volume)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
