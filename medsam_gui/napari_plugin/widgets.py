@@ -102,44 +102,42 @@ def _current_viewer():
     return viewer
 
 
+def _widget(make, *, background: bool = False) -> QWidget:
+    """A panel built by ``make(controller)`` on the current viewer's controller, after adopting
+    its scan; ``background``: the panel runs threads that must stop when napari quits."""
+    controller = controller_for(_current_viewer())
+    _show_scan(controller)
+    panel = make(controller)
+    if background:
+        controller.add_shutdown_hook(panel.shutdown)
+    return panel
+
+
 def medsam_widget() -> QWidget:
     """MedSAM: boxes / RECIST lines segment a slice; propagation in 3D."""
     from ..gui.medsam_panel import MedSAMPanel
 
-    controller = controller_for(_current_viewer())
-    _show_scan(controller)
-    panel = MedSAMPanel(controller)
-    controller.add_shutdown_hook(panel.shutdown)
-    return panel
+    return _widget(MedSAMPanel, background=True)
 
 
 def universeg_widget() -> QWidget:
     """UniverSeg: segment the remaining slices from a few labelled ones."""
     from ..gui.universeg_panel import UniversegPanel
 
-    controller = controller_for(_current_viewer())
-    _show_scan(controller)
-    panel = UniversegPanel(controller)
-    controller.add_shutdown_hook(panel.shutdown)
-    return panel
+    return _widget(UniversegPanel, background=True)
 
 
 def labels_widget() -> QWidget:
     """Labels: the label table (names, colours, active label)."""
     from ..gui.labels_panel import LabelsPanel
 
-    controller = controller_for(_current_viewer())
-    panel = LabelsPanel(controller)
-    _show_scan(controller)
-    return panel
+    return _widget(LabelsPanel)
 
 
 def measurements_widget() -> QWidget:
     """Measurements: volume and diameters of each label."""
     from ..gui.measurements_panel import MeasurementsPanel
 
-    controller = controller_for(_current_viewer())
-    panel = MeasurementsPanel(controller)
-    _show_scan(controller)
+    panel = _widget(MeasurementsPanel)
     panel.refresh()
     return panel
