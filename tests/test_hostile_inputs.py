@@ -20,6 +20,8 @@ import pytest
 
 import hostile_corpus as hc  # tests/ is on sys.path (rootdir conftest, rootdir-relative import)
 from medsam_gui.errors import CheckpointError, MedsamGuiError
+from medsam_gui.models.medsam import load_medsam_state_dict
+from medsam_gui.models.universeg import universeg_v1
 
 REPO = Path(__file__).resolve().parent.parent
 CASE_TIMEOUT_S = 30.0
@@ -176,20 +178,8 @@ def test_cli_info_hostile(scan_corpus):
 # ------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------
-def _medsam_loader():
-    try:
-        from medsam_gui.models.medsam import load_medsam_state_dict
-    except ImportError as exc:  # pragma: no cover - module written in parallel
-        pytest.skip(f"medsam_gui.models.medsam not available: {exc}")
-    return load_medsam_state_dict
-
-
-def _universeg_loader():
-    try:
-        from medsam_gui.models.universeg import universeg_v1
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"medsam_gui.models.universeg not available: {exc}")
-    return lambda path: universeg_v1(weights=path)
+def _universeg_loader(path):
+    return universeg_v1(weights=path)
 
 
 def _checkpoint_params():
@@ -217,7 +207,7 @@ def _torch_threads():
 @pytest.mark.parametrize("name, target", _checkpoint_params())
 def test_bad_checkpoint_refused(checkpoint_corpus, name, target, _torch_threads):
     folder, built = checkpoint_corpus
-    load = _medsam_loader() if target == "medsam" else _universeg_loader()
+    load = load_medsam_state_dict if target == "medsam" else _universeg_loader
     result, exc = _run_with_timeout(lambda: load(built[name].path), timeout=60)
     assert not (folder / hc.MARKER_NAME).exists(), "loading a checkpoint executed code"
     assert exc is not None, f"accepted a bad checkpoint ({built[name].case.why})"
@@ -228,5 +218,5 @@ def test_bad_checkpoint_refused(checkpoint_corpus, name, target, _torch_threads)
 def test_good_universeg_checkpoint_still_loads(checkpoint_corpus, _torch_threads):
     """Control: the loader does not refuse everything (the golden state dict loads)."""
     folder, built = checkpoint_corpus
-    model = _universeg_loader()(folder / "_universeg_full.pt")
+    model = _universeg_loader(folder / "_universeg_full.pt")
     assert sum(p.numel() for p in model.parameters()) == 1_182_785
