@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from medsam_fixtures import vit_b_state_dict
 
 from medsam_gui.errors import MedsamGuiError
 from medsam_gui.models import incontext as ic
@@ -110,8 +109,8 @@ def slices(golden_dir):
 
 
 @pytest.fixture
-def engine():
-    eng = MedSAMEngine(vit_b_state_dict(), device="cpu", precision="fast")
+def engine(medsam_state_dict):
+    eng = MedSAMEngine(medsam_state_dict, device="cpu", precision="fast")
     eng._fast_enc = StandInEncoder()
     return eng
 
@@ -237,9 +236,8 @@ class OomModel(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def golden_universeg(golden_dir):
-    g = torch.load(golden_dir / "universeg_v1_seed1234_S8.pt", map_location="cpu", weights_only=True)
-    return universeg_v1(g["state_dict"]).eval()
+def golden_universeg(universeg_state_dict):
+    return universeg_v1(universeg_state_dict).eval()
 
 
 def _run(ct, labels, model, batch_size=2, **kw):
