@@ -140,9 +140,14 @@ class VolumePropagator:
         pix = self.model.condition(feats, [], [], self.num_frames)
         head = self.model.sam_heads(pix, feats.high_res, coords.to(self.device), labels.to(self.device),
                                     multimask=False)
+        self._prompted(frame, head)
+        return self.video_res(head.low_res)
+
+    def _prompted(self, frame: int, head: HeadOutput, mask512=None) -> None:
         self.last_head = head
         self.temp_cond[frame] = FrameOutput(frame, head.low_res, head.object_score, head.obj_ptr, is_cond=True)
-        return self.video_res(head.low_res)
+        if self.trace is not None:
+            self.trace.append({"kind": "prompt", "frame": frame, "head": head, "mask512": mask512})
 
     @torch.no_grad()
     def add_mask(self, frame: int, mask) -> torch.Tensor:
@@ -155,10 +160,8 @@ class VolumePropagator:
         if tuple(m.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
             m = F.interpolate(m, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
             m = (m >= 0.5).float()
-        self.mask_input_512 = m
         head = self.model.mask_as_output(feats, m)
-        self.last_head = head
-        self.temp_cond[frame] = FrameOutput(frame, head.low_res, head.object_score, head.obj_ptr, is_cond=True)
+        self._prompted(frame, head, m)
         return self.video_res(head.low_res)
 
     def video_res(self, low_res: torch.Tensor) -> torch.Tensor:
@@ -244,4 +247,6 @@ class VolumePropagator:
                 out = self._track(frame, reverse)
                 self.non_cond[frame] = out
             self.tracked[frame] = reverse
+            if self.trace is not None:
+                self.trace.append({"kind": "output", "frame": frame, "reverse": reverse, "out": out})
             yield out
