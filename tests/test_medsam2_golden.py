@@ -186,7 +186,8 @@ def test_key_slice_decoder(gold, engine, box_run):
 
     pts, labels = box_to_model(gold["box_xyxy_pixels"].numpy(), (512, 512))
     assert torch.equal(pts, coords) and torch.equal(labels, gold["key_prompt_labels"])
-    sparse = engine.model.sam_prompt_encoder.embed_points(pts, labels)
+    with torch.no_grad():
+        sparse = engine.model.sam_prompt_encoder.embed_points(pts, labels)
     assert maxdiff(sparse, gold["key_sparse_embeddings"]) <= 1e-4
     assert maxdiff(head.all_masks, gold["key_decoder_all_mask_logits"]) <= 5e-3
     assert maxdiff(head.all_ious, gold["key_decoder_all_ious"]) <= 1e-3
@@ -332,3 +333,20 @@ def test_cancel_keeps_finished_slices(gold, engine, volume_u8, box_run):
     assert got == [key, key + 1] and job.cancelled
     assert set(np.nonzero(job.result.any(axis=(1, 2)))[0]) <= {key, key + 1}
     assert np.array_equal(job.result[key], box_run[0].union[key])
+
+
+def test_other_slice_sizes_and_z_range(gold, engine, volume_u8):
+    """Slices that are not 512x512 (resized for the model, results at slice size); only the
+    z-range is handed in and written; a key slice at the start of the range gets no
+    backward pass (as officially)."""
+    small = np.ascontiguousarray(volume_u8[31:35, 20::2, ::2])  # (4, 246, 256)
+    box = (gold["box_xyxy_pixels"].numpy() - [0, 20, 0, 20]) / 2
+    updates = []
+    res = engine.segment_volume(small, 1, box, z_range=(1, 2), on_slice=updates.append)
+    assert res.shape == small.shape and res.dtype == bool
+    assert not res[0].any() and not res[3].any()
+    assert [(u.index, u.direction) for u in updates] == [(1, "key"), (2, "forward")]
+    assert all(u.mask.shape == (246, 256) for u in updates)
+    assert updates[0].present and updates[0].area > 0
+    assert res.any()  # the largest component of the union of the two slices' masks
+    assert not (res[1] & ~updates[0].mask).any() and not (res[2] & ~updates[1].mask).any()
