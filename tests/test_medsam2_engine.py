@@ -72,6 +72,10 @@ def test_engine_argument_errors(engine):
         engine.segmentation(vol, 2, (5, 1, 1, 5))
     with pytest.raises(MedsamGuiError, match="key mask must be 64x64"):
         engine.segmentation(vol, 2, mask=np.ones((32, 32), bool))
+    with pytest.raises(MedsamGuiError, match="two points"):
+        engine.segmentation(vol, 2, recist=(1, 2, 3))
+    with pytest.raises(MedsamGuiError, match="zero length"):
+        engine.segmentation(vol, 2, recist=((3, 3), (3, 3)))
     with pytest.raises(MedsamGuiError, match="window"):
         engine.segmentation(vol.astype(np.int16), 2, (1, 1, 5, 5))
     with pytest.raises(MedsamGuiError, match="3D volume"):

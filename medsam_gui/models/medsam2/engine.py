@@ -245,6 +245,12 @@ class MedSAM2Engine:
             box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
             if box.size != 4 or not np.all(np.isfinite(box)) or box[2] < box[0] or box[3] < box[1]:
                 raise MedsamGuiError(f"the box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1; got {box_xyxy}.")
+        if recist is not None:
+            pts = np.asarray(recist, dtype=np.float64)
+            if pts.shape != (2, 2) or not np.all(np.isfinite(pts)):
+                raise MedsamGuiError(f"the RECIST line must be two points ((x0, y0), (x1, y1)); got {recist}.")
+            if np.array_equal(pts[0], pts[1]):
+                raise MedsamGuiError("the RECIST line has zero length; draw it across the lesion.")
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != (h, w):

@@ -33,6 +33,7 @@ Encoder features are cached in a small :class:`FeatureCache` (prompted frames pi
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -112,8 +113,6 @@ class VolumePropagator:
     def features(self, i: int) -> Features:
         f = self.cache.get(i)
         if f is None:
-            import time
-
             t0 = time.perf_counter()
             img = self.load_image(i).to(self.device).float().unsqueeze(0)
             f = self.model.encode_image(img)
