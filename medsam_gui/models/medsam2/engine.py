@@ -153,8 +153,6 @@ class MedSAM2Engine:
     input_size = 512
 
     def __init__(self, checkpoint, device: str = "auto", precision: str = "fp32", *, cache_slices: int = 3) -> None:
-        import torch
-
         from ..device import pick_device, resolve_precision
         from .model import MedSAM2Model
 

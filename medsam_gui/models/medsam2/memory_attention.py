@@ -12,9 +12,8 @@ memory / memory_pos (M, B, 64). Output (1024, B, 256).
 
 from __future__ import annotations
 
-import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .transformer import RoPEAttention
 
