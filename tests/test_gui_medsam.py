@@ -67,9 +67,9 @@ def env(qapp, tmp_path_factory):
     calls = []
     real_embed = engine.embed
 
-    def spy_embed(slice_hw):
-        out = real_embed(slice_hw)
-        calls.append((np.array(slice_hw, copy=True), out.clone()))
+    def spy_embed(slices, stop=None):
+        out = real_embed(slices, stop=stop)
+        calls.append((np.array(slices[0], copy=True), out.clone()))
         return out
 
     engine.embed = spy_embed

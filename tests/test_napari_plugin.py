@@ -247,7 +247,7 @@ def test_widgets_work_on_the_viewers_layers(pm, make_napari_viewer, data_dir, tm
     assert labels in viewer.layers and labels.data.shape == image.data.shape
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_allclose(labels.translate, image.translate)
-    assert medsam_w.to_spin.maximum() == image.data.shape[0] - 1  # MedSAM sees the scan's slices
+    assert medsam_w.propagation_box.to_spin.maximum() == image.data.shape[0] - 1  # MedSAM sees the scan's slices
 
     # Labels widget: "Add" adds a label to the table, and it becomes the one napari paints with
     n = labels_w.table.rowCount()
