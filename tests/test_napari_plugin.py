@@ -3,6 +3,7 @@ plugin manager and napari's own viewer, checked against SimpleITK's reading of r
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -74,8 +75,8 @@ def permuted_mha(tmp_path_factory, data_dir) -> Path:
 
 # ------------------------------------------------------------------ manifest / discovery
 def test_manifest_validates_with_npe2_cli(pm):
-    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)], capture_output=True,
+                          encoding="utf-8", env={**os.environ, "PYTHONIOENCODING": "utf-8"}, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in proc.stdout
     # every command's python_name resolves (what `npe2 validate --imports` checks)

@@ -310,7 +310,7 @@ class MainWindow:
 
     def track_worker(self, handle) -> None:
         self._tracked = [h for h in self._tracked if not h.finished] + [handle]
-        handle._on_progress = lambda h: self._update_progress()
+        handle.add_progress_callback(lambda h: self._update_progress())
         handle.add_done_callback(lambda h: self._update_progress())
         self._update_progress()
 
@@ -441,3 +441,7 @@ class MainWindow:
         self.controller.cancel_all()
         self.viewer.close()
         self.controller.shutdown()
+        # the Qt side is deleted: drop the wrappers so they are freed with it (a closed window
+        # stays referenced from signal connections of the controller's panels)
+        self.qt_viewer = None
+        self.qt_window = None
