@@ -487,6 +487,16 @@ class MainWindow:
         controller down and take this window's event filters off the Qt widgets."""
         self.force_close = force
         self.controller.cancel_all()
-        self.viewer.close()
+        if self._qt_alive():  # not when the user closed it already (Qt has deleted its widgets)
+            self.viewer.close()
         self.controller.shutdown()
         self._remove_filters()
+
+    def _qt_alive(self) -> bool:
+        """True while Qt has not deleted the window's QMainWindow and napari's QtViewer."""
+        try:
+            self.qt_window.objectName()
+            self.qt_viewer.objectName()
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+            return False
+        return True
