@@ -66,9 +66,10 @@ def env(module_app_window, medsam_engine, lung_scan):
     calls = []
     real_embed = engine.embed
 
-    def spy_embed(slice_hw):
-        out = real_embed(slice_hw)
-        calls.append((np.array(slice_hw, copy=True), out.clone()))
+    def spy_embed(slices, *args, **kwargs):  # MedSAMEngine.embed(slices, batch_size=None, stop=None)
+        out = real_embed(slices, *args, **kwargs)
+        for i, slice_hw in enumerate(slices):
+            calls.append((np.array(slice_hw, copy=True), out[i:i + 1].clone()))
         return out
 
     def install_medsam(controller):
