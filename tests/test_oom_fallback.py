@@ -140,11 +140,11 @@ def test_engine_moves_from_gpu_to_cpu_and_re_resolves_precision(engine, slices, 
     real = engine._embed_range
     tried = []
 
-    def embed_range(part, size):
+    def embed_range(part, size, stop=None):  # MedSAMEngine._embed_range(slices, batch_size, stop=None)
         tried.append((engine.device.type, len(part), size))
         if engine.device.type != "cpu":
             raise cuda_oom()
-        return real(part, size)
+        return real(part, size, stop)
 
     monkeypatch.setattr(engine, "_embed_range", embed_range)
     notices = []
@@ -191,7 +191,8 @@ def test_reference_path_and_decoder_fall_back_to_cpu(engine, slices, monkeypatch
     engine.device = CUDA
     real_enc = engine._encode_once
     monkeypatch.setattr(engine, "_encode_once",
-                        lambda x: (_ for _ in ()).throw(cuda_oom()) if engine.device.type != "cpu" else real_enc(x))
+                        lambda x, stop=None: (_ for _ in ()).throw(cuda_oom()) if engine.device.type != "cpu"
+                        else real_enc(x, stop))
     torch.testing.assert_close(engine.embed_slice(slices[0]), emb, rtol=0, atol=0)
     assert len(notices) == 2 and engine.device.type == "cpu"
     # an error that is not out of memory is never swallowed
