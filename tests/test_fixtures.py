@@ -133,8 +133,10 @@ def test_windows_are_closed_and_home_restored(qapp, tmp_path, _isolated_home):
     first, second = windows(show=True, install_panels=False), windows(show=True, install_panels=False)
     assert first.qt_window.isVisible() and second.qt_window.isVisible()
     assert os.environ["MEDSAM_GUI_HOME"] == str(_isolated_home)  # the window's home only while building
+    qt_windows = (first.qt_window, second.qt_window)
     windows.close_all()
-    assert sip.isdeleted(first.qt_window) and sip.isdeleted(second.qt_window)
+    assert all(sip.isdeleted(w) for w in qt_windows)
+    assert first.qt_window is None and second.qt_window is None  # a closed window frees its wrappers
     windows.close_all()  # nothing left to close
 
 
