@@ -1,0 +1,183 @@
+"""Fast path of LiteMedSAM's TinyViT encoder: the same float32 computation, fewer and faster kernels.
+
+:class:`FastTinyViT` is built from a loaded reference :class:`~medsam_gui.models.tiny_vit.TinyViT`
+(eval mode) and computes the same embedding up to float32 summation order (measured within
+1e-5 of the reference on the golden inputs; tests/test_litemedsam_golden.py):
+
+- every conv+BatchNorm pair is folded into one convolution with a bias (eval-mode BN is affine);
+- the input's three channels are equal (the slice repeated), so the first 1x1 conv takes one
+  channel with the three weights summed (input (B, 1, 256, 256); (B, 3, ...) is accepted too);
+- convolutions run in channels-last memory format, so the token layout (B, H*W, C) of the
+  transformer stages *is* an NHWC image: the depthwise "local" convs, patch merging and neck
+  need no transposes (the neck's LayerNorm2d is ``F.layer_norm`` over the last dimension);
+- the per-head offset bias is gathered once per block ((heads, N, N)); on the CPU the attention
+  scores are scaled and biased in place, elsewhere ``F.scaled_dot_product_attention`` takes the
+  bias as an additive mask;
+- any batch of slices runs in one forward.
+
+Shapes: input (B, 1 or 3, 256, 256) float32 in [0, 1]; output (B, 256, 64, 64) float32
+(contiguous). Thread-safe to call (it only reads its tensors). No work at import time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .tiny_vit import TinyViT
+
+
+def _fold(cb) -> tuple[torch.Tensor, torch.Tensor]:
+    w, b = cb.folded()
+    return w.contiguous(), b.contiguous()
+
+
+class FastTinyViT:
+    """Callable ``(B, C, 256, 256) -> (B, 256, 64, 64)`` with the reference encoder's weights."""
+
+    def __init__(self, ref: TinyViT, *, channels_last: bool = True) -> None:
+        self.channels_last = channels_last
+        with torch.no_grad():
+            w0, b0 = _fold(ref.patch_embed.seq[0])
+            self.pe0 = (w0, w0.sum(dim=1, keepdim=True), b0)
+            self.pe1 = _fold(ref.patch_embed.seq[2])
+            self.stages: list[dict] = []
+            for i, layer in enumerate(ref.layers):
+                st: dict = {"blocks": []}
+                for blk in layer.blocks:
+                    if i == 0:
+                        st["blocks"].append(tuple(_fold(c) for c in (blk.conv1, blk.conv2, blk.conv3)))
+                    else:
+                        a = blk.attn
+                        st["blocks"].append({
+                            "res": blk.resolution, "win": blk.window, "heads": a.heads, "scale": a.scale,
+                            "norm": (a.norm.weight, a.norm.bias, a.norm.eps),
+                            "qkv": (a.qkv.weight, a.qkv.bias), "proj": (a.proj.weight, a.proj.bias),
+                            "bias": a.bias().detach().contiguous(),
+                            "local": _fold(blk.local_conv),
+                            "mlp_norm": (blk.mlp.norm.weight, blk.mlp.norm.bias, blk.mlp.norm.eps),
+                            "fc1": (blk.mlp.fc1.weight, blk.mlp.fc1.bias),
+                            "fc2": (blk.mlp.fc2.weight, blk.mlp.fc2.bias),
+                        })
+                ds = layer.downsample
+                if ds is not None:
+                    st["down"] = (tuple(_fold(c) for c in (ds.conv1, ds.conv2, ds.conv3)), ds.conv2.c.stride,
+                                  ds.resolution)
+                self.stages.append(st)
+            n = ref.neck
+            self.neck = (n[0].weight[:, :, 0, 0].contiguous(), (n[1].weight, n[1].bias, n[1].eps),
+                         n[2].weight.contiguous(), (n[3].weight, n[3].bias, n[3].eps))
+        self.device = w0.device
+
+    # ------------------------------------------------------------------ helpers
+    def _nhwc(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @staticmethod
+    def _conv(x, wb, stride=1, groups=1):
+        w, b = wb
+        k = w.shape[-1]
+        return F.conv2d(x, w, b, stride, k // 2, 1, groups)
+
+    def _mbconv(self, x, p):
+        c1, c2, c3 = p
+        y = F.gelu(self._conv(x, c1))
+        y = F.gelu(self._conv(y, c2, groups=y.shape[1]))
+        return F.gelu(self._conv(y, c3) + x)
+
+    def _merge(self, x, p):
+        """(B, C, H, W) image -> (B, C', H', W') image (channels-last when enabled)."""
+        (c1, c2, c3), stride, _ = p
+        y = F.gelu(self._conv(x, c1))
+        y = F.gelu(self._conv(y, c2, stride=stride[0], groups=y.shape[1]))
+        return self._conv(y, c3)
+
+    @staticmethod
+    def _attention(x, p):
+        """(Bw, N, C) window tokens -> (Bw, N, C)."""
+        bw, n, c = x.shape
+        heads = p["heads"]
+        y = F.layer_norm(x, (c,), *p["norm"][:2], eps=p["norm"][2])
+        q, k, v = F.linear(y, *p["qkv"]).view(bw, n, heads, 3, c // heads).permute(3, 0, 2, 1, 4)
+        bias = p["bias"] if p["bias"].dtype == q.dtype else p["bias"].to(q.dtype)
+        if q.device.type == "cpu":  # explicit, in place: no masked-SDPA bookkeeping on the CPU
+            attn = torch.matmul(q, k.transpose(-2, -1)).mul_(p["scale"]).add_(bias)
+            o = torch.matmul(torch.softmax(attn, dim=-1), v)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return F.linear(o.transpose(1, 2).reshape(bw, n, c), *p["proj"])
+
+    def _block(self, x, p):
+        """(B, H, W, C) tokens (an NHWC view) -> (B, H, W, C)."""
+        b, h, w, c = x.shape
+        win = p["win"]
+        if h == win and w == win:
+            a = self._attention(x.reshape(b, h * w, c), p).view(b, h, w, c)
+        else:
+            ph, pw = (-h) % win, (-w) % win
+            xp = F.pad(x, (0, 0, 0, pw, 0, ph)) if (ph or pw) else x
+            hp, wp = h + ph, w + pw
+            t = xp.view(b, hp // win, win, wp // win, win, c).transpose(2, 3).reshape(-1, win * win, c)
+            a = self._attention(t, p).view(b, hp // win, wp // win, win, win, c).transpose(2, 3)
+            a = a.reshape(b, hp, wp, c)[:, :h, :w]
+        x = x + a
+        img = x.permute(0, 3, 1, 2)  # NCHW view of the NHWC tokens (channels-last strides)
+        if not self.channels_last:
+            img = img.contiguous()
+        x = self._conv(img, p["local"], groups=c).permute(0, 2, 3, 1)
+        y = F.layer_norm(x, (c,), *p["mlp_norm"][:2], eps=p["mlp_norm"][2])
+        y = F.linear(F.gelu(F.linear(y, *p["fc1"])), *p["fc2"])
+        return x + y
+
+    # ------------------------------------------------------------------ forward
+    def __call__(self, x):
+        w3, w1, b0 = self.pe0
+        x = x.to(device=self.device, dtype=torch.float32)
+        x = F.conv2d(x, w1 if x.shape[1] == 1 else w3, b0)
+        x = self._nhwc(x)
+        x = self._conv(F.gelu(x), self.pe1)
+        st0 = self.stages[0]
+        for p in st0["blocks"]:
+            x = self._mbconv(x, p)
+        x = self._merge(x, st0["down"])
+        for st in self.stages[1:]:
+            t = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
+            if not self.channels_last:
+                t = t.contiguous()
+            for p in st["blocks"]:
+                t = self._block(t, p)
+            if "down" in st:
+                img = t.permute(0, 3, 1, 2)
+                x = self._merge(img if self.channels_last else img.contiguous(), st["down"])
+            else:
+                x = t
+        # neck on (B, 64, 64, 320) NHWC tokens
+        t = x
+        w_in, ln1, w3x3, ln2 = self.neck
+        t = F.linear(t, w_in)
+        t = F.layer_norm(t, (t.shape[-1],), ln1[0], ln1[1], eps=ln1[2])
+        img = t.permute(0, 3, 1, 2)
+        if not self.channels_last:
+            img = img.contiguous()
+        t = F.conv2d(img, w3x3, None, 1, 1).permute(0, 2, 3, 1)
+        t = F.layer_norm(t, (t.shape[-1],), ln2[0], ln2[1], eps=ln2[2])
+        return t.permute(0, 3, 1, 2).contiguous()
+
+    def to(self, device) -> "FastTinyViT":
+        """Move every tensor to ``device`` (in place); returns self."""
+        def mv(o):
+            if isinstance(o, torch.Tensor):
+                return o.to(device)
+            if isinstance(o, tuple):
+                return tuple(mv(v) for v in o)
+            if isinstance(o, list):
+                return [mv(v) for v in o]
+            if isinstance(o, dict):
+                return {k: mv(v) for k, v in o.items()}
+            return o
+
+        self.pe0, self.pe1, self.neck = mv(self.pe0), mv(self.pe1), mv(self.neck)
+        self.stages = mv(self.stages)
+        self.device = torch.device(device)
+        return self
+
