@@ -188,7 +188,7 @@ class LiteMedSAMEngine:
 
     def _fast_encoder(self):
         """The FastTinyViT of this engine (built on first use; call with ``_enc_lock`` held)."""
-        if self._fast_enc is None or self._fast_enc.device != self.device:
+        if self._fast_enc is None:
             from .tiny_vit_fast import FastTinyViT
 
             self._fast_enc = FastTinyViT(self.model.image_encoder)
@@ -220,7 +220,7 @@ class LiteMedSAMEngine:
     def _default_batch_size(self) -> int:
         if not self.fast:
             return 1
-        return 16 if self.device.type == "cuda" else 4
+        return 16 if self.device.type == "cuda" else 2
 
     def _embed_range(self, slices: Sequence[np.ndarray], batch_size: int) -> list:
         if not self.fast:
@@ -235,7 +235,7 @@ class LiteMedSAMEngine:
         """Yield ``(start, embeddings (b, 256, 64, 64) float32 CPU)`` for consecutive batches of
         ``slices`` ((H, W) uint8, any shapes). "fp32": one slice at a time with the reference
         modules; other precisions: the fast encoder on ``batch_size`` slices per forward (default
-        4 on the CPU, 16 on CUDA). Out of GPU memory: smaller batches, then the CPU."""
+        2 on the CPU, 16 on CUDA). Out of GPU memory: smaller batches, then the CPU."""
         slices = list(slices)
         bs = self._default_batch_size() if batch_size is None or not self.fast else max(1, int(batch_size))
         if self._batch_cap is not None and self.device.type != "cpu":
@@ -266,7 +266,7 @@ class LiteMedSAMEngine:
                            on_notice=self._notice, cpu_batch_size=self._cpu_batch())
 
     def _cpu_batch(self) -> int:
-        return 4 if self._resolve(self.requested_precision, self._torch.device("cpu")) != "fp32" else 1
+        return 2 if self._resolve(self.requested_precision, self._torch.device("cpu")) != "fp32" else 1
 
     def move_to_cpu(self) -> bool:
         """Move the model to the CPU (after the GPU ran out of memory); ``precision`` is resolved

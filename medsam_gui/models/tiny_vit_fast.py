@@ -98,12 +98,14 @@ class FastTinyViT:
         bw, n, c = x.shape
         heads = p["heads"]
         y = F.layer_norm(x, (c,), *p["norm"][:2], eps=p["norm"][2])
-        q, k, v = F.linear(y, *p["qkv"]).view(bw, n, heads, 3, c // heads).permute(3, 0, 2, 1, 4)
-        bias = p["bias"] if p["bias"].dtype == q.dtype else p["bias"].to(q.dtype)
-        if q.device.type == "cpu":  # explicit, in place: no masked-SDPA bookkeeping on the CPU
+        qkv = F.linear(y, *p["qkv"]).view(bw, n, heads, 3, c // heads).permute(3, 0, 2, 1, 4)
+        bias = p["bias"] if p["bias"].dtype == qkv.dtype else p["bias"].to(qkv.dtype)
+        if qkv.device.type == "cpu":  # explicit, in place: no masked-SDPA bookkeeping on the CPU
+            q, k, v = qkv.contiguous()  # one copy; the batched products then run on dense heads
             attn = torch.matmul(q, k.transpose(-2, -1)).mul_(p["scale"]).add_(bias)
             o = torch.matmul(torch.softmax(attn, dim=-1), v)
         else:
+            q, k, v = qkv
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return F.linear(o.transpose(1, 2).reshape(bw, n, c), *p["proj"])
 
