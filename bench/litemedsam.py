@@ -34,8 +34,8 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slices", type=int, default=4, help="lesion slices embedded per path (default 4)")
-    ap.add_argument("--batch", type=int, default=4, help="slices per forward for the batched fast run")
+    ap.add_argument("--slices", type=int, default=5, help="lesion slices asked for per path (default 5; repeats dropped)")
+    ap.add_argument("--batch", type=int, default=2, help="slices per forward for the batched fast run (default 2)")
     ap.add_argument("--boxes", type=int, default=30, help="boxes decoded (default 30)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint", help="lite_medsam.pth (default: random weights, seed 0)")

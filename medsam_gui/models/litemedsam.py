@@ -220,7 +220,7 @@ class LiteMedSAMEngine:
     def _default_batch_size(self) -> int:
         if not self.fast:
             return 1
-        return 16 if self.device.type == "cuda" else 2
+        return 16 if self.device.type == "cuda" else 1
 
     def _embed_range(self, slices: Sequence[np.ndarray], batch_size: int) -> list:
         if not self.fast:
@@ -235,7 +235,8 @@ class LiteMedSAMEngine:
         """Yield ``(start, embeddings (b, 256, 64, 64) float32 CPU)`` for consecutive batches of
         ``slices`` ((H, W) uint8, any shapes). "fp32": one slice at a time with the reference
         modules; other precisions: the fast encoder on ``batch_size`` slices per forward (default
-        2 on the CPU, 16 on CUDA). Out of GPU memory: smaller batches, then the CPU."""
+        1 on the CPU, where larger batches measured slower, 16 on CUDA). Out of GPU memory:
+        smaller batches, then the CPU."""
         slices = list(slices)
         bs = self._default_batch_size() if batch_size is None or not self.fast else max(1, int(batch_size))
         if self._batch_cap is not None and self.device.type != "cpu":
