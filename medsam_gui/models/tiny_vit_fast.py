@@ -4,7 +4,11 @@
 (eval mode) and computes the same embedding up to float32 summation order (measured within
 1e-5 of the reference on the golden inputs; tests/test_litemedsam_golden.py):
 
-- every conv+BatchNorm pair is folded into one convolution with a bias (eval-mode BN is affine);
+- every conv+BatchNorm pair is folded into one convolution with a bias (eval-mode BN is affine),
+  and each LayerNorm's affine into the projection after it (qkv, fc1);
+- windowed attention normalises and projects only the real tokens: the official zero padding
+  turns into a known constant q/k/v row (see :meth:`FastTinyViT._block`); the output
+  projection runs after the crop;
 - the input's three channels are equal (the slice repeated), so the first 1x1 conv takes one
   channel with the three weights summed (input (B, 1, 256, 256); (B, 3, ...) is accepted too);
 - convolutions run in channels-last memory format, so the token layout (B, H*W, C) of the
@@ -32,6 +36,14 @@ def _fold(cb) -> tuple[torch.Tensor, torch.Tensor]:
     return w.contiguous(), b.contiguous()
 
 
+def _fold_norm(norm, linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``linear(norm(x))`` as a linear map of the non-affine normalised x:
+    ``W diag(gamma)`` and ``W beta + b``."""
+    w = linear.weight * norm.weight[None, :]
+    b = linear.bias + linear.weight @ norm.bias
+    return w.contiguous(), b.contiguous()
+
+
 class FastTinyViT:
     """Callable ``(B, C, 256, 256) -> (B, 256, 64, 64)`` with the reference encoder's weights."""
 
@@ -49,14 +61,14 @@ class FastTinyViT:
                         st["blocks"].append(tuple(_fold(c) for c in (blk.conv1, blk.conv2, blk.conv3)))
                     else:
                         a = blk.attn
+                        qkv_w, qkv_b = _fold_norm(a.norm, a.qkv)
+                        fc1_w, fc1_b = _fold_norm(blk.mlp.norm, blk.mlp.fc1)
                         st["blocks"].append({
                             "res": blk.resolution, "win": blk.window, "heads": a.heads, "scale": a.scale,
-                            "norm": (a.norm.weight, a.norm.bias, a.norm.eps),
-                            "qkv": (a.qkv.weight, a.qkv.bias), "proj": (a.proj.weight, a.proj.bias),
+                            "eps": a.norm.eps, "qkv": (qkv_w, qkv_b), "proj": (a.proj.weight, a.proj.bias),
                             "bias": a.bias().detach().contiguous(),
                             "local": _fold(blk.local_conv),
-                            "mlp_norm": (blk.mlp.norm.weight, blk.mlp.norm.bias, blk.mlp.norm.eps),
-                            "fc1": (blk.mlp.fc1.weight, blk.mlp.fc1.bias),
+                            "mlp_eps": blk.mlp.norm.eps, "fc1": (fc1_w, fc1_b),
                             "fc2": (blk.mlp.fc2.weight, blk.mlp.fc2.bias),
                         })
                 ds = layer.downsample
@@ -93,12 +105,13 @@ class FastTinyViT:
         return self._conv(y, c3)
 
     @staticmethod
-    def _attention(x, p):
-        """(Bw, N, C) window tokens -> (Bw, N, C)."""
-        bw, n, c = x.shape
+    def _attention(qkv, p):
+        """(Bw, N, 3C) window tokens' q, k, v (head-interleaved as the official layout) -> (Bw, N, C)
+        attention outputs before the output projection."""
+        bw, n, c3 = qkv.shape
         heads = p["heads"]
-        y = F.layer_norm(x, (c,), *p["norm"][:2], eps=p["norm"][2])
-        qkv = F.linear(y, *p["qkv"]).view(bw, n, heads, 3, c // heads).permute(3, 0, 2, 1, 4)
+        d = c3 // (3 * heads)
+        qkv = qkv.view(bw, n, heads, 3, d).permute(3, 0, 2, 1, 4)
         bias = p["bias"] if p["bias"].dtype == qkv.dtype else p["bias"].to(qkv.dtype)
         if qkv.device.type == "cpu":  # explicit, in place: no masked-SDPA bookkeeping on the CPU
             q, k, v = qkv.contiguous()  # one copy; the batched products then run on dense heads
@@ -107,27 +120,38 @@ class FastTinyViT:
         else:
             q, k, v = qkv
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return F.linear(o.transpose(1, 2).reshape(bw, n, c), *p["proj"])
+        return o.transpose(1, 2).reshape(bw, n, heads * d)
 
     def _block(self, x, p):
-        """(B, H, W, C) tokens (an NHWC view) -> (B, H, W, C)."""
+        """(B, H, W, C) tokens (an NHWC view) -> (B, H, W, C).
+
+        The official block zero-pads the *input* tokens to whole windows, so a padded token
+        enters the attention as LayerNorm(0) = beta, i.e. q/k/v = W beta + b: the constant
+        ``p["qkv"][1]`` here (LayerNorm's affine is folded into the projection). Normalisation
+        and projection therefore run on the real tokens only and the padding is filled with that
+        constant; the output projection runs after the crop (it is per token)."""
         b, h, w, c = x.shape
         win = p["win"]
+        y = F.layer_norm(x, (c,), None, None, eps=p["eps"])
+        qkv = F.linear(y, *p["qkv"])  # (B, H, W, 3C)
         if h == win and w == win:
-            a = self._attention(x.reshape(b, h * w, c), p).view(b, h, w, c)
+            o = self._attention(qkv.reshape(b, h * w, -1), p).view(b, h, w, c)
         else:
             ph, pw = (-h) % win, (-w) % win
-            xp = F.pad(x, (0, 0, 0, pw, 0, ph)) if (ph or pw) else x
             hp, wp = h + ph, w + pw
-            t = xp.view(b, hp // win, win, wp // win, win, c).transpose(2, 3).reshape(-1, win * win, c)
-            a = self._attention(t, p).view(b, hp // win, wp // win, win, win, c).transpose(2, 3)
-            a = a.reshape(b, hp, wp, c)[:, :h, :w]
-        x = x + a
+            if ph or pw:
+                full = p["qkv"][1].to(qkv.dtype).expand(b, hp, wp, qkv.shape[-1]).contiguous()
+                full[:, :h, :w] = qkv
+                qkv = full
+            t = qkv.view(b, hp // win, win, wp // win, win, -1).transpose(2, 3).reshape(-1, win * win, qkv.shape[-1])
+            o = self._attention(t, p).view(b, hp // win, wp // win, win, win, c).transpose(2, 3)
+            o = o.reshape(b, hp, wp, c)[:, :h, :w]
+        x = x + F.linear(o, *p["proj"])
         img = x.permute(0, 3, 1, 2)  # NCHW view of the NHWC tokens (channels-last strides)
         if not self.channels_last:
             img = img.contiguous()
         x = self._conv(img, p["local"], groups=c).permute(0, 2, 3, 1)
-        y = F.layer_norm(x, (c,), *p["mlp_norm"][:2], eps=p["mlp_norm"][2])
+        y = F.layer_norm(x, (c,), None, None, eps=p["mlp_eps"])
         y = F.linear(F.gelu(F.linear(y, *p["fc1"])), *p["fc2"])
         return x + y
 
