@@ -16,7 +16,9 @@ Weights: random (seed 0) in the official layouts (timings are those of the real 
   over ``--boxes`` boxes jittered around the lesion's box.
 
 The fp32 and fast paths run interleaved (fp32, fast, fp32, fast, ...), so both see the same
-machine load; medians are reported.
+machine load; medians (and minima) of the wall time are reported, and the median CPU seconds
+of the process per slice (``time.process_time``: with 2 threads ~2x the wall time on an idle
+machine), which shared cores disturb less than wall time.
 
     python3 bench/litemedsam.py                    # ~1-2 min on 2 shared cores
     python3 bench/litemedsam.py --slices 6 --boxes 40 --no-medsam
@@ -30,6 +32,13 @@ import time
 
 import _common as C
 import numpy as np
+
+
+def _timed_cpu(fn, *args):
+    """(wall s, process CPU s, result)."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def main() -> None:
@@ -66,16 +75,18 @@ def main() -> None:
     ref.embed(slices[:1])
     fast.embed(slices[:1])  # warm-up (allocator, kernels)
 
-    t_ref, t_fast, e_ref, e_fast = [], [], [], []
+    t_ref, t_fast, c_ref, c_fast, e_ref, e_fast = [], [], [], [], [], []
     load0 = C.load()
     for s in slices:
-        dt, e = C.timed(ref.embed, [s])
+        dt, dc, e = _timed_cpu(ref.embed, [s])
         t_ref.append(dt)
+        c_ref.append(dc)
         e_ref.append(e)
-        dt, e = C.timed(fast.embed, [s], 1)
+        dt, dc, e = _timed_cpu(fast.embed, [s], 1)
         t_fast.append(dt)
+        c_fast.append(dc)
         e_fast.append(e)
-    dt_batch, e_batch = C.timed(fast.embed, slices, args.batch)
+    dt_batch, dc_batch, e_batch = _timed_cpu(fast.embed, slices, args.batch)
     load1 = C.load()
     e_ref = torch.cat(e_ref)
     e_fast = torch.cat(e_fast)
@@ -88,7 +99,7 @@ def main() -> None:
 
         vsd, _ = C.checkpoint_state_dict(None)
         med = MedSAMEngine(vsd, device="cpu", precision="fp32")
-        medsam_s, _ = C.timed(med.embed_slice, slices[0])
+        medsam_s, medsam_c, _ = _timed_cpu(med.embed_slice, slices[0])
         del med, vsd
 
     # decode: boxes jittered around the lesion's box on the first slice
@@ -107,21 +118,24 @@ def main() -> None:
     m_fast = fast.decode(e_fast[:1], boxes[0], hw)
     d = dice(m_ref, m_fast)
 
-    med_ref = statistics.median(t_ref)
-    med_fast = statistics.median(t_fast)
+    med_ref, med_fast = statistics.median(t_ref), statistics.median(t_fast)
+    cpu_ref, cpu_fast = statistics.median(c_ref), statistics.median(c_fast)
+    n = len(slices)
     rows = [
-        ["LiteMedSAM fp32 (official computation), 1 slice/forward", f"{med_ref:.2f}", f"{1 / med_ref:.2f}", "1.00x", "-"],
-        ["LiteMedSAM fast, 1 slice/forward", f"{med_fast:.2f}", f"{1 / med_fast:.2f}", f"{med_ref / med_fast:.2f}x",
-         f"{err:.1e}"],
-        [f"LiteMedSAM fast, {args.batch} slices/forward", f"{dt_batch / len(slices):.2f}",
-         f"{len(slices) / dt_batch:.2f}", f"{med_ref * len(slices) / dt_batch:.2f}x", f"{err_b:.1e}"],
+        ["LiteMedSAM fp32 (official computation), 1 slice/forward", f"{med_ref:.2f}", f"{min(t_ref):.2f}",
+         f"{cpu_ref:.2f}", "1.00x / 1.00x", "-"],
+        ["LiteMedSAM fast, 1 slice/forward", f"{med_fast:.2f}", f"{min(t_fast):.2f}", f"{cpu_fast:.2f}",
+         f"{med_ref / med_fast:.2f}x / {cpu_ref / cpu_fast:.2f}x", f"{err:.1e}"],
+        [f"LiteMedSAM fast, {args.batch} slices/forward", f"{dt_batch / n:.2f}", "-", f"{dc_batch / n:.2f}",
+         f"{med_ref * n / dt_batch:.2f}x / {cpu_ref * n / dc_batch:.2f}x", f"{err_b:.1e}"],
     ]
     if medsam_s is not None:
-        rows.append(["MedSAM ViT-B fp32 reference (1 slice, for scale)", f"{medsam_s:.2f}", f"{1 / medsam_s:.3f}",
-                     f"{med_ref / medsam_s:.2f}x", "-"])
+        rows.append(["MedSAM ViT-B fp32 reference (1 slice, for scale)", f"{medsam_s:.2f}", "-", f"{medsam_c:.2f}",
+                     f"{med_ref / medsam_s:.3f}x / {cpu_ref / medsam_c:.3f}x", "-"])
     print(f"\nencoder, {len(slices)} lesion slices of {hw[0]}x{hw[1]} (preprocessing included), "
           f"load {load0} -> {load1}; fast-path build {t_build * 1000:.0f} ms")
-    print(C.table(["path", "s/slice (median)", "slices/s", "vs LiteMedSAM fp32", "max |emb - fp32|"], rows))
+    print(C.table(["path", "wall s/slice (median)", "min", "CPU s/slice", "speed vs fp32 (wall / CPU)",
+                   "max |emb - fp32|"], rows))
     print(f"\nper-slice fp32 s: {', '.join(f'{v:.2f}' for v in t_ref)}; fast s: {', '.join(f'{v:.2f}' for v in t_fast)}")
     print(f"masks from fp32 vs fast embeddings: Dice {d:.4f} (foreground {m_ref.mean():.3f} / {m_fast.mean():.3f})")
     print(f"\ndecode box -> mask ({len(dec_ms)} boxes, {hw[0]}x{hw[1]}): p50 {C.pct(dec_ms, 50):.1f} ms, "
