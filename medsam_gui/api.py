@@ -52,7 +52,7 @@ def resolve_checkpoint(engine: str, checkpoint=None):
         return resolve_path(checkpoint, title)
     from .models import weights as manager
 
-    found = manager.resolve(name)
+    found = manager.resolve(name, verify=True)  # a file whose recorded checksum changed is refused
     if found is None:
         raise CheckpointError(
             f"no {title} weights installed: pass the weights file (checkpoint=... / --checkpoint), or install "

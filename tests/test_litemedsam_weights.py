@@ -156,14 +156,19 @@ def test_drive_download_via_confirmation_page_records_checksum(drive, lite_bytes
     assert len(events) > 3 and all(a[0] <= b[0] for a, b in zip(events, events[1:]))
     sha = hashlib.sha256(lite_bytes).hexdigest()
     assert manager.recorded_sha256("litemedsam") == sha
-    assert manager.resolve("litemedsam") == path
+    assert manager.resolve("litemedsam", verify=True) == path
     assert not list(config.weights_dir().glob("*.part"))
     # verified after: a changed file is refused by resolve()
     data = bytearray(lite_bytes)
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="changed since they were installed"):
-        manager.resolve("litemedsam")
+        manager.resolve("litemedsam", verify=True)
+    assert manager.resolve("litemedsam") == path  # listing (model manager dialog) does not hash
+    from medsam_gui import api
+
+    with pytest.raises(CheckpointError, match="changed since they were installed.*weights download litemedsam"):
+        api.resolve_checkpoint("litemedsam")
 
 
 def test_older_drive_page_with_cookie_token(drive, lite_bytes):
@@ -188,7 +193,7 @@ def test_later_download_must_match_recorded_checksum(drive, lite_bytes, other_li
     used = manager.import_weights("litemedsam", src)
     assert used.read_bytes() == other_lite_bytes
     assert manager.recorded_sha256("litemedsam") == hashlib.sha256(other_lite_bytes).hexdigest()
-    assert manager.resolve("litemedsam") == used
+    assert manager.resolve("litemedsam", verify=True) == used
 
 
 def test_quota_page_and_wrong_files_leave_nothing(drive, tmp_path):

@@ -14,7 +14,7 @@ Known models (official sources):
   (file id ``18Zed-TUTsmr2zc5CHUWd5Tu13nb6vq6z``, linked from the README of the MedSAM
   repository's LiteMedSAM branch). No checksum is published: the SHA-256 of the first file
   installed (downloaded or imported) is recorded (settings key ``"weights_sha256"``), later
-  downloads must match it, and :func:`resolve` refuses the file if it changed since
+  downloads must match it, and ``resolve(..., verify=True)`` refuses the file if it changed since
   (:func:`import_weights` of a file the user chose records its checksum anew). Google Drive
   answers large files with a "can't scan this file for viruses" page: the download follows its
   confirmation form (``drive.usercontent.google.com/download`` with ``confirm`` / ``uuid``
@@ -187,10 +187,12 @@ def _sha256_of(path: Path) -> str:
     return file_sha256(path)
 
 
-def resolve(name: str) -> Path | None:
+def resolve(name: str, *, verify: bool = False) -> Path | None:
     """Where the weights of ``name`` are: the remembered file if it still exists, else the
-    standard file in ``config.weights_dir()``, else None. For a model whose checksum was recorded
-    at install (``record_checksum``), a file that changed since raises CheckpointError."""
+    standard file in ``config.weights_dir()``, else None. ``verify``: for a model whose checksum
+    was recorded at install (``record_checksum``), raise CheckpointError when the file changed
+    since (the SHA-256 is computed once per path, size and mtime; ``api.resolve_checkpoint``,
+    i.e. the CLI and the API, verify before loading)."""
     model = get_model(name)
     recorded = _recorded().get(model.name)
     if recorded and Path(recorded).is_file():
@@ -198,7 +200,7 @@ def resolve(name: str) -> Path | None:
     else:
         default = config.weights_dir() / model.filename
         found = default if default.is_file() else None
-    if found is not None and model.record_checksum:
+    if verify and found is not None and model.record_checksum:
         want = recorded_sha256(model.name)
         if want is not None:
             got = _sha256_of(found)
