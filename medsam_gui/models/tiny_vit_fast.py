@@ -11,6 +11,8 @@
   projection runs after the crop;
 - the input's three channels are equal (the slice repeated), so the first 1x1 conv takes one
   channel with the three weights summed (input (B, 1, 256, 256); (B, 3, ...) is accepted too);
+- on the CPU, the GELUs after convolutions run inside oneDNN's fused convolution kernels (``torch.ops.mkldnn._convolution_pointwise``, as torch.compile emits
+  them; probed once by :func:`fused_conv_available`, plain ops otherwise);
 - convolutions run in channels-last memory format, so the token layout (B, H*W, C) of the
   transformer stages *is* an NHWC image: the depthwise "local" convs, patch merging and neck
   need no transposes (the neck's LayerNorm2d is ``F.layer_norm`` over the last dimension);
@@ -31,6 +33,26 @@ import torch.nn.functional as F
 from .tiny_vit import TinyViT
 
 
+_FUSED_OK: bool | None = None
+
+
+def fused_conv_available() -> bool:
+    """True when oneDNN's fused convolution + GELU (``torch.ops.mkldnn._convolution_pointwise``,
+    the kernels torch.compile uses on CPUs) exist in this torch build and agree with
+    ``gelu(conv2d(...))`` on a small probe; checked once."""
+    global _FUSED_OK
+    if _FUSED_OK is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 8, 6, 6, generator=g).contiguous(memory_format=torch.channels_last)
+            w, b = torch.randn(8, 1, 3, 3, generator=g), torch.randn(8, generator=g)
+            y = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 8, "gelu", [], "none")
+            _FUSED_OK = bool(torch.allclose(y, F.gelu(F.conv2d(x, w, b, 1, 1, 1, 8)), atol=1e-5))
+        except Exception:  # noqa: BLE001 - any failure: use the plain ops
+            _FUSED_OK = False
+    return _FUSED_OK
+
+
 def _fold(cb) -> tuple[torch.Tensor, torch.Tensor]:
     w, b = cb.folded()
     return w.contiguous(), b.contiguous()
@@ -47,8 +69,9 @@ def _fold_norm(norm, linear) -> tuple[torch.Tensor, torch.Tensor]:
 class FastTinyViT:
     """Callable ``(B, C, 256, 256) -> (B, 256, 64, 64)`` with the reference encoder's weights."""
 
-    def __init__(self, ref: TinyViT, *, channels_last: bool = True) -> None:
+    def __init__(self, ref: TinyViT, *, channels_last: bool = True, fused: bool | None = None) -> None:
         self.channels_last = channels_last
+        self.fused = channels_last and (fused_conv_available() if fused is None else fused)
         with torch.no_grad():
             w0, b0 = _fold(ref.patch_embed.seq[0])
             self.pe0 = (w0, w0.sum(dim=1, keepdim=True), b0)
@@ -91,17 +114,30 @@ class FastTinyViT:
         k = w.shape[-1]
         return F.conv2d(x, w, b, stride, k // 2, 1, groups)
 
+    def _can_fuse(self, x) -> bool:
+        return (self.fused and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.is_contiguous(memory_format=torch.channels_last))
+
+    def _conv_gelu(self, x, wb, stride=1, groups=1):
+        """gelu(conv(x)): one oneDNN kernel on the CPU (exact erf GELU), else two ops."""
+        if self._can_fuse(x):
+            w, b = wb
+            pad = w.shape[-1] // 2
+            return torch.ops.mkldnn._convolution_pointwise(x, w, b, [pad, pad], [stride, stride], [1, 1], groups,
+                                                           "gelu", [], "none")
+        return F.gelu(self._conv(x, wb, stride, groups))
+
     def _mbconv(self, x, p):
         c1, c2, c3 = p
-        y = F.gelu(self._conv(x, c1))
-        y = F.gelu(self._conv(y, c2, groups=y.shape[1]))
+        y = self._conv_gelu(x, c1)
+        y = self._conv_gelu(y, c2, groups=y.shape[1])
         return F.gelu(self._conv(y, c3) + x)
 
     def _merge(self, x, p):
         """(B, C, H, W) image -> (B, C', H', W') image (channels-last when enabled)."""
         (c1, c2, c3), stride, _ = p
-        y = F.gelu(self._conv(x, c1))
-        y = F.gelu(self._conv(y, c2, stride=stride[0], groups=y.shape[1]))
+        y = self._conv_gelu(x, c1)
+        y = self._conv_gelu(y, c2, stride=stride[0], groups=y.shape[1])
         return self._conv(y, c3)
 
     @staticmethod
@@ -159,9 +195,9 @@ class FastTinyViT:
     def __call__(self, x):
         w3, w1, b0 = self.pe0
         x = x.to(device=self.device, dtype=torch.float32)
-        x = F.conv2d(x, w1 if x.shape[1] == 1 else w3, b0)
-        x = self._nhwc(x)
-        x = self._conv(F.gelu(x), self.pe1)
+        x = self._conv_gelu(x, (w1 if x.shape[1] == 1 else w3, b0))
+        x = self._nhwc(x)  # (a 1-channel input gives no layout to follow: set it here)
+        x = self._conv(x, self.pe1)
         st0 = self.stages[0]
         for p in st0["blocks"]:
             x = self._mbconv(x, p)
