@@ -105,6 +105,10 @@ def test_gpu_out_of_memory_moves_to_cpu_and_re_resolves_precision(engine, slices
 
 def test_decoder_falls_back_to_cpu_and_decodes(engine, slices, monkeypatch):
     emb = engine.embed([slices[0]])
+    fast_logits = engine.decode_logits(emb, (20, 10, 70, 60), slices[0].shape)  # FastDecoder ("fast")
+    engine.precision = engine.requested_precision = "fp32"  # segment-anything's decoder
+    torch.testing.assert_close(engine.decode_logits(emb, (20, 10, 70, 60), slices[0].shape), fast_logits,
+                               rtol=0, atol=1e-4)
     box = (20, 10, 70, 60)
     hw = slices[0].shape
     mask = engine.decode(emb, box, hw)

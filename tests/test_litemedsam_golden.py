@@ -183,3 +183,20 @@ def test_fast_path_fallbacks_match(engines, embeddings):
         got3 = plain(x)  # the 3-channel input is accepted too
     assert (got - embeddings[0][1:2]).abs().max().item() <= 1e-4
     assert (got3 - embeddings[0][1:2]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("c", CASES)
+def test_fast_decoder_matches_reference_decoder(engines, embeddings, c):
+    g = H.golden()
+    ref, fast = engines
+    emb = embeddings[1][c:c + 1]
+    hw = g[f"c{c}_slice_uint8"].shape
+    box = g[f"c{c}_box_xyxy"]
+    want = ref.decode_logits(emb, box, hw)
+    assert fast.prepare_decoder(emb) is True and fast.prepare_decoder(emb) is False
+    got = fast.decode_logits(emb, box, hw)
+    assert got.shape == (1, 1, 256, 256) and (got - want).abs().max().item() <= 1e-4
+    prob = torch.sigmoid(torch.nn.functional.interpolate(want[..., :T.resized_hw(hw)[0], :T.resized_hw(hw)[1]],
+                                                         size=hw, mode="bilinear", align_corners=False))[0, 0]
+    differ = fast.decode(emb, box, hw) != ref.decode(emb, box, hw)
+    assert not (differ & (np.abs(prob.numpy() - 0.5) >= 1e-4)).any()
