@@ -34,7 +34,6 @@ No work at import time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
