@@ -160,3 +160,31 @@ def test_volume_predictor_serves_litemedsam(engine, slices):
         p.set_volume(vol, bounds=(-160.0, 240.0), modality="CT", axis=0, wait=True)
         m = p.segment_box(1, (20, 10, 70, 60))
     assert m.shape == slices[0].shape and m.dtype == bool
+
+
+def test_box_decodes_while_the_encoder_runs(engine, slices):
+    """Encoder and decoder hold separate locks: a box is answered while a slice is encoding."""
+    import threading
+
+    emb = engine.embed([slices[0]])
+    started, release = threading.Event(), threading.Event()
+    inner = engine._fast_enc
+
+    class Slow:
+        def __call__(self, x):
+            started.set()
+            assert release.wait(20)
+            return inner(x)
+
+    engine._fast_enc = Slow()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("emb", engine.embed([slices[1]])))
+    t.start()
+    try:
+        assert started.wait(20)
+        mask = engine.decode(emb, (20, 10, 70, 60), slices[0].shape)  # encoder still busy
+        assert mask.shape == slices[0].shape and t.is_alive()
+    finally:
+        release.set()
+        t.join(20)
+    assert out["emb"].shape == (1, 256, 64, 64)
