@@ -66,6 +66,7 @@ def main():
 
     from medsam_gui.models import incontext as ic
     from medsam_gui.models.medsam import MedSAMEngine
+    from medsam_gui.core.support_set import SupportSet
     from medsam_gui.models.universeg import universeg_v1
 
     app = QCoreApplication.instance() or QCoreApplication([])
@@ -85,8 +86,8 @@ def main():
     torch.manual_seed(1234)
     model = universeg_v1()
     vol = u8.astype(np.float32)
-    sup = ic.prepare_support(np.stack([vol[i] for i in range(0, 48, 3)]),
-                             np.stack([(u8[i] > 200) | label[i] for i in range(0, 48, 3)]), (0.0, 255.0))
+    sup = SupportSet.from_slices(np.stack([vol[i] for i in range(0, 48, 3)]),
+                                 np.stack([(u8[i] > 200) | label[i] for i in range(0, 48, 3)]), (0.0, 255.0))
     t0 = time.perf_counter()
     stall, p99, n = measure(app, lambda: ic.segment_rest(vol, None, 1, model=model, bounds=(0.0, 255.0), support=sup,
                                                          support_size=16, targets=list(range(8)), device="cpu"))

@@ -121,7 +121,7 @@ def main():
     rows.append(["MedSAM: embed the slice on screen (int8)", f"{time.perf_counter() - t0:.1f}", *_fmt(hb.stall())])
 
     # UniverSeg: segment the rest
-    upanel = universeg_panel.install(c)
+    upanel = universeg_panel.install(c, medsam=mpanel)
     torch.manual_seed(1234)
     upanel.set_model(universeg_v1())
     upanel.support_size_spin.setValue(16)
@@ -170,9 +170,7 @@ def main():
         print(f"\nUniverSeg, GUI-thread time per batch (_on_batch): p50 {np.median(batch_ms):.1f} ms, "
               f"max {max(batch_ms):.1f} ms over {len(batch_ms)} batches")
     print(f"load average at the end: {C.load()}")
-    mpanel.shutdown()
-    upanel.shutdown()
-    win.close(force=True)
+    win.close(force=True)  # Controller.shutdown: the panels' shutdown hooks
 
 
 def _fmt(t):

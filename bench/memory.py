@@ -32,8 +32,8 @@ Stages (all through the GUI's own code paths):
      labeled), then Accept (one undo step);
   g. File > Save labels as... (the save dialog answered with a temporary .nii.gz): the
      controller's export on the scan's source grid;
-  h. File > Quit (the close filter finds the labels saved), then the panels' shutdown (what
-     ``aboutToQuit`` calls).
+  h. File > Quit (the close filter finds the labels saved; the window's close runs
+     ``Controller.shutdown``: the panels' shutdown hooks, background threads joined).
 
 The scan and weights are prepared in a child process (this script with ``--prepare DIR``), so
 their construction never counts against the session: the real lung CT
@@ -243,13 +243,9 @@ def run(args, tmp: Path, place: dict) -> int:
         """Wait until the work a stage started in the background is over: workers, the MedSAM
         input preparation, the Measurements panel's refresh (debounced 400 ms after a label
         edit) and autosave (a snapshot at most every 3 s)."""
-        from medsam_gui.gui import session as sess
-
-        mp = getattr(c, "measurements_panel", None)
-        mgr = sess.manager_for(c)
-        auto = getattr(mgr, "autosave", None)
-
-        svc = getattr(getattr(c, "medsam_panel", None), "service", None)
+        mp = window.panels.measurements
+        auto = window.panels.session.autosave
+        svc = window.panels.medsam.service
 
         def idle() -> bool:
             try:
@@ -319,7 +315,7 @@ def run(args, tmp: Path, place: dict) -> int:
     stage("a2. open scan", f"{vol.shape} {vol.array.dtype}")
 
     # (b) ------------------------------------------------------------------ MedSAM weights
-    panel = c.medsam_panel
+    panel = window.panels.medsam
     panel.background_check.setChecked(False)
     window.actions["load_medsam_weights"].trigger()
     dlg = panel.weights_dialog
@@ -374,7 +370,7 @@ def run(args, tmp: Path, place: dict) -> int:
     stage("e. propagate 3D", f"{finished[-1]}: {len(panel.last_propagation)} slices")
 
     # (f) ------------------------------------------------------------------ UniverSeg
-    up = c.universeg_panel
+    up = window.panels.universeg
     window.actions["load_universeg_weights"].trigger()
     udlg = up.weights_dialog
     udlg.choose_file(tmp / "universeg_v1_nf64_ss64_STA.pt")
@@ -432,8 +428,7 @@ def run(args, tmp: Path, place: dict) -> int:
     if still_open:
         notes.append("File > Quit left the window open; closed with window.close(force=True)")
         window.close(force=True)
-    panel.shutdown()
-    up.shutdown()
+    c.shutdown()  # what aboutToQuit calls (done already when the window closed)
     pump(app, 0.5)
     stage("h. close")
     sampler.stop()

@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch = C.setup_torch(args.threads)
+    from medsam_gui.core.support_set import SupportSet
     from medsam_gui.models import incontext as ic
     from medsam_gui.models.universeg import universeg_v1
 
@@ -50,7 +51,7 @@ def main():
         sup_idx = list(np.linspace(0, n - 1, S).round().astype(int) % n)
         images = np.stack([vol[i] for i in sup_idx])
         masks = np.stack([label[i] | (u8[i] > 200) for i in sup_idx])  # non-empty masks
-        return ic.prepare_support(images, masks, (0.0, 255.0), indices=list(range(S)))
+        return SupportSet.from_slices(images, masks, (0.0, 255.0), indices=list(range(S)))
 
     def run(fast, S, support, targets):
         model.fast = fast

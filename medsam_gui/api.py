@@ -180,47 +180,66 @@ def load_universeg(checkpoint=None):
     if checkpoint is None:
         checkpoint = manager.resolve("universeg_v1")
         if checkpoint is None:
-            raise CheckpointError("no UniverSeg weights installed: pass the weights file (checkpoint=... / "
-                                  "--checkpoint), or install them once with `medsam-gui weights download universeg_v1`.")
+            raise CheckpointError(
+                "no UniverSeg weights installed: pass the weights file (checkpoint=... / --checkpoint "
+                "universeg_v1_nf64_ss64_STA.pt), or install them once with `medsam-gui weights download universeg_v1`.")
     return universeg_v1(resolve_path(checkpoint, "UniverSeg"))
 
 
-def segment_rest(volume: Volume, support, *, checkpoint=None, label: int | None = None, window=None,
+def universeg_window(volume: Volume, support, window=None) -> tuple[float, float]:
+    """``window``, else an example set's own window when it and the scan are CT, else the
+    scan's default window."""
+    from .core.support_set import SupportSet
+
+    if window is None and isinstance(support, SupportSet) and volume.modality == "CT" and support.modality == "CT":
+        return support.bounds
+    return window_bounds_for(volume, window)
+
+
+def segment_rest(volume: Volume, support, *, checkpoint=None, model=None, label: int | None = None, window=None,
                  device: str = "auto", z_range: tuple[int, int] | None = None, support_size: int | None = None,
+                 axis: int = 0, ensemble: int = 1, batch_size: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  cancel: Callable[[], bool] | None = None) -> np.ndarray:
-    """UniverSeg: a label map (z, y, x) with the unlabelled axial slices filled in context.
+    """UniverSeg: a label map (z, y, x) with the unlabelled slices (along ``axis``) filled in context.
 
     ``support`` is a partial label map on the scan's grid (the slices where a label is drawn are
-    its support and stay as drawn; every label present is filled unless ``label`` picks one) or
-    an example set (``core.example_sets``; targets: ``z_range`` or every slice, value ``label``
-    or the set's). ``progress(done, total)`` follows the batches; ``cancel()`` stops early."""
+    its support and stay as drawn; between its first and last labelled slice the others are
+    filled; every label present unless ``label`` picks one; several labels never overlap) or a
+    :class:`~medsam_gui.core.support_set.SupportSet`, e.g. an example set (targets: ``z_range``
+    or every slice; value ``label`` or the set's). ``model``: a loaded UniverSeg network (else
+    ``checkpoint``, else the installed weights). ``progress(done, total)`` follows the batches;
+    ``cancel()`` stops early (the slices done are kept)."""
+    from .core.support_set import SupportSet
     from .models import incontext as ic
 
-    model = load_universeg(checkpoint)
     dev = ic.resolve_device(device)
-    common = dict(model=model, support_size=support_size or ic.default_support_size(dev), z_range=z_range,
-                  device=dev, progress=progress, cancel=cancel)
-    if isinstance(support, np.ndarray):
+    common = dict(model=model if model is not None else load_universeg(checkpoint),
+                  bounds=universeg_window(volume, support, window), support_size=support_size or
+                  ic.default_support_size(dev), z_range=z_range, device=dev, axis=axis, ensemble=ensemble,
+                  batch_size=batch_size, progress=progress, cancel=cancel)
+    if isinstance(support, SupportSet):
+        value = int(label or support.label_value or 1)
+        result = ic.segment_rest(volume.array, None, value, support=support, **common)
+        out = np.zeros(volume.shape, dtype=np.uint8 if value <= 255 else np.uint16)
+    else:
         labels = np.asarray(support)
         if labels.shape != tuple(volume.shape):
             raise MedsamGuiError(f"the support label map's shape {labels.shape} differs from the scan's "
                                  f"{tuple(volume.shape)}.")
-        values = [int(v) for v in np.unique(labels) if v > 0] if label is None else [int(label)]
-        if not values or not np.any(labels == values[0]):
-            raise MedsamGuiError("the support label map has no labelled slice"
-                                 + ("" if label is None else f" of label {label}") + ": draw a few slices first.")
-        bounds = window_bounds_for(volume, window)
-        result = ic.segment_rest_multi(volume.array, labels, values, bounds=bounds, **common)
+        if not np.issubdtype(labels.dtype, np.integer):
+            labels = np.rint(labels).astype(np.int64)
+        present = [int(v) for v in np.unique(labels) if v > 0]
+        if label is not None and label not in present:
+            raise MedsamGuiError(f"label {label} is not drawn in the support label map (labels present: "
+                                 f"{', '.join(map(str, present)) or 'none'}).")
+        values = present if label is None else [int(label)]
+        if not values:
+            raise MedsamGuiError("the support label map is empty: draw the structure on a few slices first.")
+        result = ic.segment_rest_multi(volume.array, labels, values, **common)
         out = labels.copy()
-    else:
-        value = int(label or support.label_value or 1)
-        bounds = window_bounds_for(volume, window if window is not None else support.window_bounds)
-        result = ic.segment_rest(volume.array, None, value, bounds=bounds,
-                                 support=ic.SupportSet.from_example_set(support), **common)
-        out = np.zeros(volume.shape, dtype=np.uint8 if value <= 255 else np.uint16)
     result.apply(out)
-    return out
+    return out.astype(np.uint8 if (int(out.max()) if out.size else 0) <= 255 else np.uint16)
 
 
 def measure(volume: Volume, labels: np.ndarray, label_table=None) -> list:

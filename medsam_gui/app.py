@@ -2,15 +2,12 @@
 
 ``run_app`` is what ``medsam-gui [SCAN] [--labels L] [--demo] [--session S]`` calls;
 ``build_app`` builds the same window without entering the Qt event loop (tests, scripts).
-
-Panels written by other modules plug in here: each module in :data:`PANEL_MODULES` that
-exists and defines ``install(controller)`` is installed after the window is built (see
-``medsam_gui.gui.controller`` for the hooks they can use).
+It creates the panels explicitly (session manager, MedSAM + Measurements, UniverSeg) and
+keeps them in ``window.panels``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 import traceback
@@ -19,12 +16,6 @@ from pathlib import Path
 from .errors import MedsamGuiError, ScanReadError, SessionError
 
 log = logging.getLogger(__name__)
-
-PANEL_MODULES = (
-    "medsam_gui.gui.medsam_panel",
-    "medsam_gui.gui.universeg_panel",
-    "medsam_gui.gui.session",
-)
 
 
 def _check_inputs(scan, labels, demo: bool, session) -> str | None:
@@ -49,65 +40,37 @@ def _check_inputs(scan, labels, demo: bool, session) -> str | None:
     return str(Path(scan).expanduser()) if scan is not None else None
 
 
-def _install_panels(controller) -> list[str]:
-    """Install the optional panels that exist; returns the module names installed."""
-    installed = []
-    for name in PANEL_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            controller.status(f"A panel could not be loaded ({name}): {exc}", 10000)
-            log.exception("panel %s failed to import", name)
-            continue
-        except Exception as exc:  # a broken panel must not stop the app
-            controller.status(f"A panel could not be loaded ({name}): {exc}", 10000)
-            log.exception("panel %s failed to import", name)
-            continue
-        install = getattr(module, "install", None)
-        if install is None:
-            continue
-        try:
-            install(controller)
-            installed.append(name)
-        except Exception as exc:
-            controller.status(f"A panel could not be installed ({name}): {exc}", 10000)
-            log.exception("panel %s failed to install", name)
-    return installed
-
-
-def _open_session(controller, session) -> None:
-    try:
-        module = importlib.import_module("medsam_gui.gui.session")
-    except ModuleNotFoundError:
-        raise SessionError("Sessions are not available in this version of medsam-gui.") from None
-    opener = getattr(module, "open_session", None) or getattr(module, "restore_session", None)
-    if opener is None:
-        raise SessionError("Sessions are not available in this version of medsam-gui.")
-    opener(controller, session)
-
-
 def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show: bool = True,
               install_panels: bool = True):
     """Build the main window (napari viewer + medsam-gui panels) and start opening the inputs.
 
-    Returns the :class:`medsam_gui.gui.main_window.MainWindow` (``.controller``, ``.viewer``).
-    The scan loads in the background; wait with ``window.controller.wait_idle()``.
+    Returns the :class:`medsam_gui.gui.main_window.MainWindow` (``.controller``, ``.viewer``,
+    ``.panels``). Without ``install_panels`` only the viewer, labels and window docks are
+    built (tests install the panels they need). The scan loads in the background; wait with
+    ``window.controller.wait_idle()``.
     """
     scan_path = _check_inputs(scan, labels, demo, session)
+    if session is not None and not install_panels:
+        raise MedsamGuiError("Opening a session needs the session panel (install_panels=True).")
     import napari
 
+    from .gui import medsam_panel, session as session_panel, session_files, universeg_panel
     from .gui.controller import Controller
     from .gui.main_window import MainWindow
+    from .gui.panels import Panels
 
     viewer = napari.Viewer(title="medsam-gui", show=show)
     controller = Controller(viewer)
     window = MainWindow(controller)
     if install_panels:
-        _install_panels(controller)
+        sessions = session_panel.install(controller)
+        medsam = medsam_panel.install(controller)
+        universeg = universeg_panel.install(controller, medsam=medsam)
+        window.raise_dock("MedSAM")  # where a new user starts
+        window.panels = Panels(session=sessions, medsam=medsam, measurements=medsam.measurements,
+                               universeg=universeg)
     if session is not None:
-        _open_session(controller, session)
+        session_files.open_session(window.panels.session, session)
     elif scan_path is not None:
         controller.open_scan(scan_path, labels=labels, confirm=False)
     return window
@@ -140,4 +103,6 @@ def run_app(scan=None, labels=None, demo: bool = False, session=None) -> int:
     window = build_app(scan=scan, labels=labels, demo=demo, session=session, show=True)
     install_excepthook(window.controller)
     window.show()
-    return int(app.exec() or 0)
+    code = int(app.exec() or 0)
+    window.controller.shutdown()  # done already when the window closed or on aboutToQuit
+    return code

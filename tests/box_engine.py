@@ -31,7 +31,7 @@ class BrightBoxEngine:
     def cache_key(self, fingerprint, axis, index, bounds) -> str:
         return embedding_key(fingerprint, axis, index, bounds, self.checkpoint_id, self.precision, engine=self.name)
 
-    def embed(self, slices):
+    def embed(self, slices, stop=None):
         with self._lock:
             self.embedded.extend(np.array(s) for s in slices)
             self.threads.add(threading.current_thread().name)

@@ -1,19 +1,17 @@
 """Shared fixtures. Test data lives in tests/data (copied from ../shared/data with its
-licences) and tests/golden (reference inference outputs), so a clone runs its tests alone."""
+licences) and tests/golden (reference inference outputs), so a clone runs its tests alone.
+The shared fixtures (data folders, model checkpoints, test scans, app windows) are in
+tests/gui_fixtures.py, loaded below."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 import pytest
 
-TESTS_DIR = Path(__file__).resolve().parent
-DATA_DIR = TESTS_DIR / "data"
-GOLDEN_DIR = TESTS_DIR / "golden"
-
+pytest_plugins = ["gui_fixtures"]
 
 _SESSION_HOME: str | None = None
 
@@ -40,13 +38,3 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("medsam_home")
     monkeypatch.setenv("MEDSAM_GUI_HOME", str(home))
     return home
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    return DATA_DIR
-
-
-@pytest.fixture(scope="session")
-def golden_dir() -> Path:
-    return GOLDEN_DIR

@@ -33,7 +33,7 @@ def test_segment_box_with_the_real_engine(data_dir, monkeypatch):
     eng = medsam_fixtures.engine()
     g = medsam_fixtures.hippocampus_golden()
     memo = medsam_fixtures.hippocampus_embedding()
-    monkeypatch.setattr(eng, "embed", lambda slices: memo)
+    monkeypatch.setattr(eng, "embed", lambda slices, stop=None: memo)
     vol = api.load_volume(data_dir / "msd_hippocampus" / "hippocampus_003_image.nii.gz")
     z = int(g["slice_index"])
     mask = api.segment_box(vol, z, g["box_xyxy"], engine=eng, window=tuple(g["window_bounds"]))
@@ -113,7 +113,7 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     shutil.copy(ROOT / "resources" / "demo" / "example_ct_sm.nii.gz", tmp_path)
     shutil.copy(medsam_fixtures.vit_b_checkpoint(), tmp_path / "medsam_vit_b.pth")
     memo = medsam_fixtures.hippocampus_embedding()
-    monkeypatch.setattr(MedSAMEngine, "embed", lambda self, slices: memo.expand(len(slices), -1, -1, -1))
+    monkeypatch.setattr(MedSAMEngine, "embed", lambda self, slices, stop=None: memo.expand(len(slices), -1, -1, -1))
     monkeypatch.chdir(tmp_path)
     exec(compile(_readme_api_example(), "README.md", "exec"), {})
     out = tmp_path / "lesion.nii.gz"

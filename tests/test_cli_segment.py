@@ -36,7 +36,7 @@ class BoxEngine:
     def cache_key(self, fingerprint, axis, index, bounds):
         return embedding_key(fingerprint, axis, index, bounds, "0" * 64, engine=self.name)
 
-    def embed(self, slices):
+    def embed(self, slices, stop=None):
         self.embedded.extend(np.array(sl) for sl in slices)
         return torch.from_numpy(np.stack(slices).astype(np.float32))
 
@@ -162,7 +162,7 @@ def test_real_engine_end_to_end(monkeypatch, data_dir, tmp_path, capsys):
         eng = real_load(name, path, device=device, precision=precision)
         built.append((path, eng))
 
-        def embed(slices):
+        def embed(slices, stop=None):
             np.testing.assert_array_equal(slices[0], g["volume_uint8_slice"])
             return memo
 

@@ -75,8 +75,8 @@ def test_cli_example_set_round_trip(tmp_path, hippo_paths, ckpt, data_dir, capsy
                "--device", "cpu", "--save-example-set", str(es_path), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     es = load_example_set(es_path)
-    assert es.slice_indices == (6, 9) and es.label_value == 1 and es.images.shape == (2, 128, 128)
-    assert es.source_scan and es.modality == load_volume(scan).modality
+    assert es.indices == (6, 9) and es.label_value == 1 and es.images.shape == (2, 128, 128)
+    assert es.source and es.modality == load_volume(scan).modality
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz")))
     keep = [z for z in range(a.shape[0]) if z not in (7, 8)]
     assert np.array_equal(a[keep], partial[keep])

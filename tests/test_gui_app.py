@@ -1,7 +1,9 @@
 """The application shell: opening scans faithfully, errors, saving, drops, workers, hooks.
 
-One window (the demo scan) is shared by the tests of this module; each test opens what it
-needs through the real controller / menu actions and waits for the background loader.
+One window (the demo scan, tests/gui_fixtures.py's module_app_window) is shared by the tests
+of this module; each test opens what it needs through the real controller / menu actions and
+waits for the background loader, so any order of the tests passes. The fresh window's own
+state is checked on a window of its own.
 """
 
 from __future__ import annotations
@@ -27,14 +29,8 @@ LUNG_LABEL = "lung_ct/lung1_label.nrrd"
 
 
 @pytest.fixture(scope="module")
-def win(qapp):
-    from medsam_gui.app import build_app
-
-    w = build_app(demo=True, show=True, install_panels=False)
-    w.qt_window.resize(1300, 850)
-    w.controller.wait_idle(60)
-    yield w
-    w.close(force=True)
+def win(module_app_window):
+    return module_app_window(demo=True, show=True, install_panels=False)
 
 
 @pytest.fixture
@@ -60,7 +56,8 @@ def _sitk(path):
     return img, sitk.GetArrayFromImage(img)
 
 
-def test_demo_scan_opens_with_display_geometry(win):
+def test_demo_scan_opens_with_display_geometry(app_window):
+    win = app_window(demo=True, show=True, install_panels=False)  # a fresh window: what the user sees first
     c = win.controller
     img, arr = _sitk(config.demo_scan_path())
     assert c.volume is not None and c.volume.path.endswith("example_ct_sm.nii.gz")
@@ -77,14 +74,16 @@ def test_demo_scan_opens_with_display_geometry(win):
     assert "example_ct_sm" in win.qt_window.windowTitle()
     # napari's own menus (its readers ignore the scan geometry) are gone; ours are there
     menus = [a.text().replace("&", "") for a in win.qt_window.menuBar().actions()]
-    assert menus == ["File", "Edit", "View", "Help"]
+    assert menus == ["File", "Edit", "View", "Models", "Help"]  # Models filled by the model panels
     for name in ("open_scan", "open_dicom", "open_labels", "save_labels", "save_labels_as",
                  "import_descriptions", "export_descriptions", "quit"):
         assert name in win.actions
     assert win.actions["save_labels"].shortcut().toString() == "Ctrl+S"
 
 
-def test_slice_slider_shows_the_whole_view_name(win, qtbot):
+def test_slice_slider_shows_the_whole_view_name(win, c, qtbot):
+    c.open_scan(config.demo_scan_path())
+    c.wait_idle(60)
     for view in ("sagittal", "axial"):
         win.controller.set_view(view)
         qtbot.wait(50)
@@ -417,3 +416,55 @@ def test_cli_inputs_checked_before_window(tmp_path):
     with pytest.raises(MedsamGuiError, match="--labels needs a scan"):
         run_app(labels=str(tmp_path / "x.nii.gz"))
     assert os.environ.get("MEDSAM_GUI_HOME")
+
+
+def test_menus_by_id_and_add_action(win):
+    from qtpy.QtWidgets import QMenu
+
+    assert all(isinstance(win.menu(m), QMenu) for m in ("file", "edit", "view", "models", "help"))
+    with pytest.raises(KeyError):
+        win.menu("tools")
+    called = []
+    act = win.add_action("file", "test_entry", "Test entry", lambda: called.append(1), shortcut="Ctrl+Alt+T",
+                         tip="a test", after="open_labels", separator_before=True)
+    try:
+        entries = win.menu("file").actions()
+        i = entries.index(win.actions["open_labels"])
+        assert entries[i + 1].isSeparator() and entries[i + 2] is act and win.actions["test_entry"] is act
+        assert act.shortcut().toString() == "Ctrl+Alt+T" and act.toolTip() == "a test"
+        act.trigger()
+        assert called == [1]
+        with pytest.raises(KeyError):  # "after" names an action of another menu
+            win.add_action("file", "other", "Other", lambda: None, after="undo")
+    finally:
+        win.menu("file").removeAction(entries[i + 1])
+        win.menu("file").removeAction(act)
+        del win.actions["test_entry"]
+
+
+def test_state_providers_and_shutdown_hooks(qapp):
+    import threading
+
+    from medsam_gui.gui.controller import Controller, background_threads
+
+    c = Controller(viewer=None)
+    seen = []
+    c.state_changed.connect(lambda: seen.append("changed"))
+    c.register_state_provider("panel", lambda: {"a": 1}, seen.append)
+    assert c.state_providers["panel"][0]() == {"a": 1}
+    with pytest.raises(ValueError):
+        c.register_state_provider("", dict, print)
+    c.notify_state_changed()
+    assert seen == ["changed"]
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, args=(30,), name="medsam-test-worker", daemon=True)
+    worker.start()
+    assert worker in background_threads()
+    c.add_shutdown_hook(lambda: seen.append("first added"))
+    c.add_shutdown_hook(lambda: 1 / 0)  # a failing hook does not stop the others
+    c.add_shutdown_hook(lambda: (seen.append("last added"), stop.set()))
+    c.shutdown(timeout_s=5)
+    c.shutdown()  # once only
+    assert seen[1:] == ["last added", "first added"]
+    assert not worker.is_alive() and worker not in background_threads()

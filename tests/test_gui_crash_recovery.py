@@ -1,8 +1,8 @@
 """Crash recovery end to end: the real app is SIGKILLed in the middle of annotating; the next
 start offers the autosaved work and restores it voxel for voxel, losing at most 10 s of edits.
 
-The child builds the app exactly as ``medsam-gui --demo`` does (``build_app(demo=True)`` with
-the session module installed through ``PANEL_MODULES``) under the same Xvfb display and a
+The child builds the app exactly as ``medsam-gui --demo`` does (``build_app(demo=True)``, all
+panels, the session manager among them) under the same Xvfb display and a
 temporary MEDSAM_GUI_HOME, paints through the controller (model edits and napari brush
 strokes) every 0.25 s and logs each edit's time and the SHA-1 of the labels.
 """
@@ -33,7 +33,6 @@ CHILD = r"""
 import hashlib, json, sys, time
 import numpy as np
 import medsam_gui.app as app
-app.PANEL_MODULES = ("medsam_gui.gui.session",)
 from napari.qt import get_qapp
 
 qa = get_qapp()
@@ -86,7 +85,6 @@ def _snapshots(home: Path) -> list[Path]:
 
 def test_sigkill_mid_annotation_then_restore(qapp, qtbot, tmp_path, monkeypatch, _isolated_home):
     import medsam_gui.app as app
-    from medsam_gui.gui import session as gs
 
     home = Path(os.environ["MEDSAM_GUI_HOME"])
     assert home == Path(_isolated_home)
@@ -120,11 +118,10 @@ def test_sigkill_mid_annotation_then_restore(qapp, qtbot, tmp_path, monkeypatch,
     assert len(edits) >= 10
 
     # the next start, same MEDSAM_GUI_HOME: the crashed run's work is offered and restored
-    monkeypatch.setattr(app, "PANEL_MODULES", ("medsam_gui.gui.session",))
     w = app.build_app(show=True)
     try:
         c = w.controller
-        mgr = gs.manager_for(c)
+        mgr = w.panels.session
         qtbot.waitUntil(lambda: mgr.recovery_dialog is not None, timeout=10000)  # offered at start
         dlg = mgr.recovery_dialog
         assert dlg.isVisible() and len(dlg.items) == 1

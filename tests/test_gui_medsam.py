@@ -1,10 +1,11 @@
 """MedSAM box and RECIST tools in the real window, on a real CT, with a random-weight ViT-B
 checkpoint in the official format; and the weights dialog when no weights exist.
 
-One image-encoder pass in this module: the background embedding of the tumour slice
-(tests 1 and 2 share it). The engine's ``embed`` is wrapped to record its input and float32
-output, so the expected masks are exactly ``MedSAMEngine.segment`` (= decode(embed(slice)))
-of the same slice without a second encoder pass.
+One image-encoder pass in this module: the background embedding of the tumour slice, made once
+by the module fixture ``embedded`` (which also measures GUI-thread stalls meanwhile, and draws a
+box before the embedding is ready). The engine's ``embed`` is wrapped to record its input and
+float32 output, so the expected masks are exactly ``MedSAMEngine.segment`` (= decode(embed(slice)))
+of the same slice without a second encoder pass. Each test runs on its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import medsam_fixtures
 import numpy as np
 import pytest
 
@@ -50,41 +50,42 @@ def _drag(layer, p0_data, p1_data, mode=None, steps=3):
 
 
 @pytest.fixture(scope="module")
-def env(qapp, tmp_path_factory):
+def env(module_app_window, medsam_engine, lung_scan):
+    """A window with the MedSAM panel on a one-slice, foreground EmbeddingService and the lung CT;
+    the shared engine's ``embed`` records its calls (restored when the module ends)."""
     import torch
 
-    from medsam_gui.app import build_app
     from medsam_gui.gui.embedding_service import EmbeddingService
     from medsam_gui.gui.medsam_panel import install
     from medsam_gui.io import load_volume
     from medsam_gui.models.embedding_cache import EmbeddingCache
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("medsam_gui_module_home")))
+    assert lung_scan == LUNG
     torch.set_num_threads(2)
-    engine = medsam_fixtures.engine()
+    engine = medsam_engine
     calls = []
     real_embed = engine.embed
 
-    def spy_embed(slice_hw):
-        out = real_embed(slice_hw)
-        calls.append((np.array(slice_hw, copy=True), out.clone()))
+    def spy_embed(slices, *args, **kwargs):  # MedSAMEngine.embed(slices, batch_size=None, stop=None)
+        out = real_embed(slices, *args, **kwargs)
+        for i, slice_hw in enumerate(slices):
+            calls.append((np.array(slice_hw, copy=True), out[i:i + 1].clone()))
         return out
 
-    engine.embed = spy_embed
-    win = build_app(show=False, install_panels=False)
-    service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, prefetch_all=False, background=True)
-    panel = install(win.controller, service=service)
-    c = win.controller
-    vol = load_volume(LUNG)
-    c.set_volume(vol)
-    try:
-        yield SimpleNamespace(win=win, c=c, panel=panel, engine=engine, calls=calls, vol=vol, state={})
-    finally:
-        panel.shutdown()
-        win.close(force=True)
-        del engine.embed
-        mp.undo()
+    def install_medsam(controller):
+        service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, prefetch_all=False, background=True)
+        return install(controller, service=service)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSAM_GUI_HOME", str(module_app_window.home))  # module set-up (``embedded``) too
+        mp.setitem(vars(engine), "embed", spy_embed)  # undone: the instance attribute goes again
+        win = module_app_window(show=False, install_panels=False, panels={"medsam": install_medsam})
+        c = win.controller
+        vol = load_volume(LUNG)
+        c.set_volume(vol)
+        yield SimpleNamespace(win=win, c=c, panel=win.panels.medsam, engine=engine, calls=calls, vol=vol,
+                              state={})
+        win.panels.medsam.shutdown()  # no encoder pass of the spy outlives the module
 
 
 def _display_box(c):
@@ -97,28 +98,20 @@ def _display_box(c):
     return z, (min(d0[2], d1[2]), min(d0[1], d1[1]), max(d0[2], d1[2]), max(d0[1], d1[1]))
 
 
-def test_box_segments_slice_exactly_like_engine_undo_redo(env, qtbot):
+@pytest.fixture(scope="module")
+def embedded(env, request):
+    """Load the engine (background embedding of the tumour slice starts) and, before the
+    embedding is ready, segment the tumour box for label 1: the mask follows when the encoder is
+    done. Records the GUI-thread stalls meanwhile, the embedding and the written mask, then
+    undoes the write (the labels are empty again)."""
     from qtpy.QtCore import QTimer
+    from pytestqt.qtbot import QtBot
 
-    from medsam_gui.core.intensity import volume_to_uint8
-
-    c, panel, engine = env.c, env.panel, env.engine
-    z, (bx0, by0, bx1, by1) = _display_box(c)
+    qtbot = QtBot(request)
+    c, panel = env.c, env.panel
+    z, box = _display_box(c)
     c.set_view("axial")
     c.set_current_slice(0, z)
-    assert c.current_slice(0) == z
-    assert c.window_bounds == (-160.0, 240.0)  # CT default 40/400, as displayed
-
-    # another label's voxels inside the box region (slice z) and on the next slice
-    h, w = c.display_labels().shape[1:]
-    other = np.zeros((h, w), bool)
-    other[int(by0):int(by0) + 6, int(bx0):int(bx1) + 1] = True
-    c.write_slice_mask(0, z, other, 2)
-    c.write_slice_mask(0, z + 1, other, 2)
-    c.set_active_label(1)
-    before = np.array(c.display_labels())
-
-    # the heartbeat measures GUI-thread stalls while the encoder runs in the background
     gaps, last = [], [time.perf_counter()]
 
     def beat():
@@ -131,25 +124,59 @@ def test_box_segments_slice_exactly_like_engine_undo_redo(env, qtbot):
     timer.timeout.connect(beat)
     timer.start()
     started = time.perf_counter()
-    panel.set_engine(engine)  # starts the background embedding of slice z (neighbours = 0)
-    panel.activate_box_tool()
-    layer = panel.prompts_layer
-    assert layer.mode == "add_rectangle"
+    panel.set_engine(env.engine)  # starts the background embedding of slice z (neighbours = 0)
+    c.set_active_label(1)
     with qtbot.waitSignal(panel.slice_painted, timeout=ENCODER_TIMEOUT_MS) as sig:
-        _drag(layer, (z, by0, bx0), (z, by1, bx1))
+        panel.segment_box(0, z, box, 1)
     timer.stop()
     elapsed = time.perf_counter() - started
     assert sig.args == [0, z]
     assert len(env.calls) == 1, "exactly one encoder pass"
-    max_gap_ms = max(gaps) * 1000.0
-    print(f"\nencoder run {elapsed:.1f} s; longest GUI-thread gap {max_gap_ms:.0f} ms over {len(gaps)} beats")
-    # a blocking encoder would stall the GUI for the whole pass (tens of seconds); allow CPU contention
-    assert len(gaps) > 10 and max_gap_ms < 3000.0
+    written = np.array(c.display_labels()[z])
+    c.undo()
+    assert not np.array(c.display_labels()).any()
+    h, w = written.shape
+    return SimpleNamespace(z=z, box=box, hw=(h, w), emb=env.calls[0][1], slice_u8=env.calls[0][0],
+                           written=written, gaps=gaps, elapsed=elapsed)
 
+
+def test_box_segments_slice_exactly_like_engine_undo_redo(env, embedded, qtbot):
+    from medsam_gui.core.intensity import volume_to_uint8
+
+    c, panel, engine = env.c, env.panel, env.engine
+    z, (bx0, by0, bx1, by1) = embedded.z, embedded.box
+    emb, (h, w) = embedded.emb, embedded.hw
+    c.set_view("axial")
+    c.set_current_slice(0, z)
+    assert c.current_slice(0) == z
+    assert c.window_bounds == (-160.0, 240.0)  # CT default 40/400, as displayed
+    c.set_labels(np.zeros(env.vol.shape, np.uint16))
+
+    # the box drawn while the encoder ran in the background: the GUI thread kept beating
+    max_gap_ms = max(embedded.gaps) * 1000.0
+    print(f"\nencoder run {embedded.elapsed:.1f} s; longest GUI-thread gap {max_gap_ms:.0f} ms")
+    # a blocking encoder would stall the GUI for the whole pass (tens of seconds); allow CPU contention
+    assert len(embedded.gaps) > 10 and max_gap_ms < 3000.0
     # MedSAM saw the display slice with the reference whole-volume windowing
     expected_u8 = c.orientation.to_display(volume_to_uint8(env.vol.array, "CT", (-160.0, 240.0)))[z]
-    slice_u8, emb = env.calls[0]
-    np.testing.assert_array_equal(slice_u8, expected_u8)
+    np.testing.assert_array_equal(embedded.slice_u8, expected_u8)
+    np.testing.assert_array_equal(embedded.written == 1, engine.decode(emb, embedded.box, (h, w)))
+
+    # another label's voxels inside the box region (slice z) and on the next slice
+    other = np.zeros((h, w), bool)
+    other[int(by0):int(by0) + 6, int(bx0):int(bx1) + 1] = True
+    c.write_slice_mask(0, z, other, 2)
+    c.write_slice_mask(0, z + 1, other, 2)
+    c.set_active_label(1)
+    before = np.array(c.display_labels())
+
+    panel.activate_box_tool()
+    layer = panel.prompts_layer
+    assert layer.mode == "add_rectangle"
+    with qtbot.waitSignal(panel.slice_painted, timeout=60_000) as sig:
+        _drag(layer, (z, by0, bx0), (z, by1, bx1))
+    assert sig.args == [0, z]
+    assert len(env.calls) == 1, "the cached embedding is reused"
     box = panel.timings[-1]["box"]
     np.testing.assert_allclose(box, (bx0, by0, bx1, by1), atol=1e-3)
     expected = engine.decode(emb, box, (h, w))  # == engine.segment(expected_u8, box)
@@ -162,7 +189,6 @@ def test_box_segments_slice_exactly_like_engine_undo_redo(env, qtbot):
     # the same in source voxels (through the orientation), at the tumour's place
     src = np.asarray(c.source_labels())
     assert np.unique(np.nonzero(src == 1)[0]).tolist() == [SRC_SLICE]
-    env.state.update(emb=emb, z=z, hw=(h, w), other=other)
 
     c.undo()
     np.testing.assert_array_equal(np.array(c.display_labels()), before)
@@ -184,16 +210,21 @@ def test_box_segments_slice_exactly_like_engine_undo_redo(env, qtbot):
     np.testing.assert_array_equal(np.array(c.display_labels()), want2)
     t = panel.timings[-1]
     print(f"move: decoder {t['decode_ms']:.0f} ms, paint {t['paint_ms']:.0f} ms, total {t['total_ms']:.0f} ms")
+    panel.clear_prompts()
 
 
-def test_recist_line_becomes_square_box_and_mask(env, qtbot):
+def test_recist_line_becomes_square_box_and_mask(env, embedded, qtbot):
     from medsam_gui.core.prompts import recist_to_box
 
     c, panel, engine = env.c, env.panel, env.engine
-    if "emb" not in env.state:
-        pytest.skip("needs the embedding of the first test")
-    z, hw, emb = env.state["z"], env.state["hw"], env.state["emb"]
+    z, hw, emb = embedded.z, embedded.hw, embedded.emb
+    c.set_view("axial")
     c.set_current_slice(0, z)
+    c.set_labels(np.zeros(env.vol.shape, np.uint16))
+    (bx0, by0, bx1, _by1) = embedded.box
+    other = np.zeros(hw, bool)
+    other[int(by0):int(by0) + 6, int(bx0):int(bx1) + 1] = True
+    c.write_slice_mask(0, z, other, 2)
     c.set_active_label(3)
     panel.recist_margin_spin.setValue(4.0)
     before = np.array(c.display_labels())
@@ -230,7 +261,7 @@ def test_recist_line_becomes_square_box_and_mask(env, qtbot):
     want = before.copy()
     want[z][(before[z] == 0) & mask] = 3
     np.testing.assert_array_equal(np.array(c.display_labels()), want)
-    assert np.array_equal(want[z] == 2, env.state["other"]), "other labels are never overwritten"
+    assert np.array_equal(want[z] == 2, other), "other labels are never overwritten"
     # the overwrite option writes over other labels (one more undoable step)
     panel.overwrite_check.setChecked(True)
     try:
@@ -242,32 +273,32 @@ def test_recist_line_becomes_square_box_and_mask(env, qtbot):
         np.testing.assert_array_equal(np.array(c.display_labels()), want)
     finally:
         panel.overwrite_check.setChecked(False)
+        panel.clear_prompts()
 
 
 @pytest.fixture
-def app_window(qapp):
-    from medsam_gui.app import build_app
-
-    win = build_app(show=False, install_panels=True)
+def full_window(app_window):
+    """The app's own window (every panel, as build_app installs them), no scan; its weights
+    dialog is closed at the end (the shared factory closes the window)."""
+    win = app_window(show=False)
     yield win
-    panel = getattr(win.controller, "medsam_panel", None)
+    panel = win.panels.medsam
     if panel is not None:
         panel.shutdown()
         if panel.weights_dialog is not None:
             panel.weights_dialog.close()
-    win.close(force=True)
 
 
-def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatch, tmp_path):
+def test_missing_weights_dialog_bad_then_good_file(full_window, medsam_checkpoint, qtbot, monkeypatch, tmp_path):
     from qtpy.QtCore import Qt
 
     from medsam_gui.gui import weights_dialog as wd
     from medsam_gui.io import load_volume
     from medsam_gui.models import weights
 
-    c = app_window.controller
-    panel = c.medsam_panel  # installed by build_app through PANEL_MODULES
-    assert "load_medsam_weights" in app_window.actions
+    c = full_window.controller
+    panel = full_window.panels.medsam  # installed by build_app
+    assert "load_medsam_weights" in full_window.actions
     panel.background_check.setChecked(False)  # no encoder pass in this test
     assert weights.resolve("medsam_vit_b") is None
     c.set_volume(load_volume(DATA / "msd_hippocampus" / "hippocampus_003_image.nii.gz"))
@@ -288,7 +319,7 @@ def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatc
     assert dlg.isVisible() and dlg.choose_button.isEnabled()  # the user can try again
     assert weights.resolve("medsam_vit_b") is None
 
-    good = medsam_fixtures.vit_b_checkpoint()
+    good = medsam_checkpoint
     monkeypatch.setattr(wd, "ask_weights_file", lambda parent, *a, **k: str(good))
     with qtbot.waitSignal(dlg.weights_ready, timeout=120_000):
         qtbot.mouseClick(dlg.choose_button, Qt.MouseButton.LeftButton)
@@ -298,14 +329,14 @@ def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatc
     assert panel.service.scheduler is not None and panel.service.scheduler.computed == []
 
     # the menu action opens the dialog again, showing the file in use
-    app_window.actions["load_medsam_weights"].trigger()
+    full_window.actions["load_medsam_weights"].trigger()
     dlg2 = panel.weights_dialog
     assert dlg2 is not dlg and dlg2.isVisible()
     assert str(Path(good).resolve()) in dlg2.info_label.text()
     dlg2.close()
 
 
-def test_download_failure_keeps_dialog_usable(app_window, qtbot, monkeypatch, tmp_path):
+def test_download_failure_keeps_dialog_usable(full_window, qtbot, monkeypatch, tmp_path):
     """A download whose file fails its checksum shows the error; nothing is kept."""
     from qtpy.QtCore import Qt
 
@@ -316,7 +347,7 @@ def test_download_failure_keeps_dialog_usable(app_window, qtbot, monkeypatch, tm
     src = tmp_path / "fake.pth"
     src.write_bytes(b"PK\x03\x04 not really weights" * 1000)
     monkeypatch.setenv("MEDSAM_GUI_URL_MEDSAM_VIT_B", src.as_uri())
-    dlg = WeightsDialog(app_window.qt_window, "medsam_vit_b", "test")
+    dlg = WeightsDialog(full_window.qt_window, "medsam_vit_b", "test")
     dlg.open()
     try:
         with qtbot.waitSignal(dlg.failed, timeout=30_000) as failed:

@@ -30,26 +30,29 @@ def _drag(layer, p0_data, p1_data, displayed=(1, 2), steps=3):
 
 
 @pytest.fixture(scope="module")
-def env(qapp, tmp_path_factory):
-    from medsam_gui.app import build_app
+def env(module_app_window, demo_scan, demo_labels):
+    """A window with the MedSAM panel on a foreground EmbeddingService and the session manager;
+    the demo CT and its liver reference (source grid). Each test sets the scan itself (_fresh)."""
+    from medsam_gui.gui import session as gsession
     from medsam_gui.gui.embedding_service import EmbeddingService
     from medsam_gui.gui.medsam_panel import install
     from medsam_gui.io import load_labels, load_volume
     from medsam_gui.models.embedding_cache import EmbeddingCache
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("medsam_gui_prop_home")))
-    win = build_app(show=False, install_panels=False)
-    service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, background=False)
-    panel = install(win.controller, service=service)
+    assert (demo_scan, demo_labels) == (SCAN, SEG)
+
+    def install_medsam(controller):
+        return install(controller, service=EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0,
+                                                            background=False))
+
+    win = module_app_window(show=False, install_panels=False,
+                            panels={"medsam": install_medsam,
+                                    "session": lambda controller: gsession.install(controller, offer=False)})
     vol = load_volume(SCAN)
     ref_src = load_labels(SEG, like=vol) == LIVER
-    try:
-        yield SimpleNamespace(win=win, c=win.controller, panel=panel, vol=vol, ref_src=ref_src)
-    finally:
-        panel.shutdown()
-        win.close(force=True)
-        mp.undo()
+    with module_app_window.home_env():  # the module home for module set-up, as the window had
+        yield SimpleNamespace(win=win, c=win.controller, panel=win.panels.medsam, vol=vol, ref_src=ref_src,
+                              session=win.panels.session)
 
 
 def _fresh(env, view="axial"):
@@ -122,7 +125,7 @@ def test_recist_propagate_cancel_half_way_then_one_undo(env, qtbot):
     np.testing.assert_array_equal(np.array(c.display_labels()), before)
     c.redo()
     np.testing.assert_array_equal(np.array(c.display_labels()), after)
-    assert panel.propagate_button.isEnabled()
+    assert panel.propagation_box.propagate_button.isEnabled()
     panel.clear_prompts()
 
 
@@ -146,10 +149,10 @@ def test_two_key_boxes_limits_match_core_and_failure_closes_group(env, qtbot):
     assert sorted(keys) == [ka, kb]
     # limits from the current slice
     c.set_current_slice(0, int(zs[0]) + 2)
-    panel.from_button.click()
+    panel.propagation_box.from_button.click()
     c.set_current_slice(0, int(zs[-1]) - 2)
-    panel.to_button.click()
-    limits = (panel.from_spin.value(), panel.to_spin.value())
+    panel.propagation_box.to_button.click()
+    limits = (panel.propagation_box.from_spin.value(), panel.propagation_box.to_spin.value())
     assert limits == (int(zs[0]) + 2, int(zs[-1]) - 2)
     before = np.array(c.display_labels())
     with qtbot.waitSignal(panel.propagation_finished, timeout=30_000) as fin:
@@ -159,7 +162,7 @@ def test_two_key_boxes_limits_match_core_and_failure_closes_group(env, qtbot):
     assert kinds == {"key", "interpolated", "propagated"}
     expected = np.zeros(ref.shape, np.uint16)
     propagate_to_volume(expected, keys, SimulatedSegmenter(ref, axis=0), LIVER, axis=0, replace=True,
-                        limits=limits, margin=panel.prop_margin_spin.value())
+                        limits=limits, margin=panel.propagation_box.margin_spin.value())
     np.testing.assert_array_equal(np.array(c.display_labels()), expected)
     painted = np.flatnonzero((expected == LIVER).any(axis=(1, 2)))
     assert painted.min() >= limits[0] and painted.max() <= limits[1]
@@ -208,13 +211,13 @@ def test_propagation_along_sagittal_axis(env, qtbot):
     h, w = ref.shape[0], ref.shape[1]  # the sagittal slice: rows = display axis 0, columns = axis 1
     want_box = (max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, w - 1), min(y1 + 1, h - 1))  # clipped
     np.testing.assert_allclose(keys[k], want_box, atol=1e-4)
-    assert panel.to_spin.maximum() == ref.shape[2] - 1
+    assert panel.propagation_box.to_spin.maximum() == ref.shape[2] - 1
     with qtbot.waitSignal(panel.propagation_finished, timeout=30_000) as fin:
         panel.propagate()
     assert fin.args == ["done"]
     expected = np.zeros(ref.shape, np.uint16)
     propagate_to_volume(expected, keys, SimulatedSegmenter(ref, axis=2), LIVER, axis=2, replace=True,
-                        margin=panel.prop_margin_spin.value())
+                        margin=panel.propagation_box.margin_spin.value())
     np.testing.assert_array_equal(np.array(c.display_labels()), expected)
     # through the orientation, the result lies on the liver on the source grid
     src = np.asarray(c.source_labels()) == LIVER
@@ -222,3 +225,122 @@ def test_propagation_along_sagittal_axis(env, qtbot):
     assert dice > 0.95
     c.set_view("axial")
     panel.clear_prompts()
+
+
+def _stroke(c, qtbot, at, label, wait_ms=0):
+    """A brush stroke of ``label`` on the labels layer from ``at`` ((slice, row, col)) 4 px to the
+    right, through napari's mouse callbacks; the press is held ``wait_ms`` (the event loop runs
+    meanwhile, as between a user's mouse events)."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    layer = c.labels_layer
+    layer.mode = "paint"
+    layer.brush_size = 3
+    layer.selected_label = label
+    scale = np.asarray(layer.scale, float)
+    w0 = np.asarray(at, float) * scale
+    w1 = (np.asarray(at, float) + (0, 0, 4)) * scale
+    ev = dict(dims_displayed=[1, 2], view_direction=(1.0, 0.0, 0.0))
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=tuple(w0), **ev))
+    if wait_ms:
+        qtbot.wait(wait_ms)
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=tuple(w1), **ev))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=tuple(w1), **ev))
+    layer.mode = "pan_zoom"
+
+
+def test_propagation_commits_as_it_goes_one_undo_and_strokes_stay_apart(env, qtbot):
+    """Each slice reaches the labels (``labels_changed``) while the run goes on; a brush stroke
+    made during the run (slices arriving while the mouse is held) is its own undo step; ONE undo
+    removes the whole run and leaves the stroke, one redo restores the run."""
+    import time
+
+    c, panel, ref = _fresh(env)
+    seg = SimulatedSegmenter(ref, axis=0)
+
+    def slow(index, box):
+        time.sleep(0.05)
+        return seg(index, box)
+
+    panel.set_segmenter(slow)
+    k = largest_slice(ref, 0)
+    c.set_current_slice(0, k)
+    x0, y0, x1, y1 = reference_box(ref, k, 0)
+    panel.activate_box_tool()
+    with qtbot.waitSignal(panel.slice_painted, timeout=10_000):
+        _drag(panel.prompts_layer, (k, y0 - 2, x0 - 2), (k, y1 + 2, x1 + 2))
+    before = np.array(c.display_labels())
+    seen = []  # liver slices in the labels at each labels_changed during the run
+
+    def count():
+        seen.append(int((np.asarray(c.display_labels()) == LIVER).any(axis=(1, 2)).sum()))
+
+    c.labels_changed.connect(count)
+    stroke_at = (k, 3, 3)  # a corner of the key slice: no liver there
+    try:
+        with qtbot.waitSignal(panel.propagation_finished, timeout=60_000) as fin:
+            assert panel.propagate() is not None
+            qtbot.waitUntil(lambda: len(panel.last_propagation) >= 3, timeout=20_000)
+            n_at_press = len(panel.last_propagation)
+            # what an autosave writes now (a kill -9 later keeps it): the slices done so far
+            snap = env.session.snapshot()
+            assert (snap.labels == LIVER).any(axis=(1, 2)).sum() >= n_at_press
+            _stroke(c, qtbot, stroke_at, 9, wait_ms=300)  # slices arrive while the mouse is held
+            assert panel.propagating
+    finally:
+        c.labels_changed.disconnect(count)
+    assert fin.args == ["done"]
+    c.wait_idle(10)
+    after = np.array(c.display_labels())
+    n = len(panel.last_propagation)
+    assert n > n_at_press + 2
+    # the labels followed the run: labels_changed with 1, 2, 3, ... liver slices written
+    assert len(seen) >= n - 1 and seen[-1] >= n - 1 and len(set(seen)) >= n // 2
+    stroke = (after == 9)
+    assert stroke[k, :8, :10].sum() > 0 and stroke.sum() == stroke[k, :8, :10].sum()
+    # the propagation, without the stroke
+    run_only = np.where(after == 9, before, after)
+    assert not np.array_equal(run_only, before)
+
+    c.undo()  # the whole run, not the stroke made during it
+    np.testing.assert_array_equal(np.array(c.display_labels()), np.where(stroke, 9, before))
+    c.redo()
+    np.testing.assert_array_equal(np.array(c.display_labels()), after)
+    c.undo()
+    c.undo()  # then the stroke alone
+    np.testing.assert_array_equal(np.array(c.display_labels()), before)
+    c.redo()
+    np.testing.assert_array_equal(np.array(c.display_labels()), np.where(stroke, 9, before))
+    c.redo()
+    np.testing.assert_array_equal(np.array(c.display_labels()), after)
+    c.set_active_label(LIVER)
+    panel.clear_prompts()
+
+
+def test_run_history_user_edit_over_run_voxels_belongs_to_the_user(env, qtbot):
+    """Voxels a stroke paints over a run's slice stay when the run is undone; the run's later
+    slices and its earlier ones go with one undo."""
+    from medsam_gui.gui.run_history import RunHistory
+
+    c, _panel, ref = _fresh(env)
+    k = largest_slice(ref, 0)
+    before = np.array(c.display_labels())
+    run = RunHistory(c)
+    assert run.write(0, k, ref[k], LIVER) > 0
+    ys, xs = np.nonzero(ref[k])
+    at = (k, int(ys.mean()), int(xs.mean()))  # inside the liver written by the run
+    _stroke(c, qtbot, at, 9)
+    stroke = np.array(c.display_labels()) == 9
+    assert stroke[k].sum() > 0
+    assert run.write(0, k + 1, ref[k + 1], LIVER) > 0
+    after = np.array(c.display_labels())
+    c.undo()
+    np.testing.assert_array_equal(np.array(c.display_labels()), np.where(stroke, 9, before))
+    c.redo()
+    np.testing.assert_array_equal(np.array(c.display_labels()), after)
+    c.set_active_label(LIVER)

@@ -32,20 +32,15 @@ HIPPO = "msd_hippocampus/hippocampus_001_image.nii.gz"
 
 
 @pytest.fixture(scope="module")
-def win(qapp, tmp_path_factory):
-    from medsam_gui.app import build_app
+def win(module_app_window):
+    """The demo CT with the session manager (no recovery offer), built in the module's home
+    (``win.home``: autosave slots live under it)."""
     from medsam_gui.gui import session as gs
 
-    home = tmp_path_factory.mktemp("session_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDSAM_GUI_HOME", str(home))
-        w = build_app(demo=True, show=True, install_panels=False)
-        w.qt_window.resize(1200, 800)
-        w.controller.wait_idle(60)
-        gs.install(w.controller, offer=False)
-    w.home = home
-    yield w
-    w.close(force=True)
+    w = module_app_window(demo=True, show=True, install_panels=False, size=(1200, 800),
+                          panels={"session": lambda controller: gs.install(controller, offer=False)})
+    w.home = module_app_window.home
+    return w
 
 
 @pytest.fixture
@@ -72,15 +67,13 @@ def c(win, monkeypatch, qtbot):
 
 @pytest.fixture
 def mgr(win, c):
-    from medsam_gui.gui import session as gs
-
-    m = gs.manager_for(c)
+    m = win.panels.session
     old = m.autosave.interval_s
     m.autosave.interval_s = 0.2
     yield m
     m.autosave.interval_s = old
-    for name in list(gs._providers(c)):
-        gs.unregister_state_provider(c, name)
+    for name in list(c.state_providers):
+        c.unregister_state_provider(name)
 
 
 def _disk(shape, cy, cx, r):
@@ -159,7 +152,7 @@ def test_autosave_after_edits_lands_in_user_data_folder(win, c, mgr, qtbot):
 
 
 def test_save_and_open_session_round_trip_through_menu(win, c, mgr, qtbot, tmp_path, monkeypatch):
-    from medsam_gui.gui import session as gs
+    from medsam_gui.gui import session_files
 
     shape = c.display_labels().shape
     for z, lab in ((5, 1), (10, 2), (15, 3)):
@@ -176,12 +169,12 @@ def test_save_and_open_session_round_trip_through_menu(win, c, mgr, qtbot, tmp_p
              "support_sets": {2: {"images": images, "labels": masks}},
              "prompts": {"boxes": [{"label": 1, "axis": 0, "slice": 5, "box": [1, 2, 30, 40]}]}}
     received = []
-    gs.register_state_provider(c, "dummy", lambda: state, received.append)
+    c.register_state_provider("dummy", lambda: state, received.append)
     want_labels = np.array(c.source_labels())
     want_table = c.label_table.to_dict()
 
     target = tmp_path / "case1.medsamsession"
-    monkeypatch.setattr(gs, "ask_save_session_path", lambda parent, suggested: str(target))
+    monkeypatch.setattr(session_files, "ask_save_session_path", lambda parent, suggested: str(target))
     win.actions["save_session"].trigger()
     c.wait_idle(60)
     qtbot.waitUntil(lambda: (target / "session.json").exists(), timeout=10000)
@@ -194,7 +187,7 @@ def test_save_and_open_session_round_trip_through_menu(win, c, mgr, qtbot, tmp_p
     c.set_labels(np.zeros(c.volume.shape, np.uint16))
     c.rename_label(2, "something else")
     c.set_window(0.0, 10.0)
-    monkeypatch.setattr(gs, "ask_open_session_path", lambda parent: str(target))
+    monkeypatch.setattr(session_files, "ask_open_session_path", lambda parent: str(target))
     win.actions["open_session"].trigger()
     qtbot.waitUntil(lambda: len(received) == 1, timeout=20000)
     c.wait_idle(60)
@@ -211,11 +204,9 @@ def test_save_and_open_session_round_trip_through_menu(win, c, mgr, qtbot, tmp_p
     assert got["prompts"] == state["prompts"]
     assert mgr.session_path == target
 
-    # `medsam-gui --session PATH` goes through app._open_session -> open_session
-    from medsam_gui import app
-
+    # `medsam-gui --session PATH` goes through build_app -> session_files.open_session
     c.set_labels(np.zeros(c.volume.shape, np.uint16))
-    app._open_session(c, str(target))
+    session_files.open_session(mgr, str(target))
     qtbot.waitUntil(lambda: len(received) == 2, timeout=20000)
     c.wait_idle(60)
     assert np.array_equal(c.source_labels(), want_labels)
@@ -223,7 +214,7 @@ def test_save_and_open_session_round_trip_through_menu(win, c, mgr, qtbot, tmp_p
 
 def test_moved_scan_asks_for_location_and_other_scan_is_refused(win, c, mgr, qtbot, tmp_path, monkeypatch,
                                                                 data_dir):
-    from medsam_gui.gui import session as gs
+    from medsam_gui.gui import session_files
 
     (tmp_path / "a").mkdir()
     scan = tmp_path / "a" / "ct.nii.gz"
@@ -234,7 +225,7 @@ def test_moved_scan_asks_for_location_and_other_scan_is_refused(win, c, mgr, qtb
     c.write_slice_mask(0, 9, _disk(shape[1:], 40, 70, 9), 1)
     want = np.array(c.source_labels())
     sess = tmp_path / "moved.medsamsession"
-    gs.save_session_as(c, sess)
+    session_files.save_session_as(mgr, sess)
     c.wait_idle(60)
     assert (sess / "session.json").exists()
 
@@ -249,19 +240,19 @@ def test_moved_scan_asks_for_location_and_other_scan_is_refused(win, c, mgr, qtb
         asked.append(message)
         return str(moved)
 
-    monkeypatch.setattr(gs, "ask_scan_location", locate)
-    gs.open_session(c, sess)
+    monkeypatch.setattr(session_files, "ask_scan_location", locate)
+    session_files.open_session(mgr, sess)
     qtbot.waitUntil(lambda: c.volume is not None and Path(c.volume.path) == moved, timeout=20000)
     c.wait_idle(60)
     assert len(asked) == 1 and str(scan) in asked[0] and "not at" in asked[0]
     assert np.array_equal(c.source_labels(), want)
-    assert gs.current_session(c).scan.path == str(moved)
+    assert mgr.snapshot().scan.path == str(moved)
 
     # a different scan chosen as "the moved scan" is refused with a clear message
     os.remove(moved)
-    monkeypatch.setattr(gs, "ask_scan_location", lambda parent, session, message: str(data_dir / HIPPO))
+    monkeypatch.setattr(session_files, "ask_scan_location", lambda parent, session, message: str(data_dir / HIPPO))
     volume_before = c.volume
-    gs.open_session(c, sess)
+    session_files.open_session(mgr, sess)
     qtbot.waitUntil(lambda: c.last_error is not None, timeout=20000)
     c.wait_idle(60)
     assert "not the scan this session was made on" in c.last_error
@@ -314,13 +305,13 @@ def _crash_slot(root: Path, scan: Path, label_value: int = 3) -> Path:
 
 
 def test_recovery_offer_later_discard_restore(win, c, mgr, qtbot):
-    from medsam_gui.gui import session as gs
+    from medsam_gui.gui import recovery_dialog
 
     root = mgr.autosave.root
     slot = _crash_slot(root, config.demo_scan_path())
 
     def offer_and_click(button):
-        dlg = gs.offer_recovery(c)  # the real, non-blocking dialog
+        dlg = recovery_dialog.offer_recovery(mgr)  # the real, non-blocking dialog
         assert dlg is not None and mgr.recovery_dialog is dlg and dlg.isVisible()
         rows = dlg.rows()
         assert [dlg.table.item(0, i).text() for i in range(4)] == rows[0]
@@ -334,7 +325,7 @@ def test_recovery_offer_later_discard_restore(win, c, mgr, qtbot):
     assert slot.exists()  # kept for later
 
     offer_and_click("discard")
-    assert not slot.exists() and gs.recoverable(c) == [] and gs.offer_recovery(c) is None
+    assert not slot.exists() and recovery_dialog.recoverable(mgr) == [] and recovery_dialog.offer_recovery(mgr) is None
 
     slot = _crash_slot(root, config.demo_scan_path(), label_value=4)
     offer_and_click("restore")
@@ -442,15 +433,10 @@ def test_undo_budget_drops_oldest_and_survives_new_scan(win, c, mgr, data_dir):
     assert steps == 120 and len(layer2._undo_history) == 120  # beyond napari's 100
 
 
-def test_clean_quit_leaves_nothing_to_recover(qapp, qtbot, monkeypatch, tmp_path):
-    import medsam_gui.app as app
-    from medsam_gui.gui import session as gs
-
-    monkeypatch.setattr(app, "PANEL_MODULES", ("medsam_gui.gui.session",))
-    w = app.build_app(demo=True, show=True)
+def test_clean_quit_leaves_nothing_to_recover(app_window, qtbot, monkeypatch, tmp_path):
+    w = app_window(demo=True, show=True)  # all panels, as the app has them
     c = w.controller
-    c.wait_idle(60)
-    m = gs.manager_for(c)
+    m = w.panels.session
     assert m is not None  # installed by build_app
     m.autosave.interval_s = 0.2
     c.write_slice_mask(0, 10, _disk(c.display_labels().shape[1:], 40, 40, 6), 1)
@@ -462,4 +448,3 @@ def test_clean_quit_leaves_nothing_to_recover(qapp, qtbot, monkeypatch, tmp_path
     qtbot.waitUntil(lambda: not slot.exists(), timeout=10000)
     assert core_autosave.find_recoverable(config.sessions_dir()) == []
     assert not list(config.sessions_dir().iterdir())
-    w.close(force=True)

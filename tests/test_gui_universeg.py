@@ -27,15 +27,10 @@ LIVER, SPLEEN = 5, 1
 
 
 @pytest.fixture(scope="module")
-def golden_sd(golden_dir):
-    return torch.load(golden_dir / "universeg_v1_seed1234_S8.pt", weights_only=True)["state_dict"]
-
-
-@pytest.fixture(scope="module")
-def model(golden_sd):
+def model(universeg_state_dict):
     from medsam_gui.models.universeg import universeg_v1
 
-    return universeg_v1(golden_sd)
+    return universeg_v1(universeg_state_dict)
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +39,14 @@ def ct_seg():
 
 
 @pytest.fixture(scope="module")
-def win(qapp, tmp_path_factory):
-    torch.set_num_threads(2)
-    mp = pytest.MonkeyPatch()  # module objects are built before the per-test home exists
-    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("universeg_home")))
-    from medsam_gui.app import build_app
+def win(module_app_window):
+    """The window with the UniverSeg panel alone (``win.panels.universeg``), built in the
+    module's home (module objects are built before the per-test home exists)."""
     from medsam_gui.gui import universeg_panel
 
-    w = build_app(show=True, install_panels=False)
-    w.qt_window.resize(1300, 900)
-    w.universeg = universeg_panel.install(w.controller)
-    mp.undo()
-    yield w
-    w.universeg.shutdown()
-    w.close(force=True)
+    torch.set_num_threads(2)
+    return module_app_window(show=True, install_panels=False, size=(1300, 900),
+                             panels={"universeg": universeg_panel.install})
 
 
 def _partial(seg, slices, value=LIVER, extra=()):
@@ -76,7 +65,7 @@ def c(win, model, ct_seg, monkeypatch):
 
     monkeypatch.setattr(dialogs, "ask_unsaved", lambda parent, what: "discard")
     ctrl = win.controller
-    panel = win.universeg
+    panel = win.panels.universeg
     if panel.running:
         panel.cancel()
     panel.reject()
@@ -97,8 +86,6 @@ def c(win, model, ct_seg, monkeypatch):
     for box in list(ctrl.error_boxes):
         box.close()
     ctrl.error_boxes.clear()
-    if hasattr(ctrl, "medsam_panel"):
-        del ctrl.medsam_panel
 
 
 def _setup(c, panel, labels, active=LIVER):
@@ -117,7 +104,7 @@ def _run(qtbot, panel, button=None, timeout=90_000):
 def test_segment_rest_proposal_accept_is_one_undo_step(win, c, qtbot, ct_seg, model):
     from medsam_gui.models import incontext as ic
 
-    panel = win.universeg
+    panel = win.panels.universeg
     # liver on 3 slices as support; spleen drawn on the slices in between (must survive Accept)
     _setup(c, panel, _partial(ct_seg, (10, 12, 14), extra=((SPLEEN, range(9, 16)),)))
     before = c.display_labels().copy()
@@ -163,7 +150,7 @@ def test_segment_rest_proposal_accept_is_one_undo_step(win, c, qtbot, ct_seg, mo
 
 
 def test_reject_changes_nothing(win, c, qtbot, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12)))
     before = c.display_labels().copy()
     _run(qtbot, panel)
@@ -175,13 +162,14 @@ def test_reject_changes_nothing(win, c, qtbot, ct_seg):
     assert not panel.accept_button.isEnabled()
 
 
-def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg):
-    panel = win.universeg
+def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg, monkeypatch):
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12, 14)))
     box = (10.0, 10.0, 60.0, 60.0)
     # the MedSAM panel's API: key boxes of the active label on this axis (slice 20 has no mask)
-    c.medsam_panel = SimpleNamespace(key_boxes=lambda axis, label: {10: box, 14: box, 20: box}
-                                     if (axis, label) == (0, LIVER) else {})
+    assert panel.medsam is None and panel.medsam_slices() == []  # installed without a MedSAM panel
+    monkeypatch.setattr(panel, "medsam", SimpleNamespace(
+        key_boxes=lambda axis, label: {10: box, 14: box, 20: box} if (axis, label) == (0, LIVER) else {}))
     assert panel.medsam_slices() == [10, 14]
     assert "MedSAM" in panel.medsam_button.toolTip() and "3–5" in panel.medsam_button.toolTip()
     before = c.display_labels().copy()
@@ -201,7 +189,7 @@ def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg):
 
 
 def test_cancel_keeps_partial_proposal(win, c, qtbot, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 16)))
     panel.batch_spin.setValue(1)
     before = c.display_labels().copy()
@@ -222,7 +210,7 @@ def test_cancel_keeps_partial_proposal(win, c, qtbot, ct_seg):
 
 
 def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 13, 16)))
     assert panel.support_slices() == [10, 13, 16]
     lst = panel.support_list
@@ -231,14 +219,14 @@ def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
     assert all(not icon.isNull() for icon in panel.thumbnail_icons())
     for it in panel.support_items():
         assert it.image.shape == (128, 128) and it.mask.shape == (128, 128) and it.mask.any()
-        th = it.thumbnail
+        th = panel.thumbnail(it)
         assert th.shape == (48, 48, 3)
         grey = (th[..., 0] == th[..., 1]) & (th[..., 1] == th[..., 2])
         pick = np.arange(48) * 128 // 48
         assert np.array_equal(~grey, it.mask[np.ix_(pick, pick)] > 0)  # colour exactly on the mask
     # the image is windowed as displayed: the support image equals the windowed slice
     lo, hi = c.window_bounds
-    from medsam_gui.models.incontext import resize_images, window_unit
+    from medsam_gui.core.support_set import resize_images, window_unit
 
     ref = resize_images(window_unit(c.display_volume()[13][None], (lo, hi)))[0]
     assert np.allclose(panel.support_items()[1].image, ref, atol=1e-6)
@@ -267,16 +255,16 @@ def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
     panel.set_state(state)
     assert panel.pin_check.isChecked() and panel.support_slices() == [10, 16, 20]
     assert np.array_equal(np.stack([it.mask for it in panel.support_items()]), sup["labels"])
-    from medsam_gui.gui import session
-
-    assert "universeg_support" in session._providers(c)  # registered for autosave at install
+    assert "universeg_support" in c.state_providers  # registered for autosave at install
+    assert set(state["support"]["origins"]) == {"pinned", "added"}
+    assert state["support"]["sources"] == [c.volume.name] * 3
 
 
 def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, monkeypatch, data_dir):
     from medsam_gui.core.example_sets import load_example_set
-    from medsam_gui.gui import universeg_panel as up
+    from medsam_gui.gui import universeg_support_list as up
 
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 13, 16)))
     ct_items = panel.support_items()
     ct_name = ct_items[0].source
@@ -285,8 +273,8 @@ def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, 
     panel.save_set_button.click()
     es = load_example_set(out)
     assert es.images.shape == (3, 128, 128) and es.masks.shape == (3, 128, 128)
-    assert es.slice_indices == (10, 13, 16) and es.label_value == LIVER and es.axis == 0
-    assert es.window_bounds == pytest.approx(c.window_bounds) and es.modality == c.volume.modality
+    assert es.indices == (10, 13, 16) and es.label_value == LIVER and es.axis == 0
+    assert es.bounds == pytest.approx(c.window_bounds) and es.modality == c.volume.modality
     assert np.allclose(es.images, np.stack([it.image for it in ct_items]), atol=1e-3)
     assert np.array_equal(es.masks, np.stack([it.mask for it in ct_items]))
 
@@ -324,7 +312,7 @@ def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, 
 
 
 def test_all_labels_combined_without_overlap(win, c, qtbot, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12), extra=((SPLEEN, (10, 12)),)))
     panel.all_labels_check.setChecked(True)
     before = c.display_labels().copy()
@@ -345,10 +333,10 @@ def test_all_labels_combined_without_overlap(win, c, qtbot, ct_seg):
     assert np.array_equal(c.display_labels(), before)
 
 
-def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, golden_sd, tmp_path, monkeypatch):
+def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, universeg_state_dict, tmp_path, monkeypatch):
     from medsam_gui.models import weights as manager
 
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12)))
     panel.set_model(None)
     assert manager.resolve("universeg_v1") is None
@@ -366,7 +354,7 @@ def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, golden_sd, tm
     assert panel.model is None and dlg.isVisible()
     # the right file (through the dialog's own file picker): validated, remembered, the run starts
     good = tmp_path / "universeg_v1_nf64_ss64_STA.pt"
-    torch.save(golden_sd, good)
+    torch.save(universeg_state_dict, good)
     from medsam_gui.gui import weights_dialog
 
     monkeypatch.setattr(weights_dialog, "ask_weights_file", lambda parent, title="": str(good))
@@ -383,9 +371,9 @@ def test_batches_off_screen_do_not_redraw_and_a_rerun_reuses_the_layer(win, c, q
     screen (a canvas redraw costs ~50 ms per batch), off-screen slices show the right data when
     the user goes there, the list's pixel counts are right, and a new run while a proposal is
     shown reuses its layer (napari needs ~0.5 s of GUI thread to add one)."""
-    from medsam_gui.gui.universeg_panel import Proposal
+    from medsam_gui.models.incontext_proposal import Proposal
 
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 14)))
     panel.batch_spin.setValue(1)  # one batch per target slice
     c.set_current_slice(0, 5)  # not a target
@@ -437,3 +425,24 @@ def test_batches_off_screen_do_not_redraw_and_a_rerun_reuses_the_layer(win, c, q
     for box in list(c.error_boxes):
         box.close()
     c.error_boxes.clear()
+
+
+def test_install_wiring(win, c):
+    """install(): Models menu entry, session state provider, change notices."""
+    panel = win.panels.universeg
+    act = win.actions["load_universeg_weights"]
+    assert act.text() == "Load UniverSeg weights…"
+    get_state, set_state = c.state_providers["universeg_support"]
+    assert get_state() == {"pinned": False} and set_state.__self__ is panel
+    notices = []
+
+    def heard():
+        notices.append(1)
+
+    c.state_changed.connect(heard)
+    try:
+        panel.set_pinned(True)  # a pinned set is session state: autosave hears of it
+        assert notices
+    finally:
+        c.state_changed.disconnect(heard)
+        panel.set_pinned(False)

@@ -1,9 +1,6 @@
 """Hostile inputs: every malformed scan either opens as a valid Volume or raises a
 MedsamGuiError with a message, fast, without running code; every bad checkpoint raises
 CheckpointError from the MedSAM and UniverSeg loaders. The corpus is tests/hostile_corpus.py.
-
-Cases that currently fail because of another module's behaviour are listed in KNOWN_*
-below as strict xfails (so the suite says when they are fixed).
 """
 
 from __future__ import annotations
@@ -20,13 +17,11 @@ import pytest
 
 import hostile_corpus as hc  # tests/ is on sys.path (rootdir conftest, rootdir-relative import)
 from medsam_gui.errors import CheckpointError, MedsamGuiError
+from medsam_gui.models.medsam import load_medsam_state_dict
+from medsam_gui.models.universeg import universeg_v1
 
 REPO = Path(__file__).resolve().parent.parent
 CASE_TIMEOUT_S = 30.0
-
-# case name -> reason (strict xfail: remove the entry when the owning module is fixed)
-KNOWN_SCAN_FAILURES: dict[str, str] = {}
-KNOWN_CHECKPOINT_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _run_with_timeout(fn, timeout=CASE_TIMEOUT_S):
@@ -103,17 +98,7 @@ def _has_notice(vol) -> bool:
     return isinstance(notices, list) and bool(notices) and all(isinstance(n, str) and n.strip() for n in notices)
 
 
-def _scan_params():
-    out = []
-    for case in hc.SCAN_CASES:
-        marks = []
-        if case.name in KNOWN_SCAN_FAILURES:
-            marks.append(pytest.mark.xfail(strict=True, reason=f"{case.name}: {KNOWN_SCAN_FAILURES[case.name]}"))
-        out.append(pytest.param(case.name, marks=marks, id=case.name))
-    return out
-
-
-@pytest.mark.parametrize("name", _scan_params())
+@pytest.mark.parametrize("name", [c.name for c in hc.SCAN_CASES])
 def test_load_volume_hostile(scan_corpus, name):
     from medsam_gui.io import load_volume
 
@@ -176,32 +161,8 @@ def test_cli_info_hostile(scan_corpus):
 # ------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------
-def _medsam_loader():
-    try:
-        from medsam_gui.models.medsam import load_medsam_state_dict
-    except ImportError as exc:  # pragma: no cover - module written in parallel
-        pytest.skip(f"medsam_gui.models.medsam not available: {exc}")
-    return load_medsam_state_dict
-
-
-def _universeg_loader():
-    try:
-        from medsam_gui.models.universeg import universeg_v1
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"medsam_gui.models.universeg not available: {exc}")
-    return lambda path: universeg_v1(weights=path)
-
-
-def _checkpoint_params():
-    out = []
-    for case in hc.CHECKPOINT_CASES:
-        for target in case.targets:
-            marks = []
-            if (case.name, target) in KNOWN_CHECKPOINT_FAILURES:
-                marks.append(pytest.mark.xfail(strict=True, reason=f"{case.name} -> {target}: "
-                                                                   f"{KNOWN_CHECKPOINT_FAILURES[(case.name, target)]}"))
-            out.append(pytest.param(case.name, target, marks=marks, id=f"{target}: {case.name}"))
-    return out
+def _universeg_loader(path):
+    return universeg_v1(weights=path)
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +175,11 @@ def _torch_threads():
     torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("name, target", _checkpoint_params())
+@pytest.mark.parametrize("name, target", [pytest.param(c.name, t, id=f"{t}: {c.name}")
+                                          for c in hc.CHECKPOINT_CASES for t in c.targets])
 def test_bad_checkpoint_refused(checkpoint_corpus, name, target, _torch_threads):
     folder, built = checkpoint_corpus
-    load = _medsam_loader() if target == "medsam" else _universeg_loader()
+    load = load_medsam_state_dict if target == "medsam" else _universeg_loader
     result, exc = _run_with_timeout(lambda: load(built[name].path), timeout=60)
     assert not (folder / hc.MARKER_NAME).exists(), "loading a checkpoint executed code"
     assert exc is not None, f"accepted a bad checkpoint ({built[name].case.why})"
@@ -228,5 +190,5 @@ def test_bad_checkpoint_refused(checkpoint_corpus, name, target, _torch_threads)
 def test_good_universeg_checkpoint_still_loads(checkpoint_corpus, _torch_threads):
     """Control: the loader does not refuse everything (the golden state dict loads)."""
     folder, built = checkpoint_corpus
-    model = _universeg_loader()(folder / "_universeg_full.pt")
+    model = _universeg_loader(folder / "_universeg_full.pt")
     assert sum(p.numel() for p in model.parameters()) == 1_182_785

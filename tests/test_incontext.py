@@ -8,13 +8,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from medsam_gui.core.example_sets import (
-    FORMAT_VERSION,
-    ExampleSet,
-    ExampleSetError,
-    load_example_set,
-    save_example_set,
-)
+from medsam_gui.core.example_sets import FORMAT_VERSION, ExampleSetError, load_example_set, save_example_set
+from medsam_gui.core.support_set import SupportSet, resize_masks, window_unit
 from medsam_gui.models import incontext as ic
 from medsam_gui.models import universeg_v1
 
@@ -26,23 +21,14 @@ def _read(path):
 
 
 @pytest.fixture(scope="module")
-def hippo(data_dir):
-    d = data_dir / "msd_hippocampus"
-    img = _read(d / "hippocampus_003_image.nii.gz")  # (35, 52, 34) float32
-    lab = np.rint(_read(d / "hippocampus_003_label.nii.gz")).astype(np.int16)
-    return img, lab
-
-
-@pytest.fixture(scope="module")
 def liver_ct(data_dir):
     d = data_dir / "totalsegmentator_example_ct"
     return _read(d / "example_ct_sm.nii.gz"), _read(d / "example_seg.nii.gz")  # (30, 101, 122)
 
 
 @pytest.fixture(scope="module")
-def golden_model(golden_dir):
-    g = torch.load(golden_dir / "universeg_v1_seed1234_S8.pt", map_location="cpu", weights_only=True)
-    return universeg_v1(g["state_dict"])
+def golden_model(universeg_state_dict):
+    return universeg_v1(universeg_state_dict)
 
 
 class SupportMeanModel(torch.nn.Module):
@@ -107,7 +93,7 @@ def test_plan_targets():
 
 def test_prepare_support_resizing(hippo):
     img, lab = hippo
-    sup = ic.prepare_support(img[[8, 10]], lab[[8, 10]] == 1, (0.0, 2000.0), indices=[8, 10])
+    sup = SupportSet.from_slices(img[[8, 10]], lab[[8, 10]] == 1, (0.0, 2000.0), indices=[8, 10])
     assert sup.images.shape == sup.masks.shape == (2, 128, 128)
     assert sup.images.dtype == np.float32 and sup.masks.dtype == np.uint8
     assert 0.0 <= sup.images.min() and sup.images.max() <= 1.0
@@ -119,9 +105,9 @@ def test_prepare_support_resizing(hippo):
     big = np.zeros((1, 256, 256), np.uint8)
     big[0, :, :] = 1
     big[0, ::2, ::2] = 0  # 75 % covered everywhere -> all 1
-    assert ic.resize_masks(big).min() == 1
+    assert resize_masks(big).min() == 1
     big[0, 1::2, :] = 0  # 25 % covered -> all 0
-    assert ic.resize_masks(big).max() == 0
+    assert resize_masks(big).max() == 0
 
 
 # --------------------------------------------------------------------------- geometry with fake models
@@ -159,7 +145,7 @@ def test_fake_model_axis1_and_target_path(liver_ct):
     res2 = ic.segment_rest(ct, first, 1, model=TargetThresholdModel(), bounds=(-300.0, 300.0),
                            targets=[40, 60], support_size=4, device="cpu", axis=1)
     for t in (40, 60):
-        ref_t = ic.window_unit(ct[:, t, :], (-300.0, 300.0)) > 0.5
+        ref_t = window_unit(ct[:, t, :], (-300.0, 300.0)) > 0.5
         agree = (res2.mask(t) == ref_t).mean()
         flipped = max((res2.mask(t) == ref_t[::-1]).mean(), (res2.mask(t) == ref_t[:, ::-1]).mean())
         assert agree > 0.93 and agree > flipped + 0.1, (agree, flipped)
@@ -167,12 +153,12 @@ def test_fake_model_axis1_and_target_path(liver_ct):
 
 def test_support_from_another_scan(hippo, data_dir):
     img, lab = hippo
-    sup = ic.prepare_support(img[[12]], lab[[12]] == 2, (0.0, 2000.0), indices=[12])
+    sup = SupportSet.from_slices(img[[12]], lab[[12]] == 2, (0.0, 2000.0), indices=[12])
     other = _read(data_dir / "msd_hippocampus" / "hippocampus_001_image.nii.gz")
     res = ic.segment_rest(other, None, 2, model=SupportMeanModel(), bounds=(0.0, 2000.0), support=sup,
                           targets=[3], device="cpu")
     hw = other.shape[1:]
-    expected = ic.resize_masks(ic.resize_masks((lab[12] == 2)[None]), hw)[0].astype(bool)
+    expected = resize_masks(resize_masks((lab[12] == 2)[None]), hw)[0].astype(bool)
     assert res.probabilities[3].shape == hw
     assert (res.mask(3) == expected).mean() > 0.98
 
@@ -272,9 +258,8 @@ def test_errors(hippo):
 
 def _example(hippo):
     img, lab = hippo
-    sup = ic.prepare_support(img[[6, 9, 12]], lab[[6, 9, 12]] == 1, (10.0, 900.0), indices=[6, 9, 12],
-                             modality="MR", source="hippocampus_003")
-    return sup.to_example_set(label_name="anterior hippocampus", label_value=1)
+    return SupportSet.from_slices(img[[6, 9, 12]], lab[[6, 9, 12]] == 1, (10.0, 900.0), indices=[6, 9, 12],
+                                 modality="MR", source="hippocampus_003", label_name="anterior hippocampus")
 
 
 def test_example_set_round_trip(tmp_path, hippo):
@@ -283,14 +268,13 @@ def test_example_set_round_trip(tmp_path, hippo):
     assert [p.name for p in tmp_path.iterdir()] == ["hippo.npz"]  # no temp file left
     back = load_example_set(path)
     assert back.label_name == "anterior hippocampus" and back.modality == "MR"
-    assert back.window_bounds == (10.0, 900.0) and back.slice_indices == (6, 9, 12)
-    assert back.source_scan == "hippocampus_003" and back.label_value == 1 and back.axis == 0
+    assert back.bounds == (10.0, 900.0) and back.indices == (6, 9, 12)
+    assert back.source == "hippocampus_003" and back.label_value == 1 and back.axis == 0
     assert np.array_equal(back.masks, es.masks) and back.masks.dtype == np.uint8
     assert np.abs(back.images - es.images).max() < 1e-3  # float16 storage
     with np.load(path, allow_pickle=False) as raw:
         assert raw["images"].dtype == np.float16 and int(raw["format_version"]) == FORMAT_VERSION
-    sup = ic.SupportSet.from_example_set(back)
-    assert len(sup) == 3 and sup.indices == (6, 9, 12)
+    assert len(back) == 3 and {s.origin for s in back} == {"example set"}
 
 
 def test_example_set_refusals(tmp_path, hippo):
@@ -310,7 +294,7 @@ def test_example_set_refusals(tmp_path, hippo):
     for name, frag in cases.items():
         with pytest.raises(ExampleSetError, match=frag):
             load_example_set(tmp_path / name)
-    with pytest.raises(ExampleSetError):
-        ExampleSet(images=np.full((1, 128, 128), 2.0, np.float32), masks=np.zeros((1, 128, 128), np.uint8))
+    with pytest.raises(ExampleSetError, match="empty"):
+        save_example_set(tmp_path / "empty.npz", SupportSet())
     with pytest.raises(ExampleSetError, match="exists"):
         save_example_set(good, es, overwrite=False)

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -110,7 +111,6 @@ def test_dicom_folder_with_two_series(tmp_path):
                                   "totalsegmentator_example_ct/example_ct_sm.nii.gz",
                                   "itksnap_brain_mr/MRIcrop-orig.nii.gz"])
 def test_mgz_round_trip_lps_geometry(tmp_path, name):
-    nib = pytest.importorskip("nibabel")
     src = DATA / name
     nimg = nib.load(str(src))
     data = np.asanyarray(nimg.dataobj)
@@ -198,7 +198,6 @@ def test_nifti_layout_parser_nifti1_and_2(tmp_path, small_nii_bytes):
     """Data offset and size from the raw header (NIfTI-1 and -2, either byte order); not NIfTI: None."""
     from medsam_gui.io.readers import _nifti_layout
 
-    nib = pytest.importorskip("nibabel")
     assert _nifti_layout(gzip.decompress(small_nii_bytes)[:540]) == (352, 30 * 101 * 122 * 2)
     arr = np.zeros((6, 5, 4), np.float32)
     for cls, hdr, offset in ((nib.Nifti2Image, nib.Nifti2Header(), 544),

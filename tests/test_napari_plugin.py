@@ -3,6 +3,7 @@ plugin manager and napari's own viewer, checked against SimpleITK's reading of r
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -74,8 +75,8 @@ def permuted_mha(tmp_path_factory, data_dir) -> Path:
 
 # ------------------------------------------------------------------ manifest / discovery
 def test_manifest_validates_with_npe2_cli(pm):
-    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)], capture_output=True,
+                          encoding="utf-8", env={**os.environ, "PYTHONIOENCODING": "utf-8"}, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in proc.stdout
     # every command's python_name resolves (what `npe2 validate --imports` checks)
@@ -247,7 +248,7 @@ def test_widgets_work_on_the_viewers_layers(pm, make_napari_viewer, data_dir, tm
     assert labels in viewer.layers and labels.data.shape == image.data.shape
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_allclose(labels.translate, image.translate)
-    assert medsam_w.to_spin.maximum() == image.data.shape[0] - 1  # MedSAM sees the scan's slices
+    assert medsam_w.propagation_box.to_spin.maximum() == image.data.shape[0] - 1  # MedSAM sees the scan's slices
 
     # Labels widget: "Add" adds a label to the table, and it becomes the one napari paints with
     n = labels_w.table.rowCount()
@@ -285,8 +286,13 @@ def test_widgets_work_on_the_viewers_layers(pm, make_napari_viewer, data_dir, tm
     assert not np.any(labels.data == new_value)
     c.redo()
     assert int(np.count_nonzero(labels.data == new_value)) == 100
-    medsam_w.shutdown()
-    useg_w.shutdown()
+    # quitting napari shuts the controller down: the panels' threads end with it
+    from medsam_gui.gui.controller import background_threads
+
+    medsam_w.service.set_focus(mid)  # the decoder thread runs
+    assert background_threads()
+    c.shutdown()
+    assert background_threads() == []
 
 
 @pytest.mark.gui

@@ -25,8 +25,10 @@ from medsam_gui.core.session import (
     relocate_scan,
     save_session,
 )
+from medsam_gui.core.support_set import SupportSet
 from medsam_gui.core.volume import Volume
 from medsam_gui.errors import ExportError, SessionError
+from medsam_gui.io import load_volume
 
 
 def sitk_load_volume(path, *, series_uid=None, component=None):
@@ -36,25 +38,8 @@ def sitk_load_volume(path, *, series_uid=None, component=None):
                   path=str(path), name=os.path.basename(str(path)))
 
 
-def _io_load_volume():
-    try:
-        from medsam_gui.io import load_volume
-    except ImportError:
-        return None
-    return load_volume
-
-
 LOADERS = [pytest.param(sitk_load_volume, id="sitk"),
-           pytest.param("io", id="medsam_gui.io")]
-
-
-def _loader(spec):
-    if spec == "io":
-        fn = _io_load_volume()
-        if fn is None:
-            pytest.skip("medsam_gui.io.load_volume not available yet")
-        return fn
-    return spec
+           pytest.param(load_volume, id="medsam_gui.io")]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +64,9 @@ def _table():
 
 def _full_session(ct, seg):
     rng = np.random.default_rng(0)
-    support = {5: {"images": rng.random((4, 32, 32), dtype=np.float32),
-                   "labels": (rng.random((4, 32, 32)) > 0.5).astype(np.uint8)},
+    liver = SupportSet.from_partial_labels(ct.array, seg, 5, bounds=(-160.0, 240.0), slices=[10, 13, 16],
+                                           source=ct.name, modality=ct.modality, label_name="liver")
+    support = {5: liver.to_arrays(),
                1: {"images": rng.random((2, 16, 16), dtype=np.float32),
                    "labels": np.zeros((2, 16, 16), np.uint8)}}
     prompts = {"boxes": [{"label": 5, "axis": 0, "slice": 12, "box": [30, 40, 80, 90]}],
@@ -109,9 +95,12 @@ def test_round_trip_real_labels(tmp_path, totalseg):
     assert back.window == (-160.0, 240.0)
     assert set(back.support_sets) == {1, 5}
     for v in (1, 5):
-        for n in ("images", "labels"):
-            assert back.support_sets[v][n].dtype == s.support_sets[v][n].dtype
-            assert np.array_equal(back.support_sets[v][n], s.support_sets[v][n])
+        assert set(back.support_sets[v]) == set(s.support_sets[v])
+        for n, a in s.support_sets[v].items():
+            assert back.support_sets[v][n].dtype == a.dtype and np.array_equal(back.support_sets[v][n], a)
+    liver = SupportSet.from_arrays(back.support_sets[5], {"label_value": 5})
+    assert liver.indices == (10, 13, 16) and liver.bounds == (-160.0, 240.0) and liver.label_value == 5
+    assert all(item.mask.sum() > 100 for item in liver)  # the liver on each example
     assert back.scan == s.scan
     assert back.scan.fingerprint == ct.fingerprint() and back.scan.shape_zyx == ct.shape
     assert back.scan.path == str(ct.path)
@@ -315,7 +304,7 @@ def test_corrupt_sessions_raise_session_error(tmp_path, totalseg):
 @pytest.mark.parametrize("loader", LOADERS)
 def test_relocate_same_scan_succeeds_other_scan_fails(tmp_path, totalseg, loader, data_dir):
     DATA_DIR = data_dir
-    load = _loader(loader)
+    load = loader
     src = DATA_DIR / "totalsegmentator_example_ct" / "example_ct_sm.nii.gz"
     original = tmp_path / "orig" / "ct.nii.gz"
     original.parent.mkdir()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from medsam_gui.core.support_set import resize_images, resize_masks, window_unit
 from medsam_gui.models import incontext as ic
 from medsam_gui.models.universeg import _conv_sum, _maxpool2, _up2, universeg_v1
 
@@ -38,8 +39,8 @@ def lung_slices(data_dir):
     img = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "lung1_image.nrrd"))).astype(np.float32)
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "lung1_label.nrrd"))) > 0
     idx = np.linspace(0, img.shape[0] - 1, 14).round().astype(int)
-    images = ic.resize_images(ic.window_unit(img[idx], (-160.0, 240.0)))
-    masks = ic.resize_masks(lab[idx] | (img[idx] > 300))
+    images = resize_images(window_unit(img[idx], (-160.0, 240.0)))
+    masks = resize_masks(lab[idx] | (img[idx] > 300))
     return torch.from_numpy(images), torch.from_numpy(masks.astype(np.float32))
 
 

@@ -124,7 +124,7 @@ def test_waiting_for_an_embedding_can_be_cancelled(predictor, lung):
     release = threading.Event()
 
     class SlowEngine(BrightBoxEngine):
-        def embed(self, slices):
+        def embed(self, slices, stop=None):
             release.wait(30)
             return super().embed(slices)
 
@@ -188,7 +188,7 @@ def test_real_medsam_decodes_like_the_engine(predictor, data_dir, monkeypatch):
     memo = medsam_fixtures.hippocampus_embedding()
     seen = []
 
-    def embed(slices):
+    def embed(slices, stop=None):
         seen.append(np.array(slices[0]))
         return memo
 
@@ -201,3 +201,25 @@ def test_real_medsam_decodes_like_the_engine(predictor, data_dir, monkeypatch):
     np.testing.assert_array_equal(seen[0], g["volume_uint8_slice"])
     np.testing.assert_array_equal(mask, eng.decode(memo, g["box_xyxy"], mask.shape))
     assert p.cached(z).dtype == torch.float32  # the float32 embedding, not the cache's float16
+
+
+@pytest.mark.slow
+def test_closing_abandons_an_encoder_pass_and_the_engine_still_works(predictor, lung):
+    """The app closes during a (real, random-weight) ViT-B encoder pass: the pass stops at its
+    next block, every thread ends within seconds, and the next pass on the engine runs."""
+    eng = medsam_fixtures.engine()
+    started = threading.Event()
+
+    class Listener(PredictorListener):
+        def embedding_started(self, index):
+            started.set()
+
+    p = predictor(eng, background=False, listener=Listener())
+    p.set_volume(lung, bounds=CT_WINDOW)
+    p.request(20)
+    assert started.wait(30)
+    time.sleep(0.5)  # inside the encoder now
+    t0 = time.monotonic()
+    p.shutdown()
+    assert time.monotonic() - t0 < 8 and _medsam_threads() == []
+    assert eng.embed([np.zeros((8, 8), np.uint8)]).shape == (1, 256, 64, 64)

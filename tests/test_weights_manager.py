@@ -10,13 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from medsam_gui import config
 from medsam_gui.errors import CheckpointError, MedsamGuiError, WeightsDownloadError
 from medsam_gui.models import weights as manager
-
-import medsam_fixtures
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -56,12 +53,9 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def universeg_bytes(tmp_path_factory, golden_dir):
+def universeg_bytes(universeg_checkpoint):
     """A small valid checkpoint in the UniverSeg v1 format (the golden's random weights)."""
-    g = torch.load(golden_dir / "universeg_v1_seed1234_S8.pt", map_location="cpu", weights_only=True)
-    p = tmp_path_factory.mktemp("uvs") / "universeg_v1_nf64_ss64_STA.pt"
-    torch.save(g["state_dict"], p)
-    return p.read_bytes()
+    return universeg_checkpoint.read_bytes()
 
 
 def _free_port() -> int:
@@ -181,8 +175,8 @@ def test_import_validates_copies_and_remembers(tmp_path, universeg_bytes):
     assert manager.resolve("universeg_v1") == used
 
 
-def test_import_real_vit_b_without_copy():
-    ckpt = medsam_fixtures.vit_b_checkpoint()
+def test_import_real_vit_b_without_copy(medsam_checkpoint):
+    ckpt = medsam_checkpoint
     used = manager.import_weights("medsam_vit_b", ckpt, copy=False)
     assert used == ckpt.resolve() and manager.resolve("medsam") == used
     listed = {m["name"]: m for m in manager.list_models()}

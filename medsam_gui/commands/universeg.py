@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import CheckpointError, MedsamGuiError
+import numpy as np
 
-MODEL_NAME = "universeg_v1"
+from ..errors import MedsamGuiError
 
 
 class UniversegCommandError(MedsamGuiError):
@@ -90,29 +90,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def resolve_checkpoint(path: str | None) -> Path:
-    """``--checkpoint`` if given, else the model manager's local copy of ``universeg_v1``."""
-    if path:
-        return Path(path).expanduser()
-    found = None
-    try:
-        from ..models import weights as manager
-    except ImportError:  # model manager not installed with this build
-        manager = None
-    if manager is not None:
-        try:
-            found = manager.resolve(MODEL_NAME)
-        except MedsamGuiError:
-            found = None
-    if found and Path(found).is_file():
-        return Path(found)
-    raise CheckpointError(
-        "No UniverSeg checkpoint: pass --checkpoint universeg_v1_nf64_ss64_STA.pt, or download it "
-        f"once with `medsam-gui weights download {MODEL_NAME}`.")
-
-
-def _bounds(args, volume, example_set):
-    from ..core.intensity import WINDOW_PRESETS, default_bounds, window_bounds
+def _window(args):
+    from ..core.intensity import WINDOW_PRESETS, window_bounds
 
     if args.window is not None:
         try:
@@ -121,92 +100,67 @@ def _bounds(args, volume, example_set):
             raise UniversegCommandError(f"--window: {exc}") from None
     if args.window_preset:
         return window_bounds(*WINDOW_PRESETS[args.window_preset])
-    if example_set is not None and volume.modality == "CT" and example_set.modality == "CT":
-        return tuple(example_set.window_bounds)
-    return default_bounds(volume.array, volume.modality)
+    return None
 
 
 def run(args) -> int:
-    import numpy as np
-
+    from .. import api
     from ..core.example_sets import load_example_set, save_example_set
-    from ..io import load_labels, load_volume, save_labels
+    from ..core.support_set import SupportSet
+    from ..io import load_labels
     from ..models import incontext as ic
-    from ..models.universeg import universeg_v1
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:
         raise UniversegCommandError(f"{out} already exists; choose another --out or add --overwrite.")
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model = universeg_v1(ckpt)
+    model = api.load_universeg(args.checkpoint)
     device = ic.resolve_device(args.device)
-    volume = load_volume(args.scan)
-    axis = args.axis
+    volume = api.load_volume(args.scan)
     example_set = load_example_set(args.example_set) if args.example_set else None
-    bounds = _bounds(args, volume, example_set)
+    support = example_set if example_set is not None else load_labels(args.support_labels, like=volume)
+    bounds = api.universeg_window(volume, support, _window(args))
     S = args.support_size or ic.default_support_size(device)
-    common = dict(model=model, bounds=bounds, support_size=S, z_range=args.z_range, device=device,
-                  ensemble=args.ensemble, axis=axis, batch_size=args.batch_size)
+    if example_set is not None:
+        if example_set.axis != args.axis:
+            say(f"note: the example set was taken along axis {example_set.axis}, this run uses axis {args.axis}")
+        what = f"label {args.label or int(example_set.label_value) or 1} from example set {args.example_set} " \
+               f"({len(example_set)} slices"
+    else:
+        present = [int(v) for v in np.unique(support) if v > 0]
+        if args.save_example_set and args.label is None and len(present) > 1:
+            raise UniversegCommandError("--save-example-set saves one label: add --label N "
+                                        f"(labels present: {', '.join(map(str, present))}).")
+        what = f"label(s) {args.label or ', '.join(map(str, present))} ("
+    say(f"UniverSeg: {what}, S={S}, window {bounds[0]:g}..{bounds[1]:g}, {device})")
     t0 = time.perf_counter()
 
     def progress(done, total):
         say(f"  {done}/{total} slices ({time.perf_counter() - t0:.1f} s)")
 
-    if example_set is not None:
-        value = args.label or int(example_set.label_value) or 1
-        labels = np.zeros(volume.shape, dtype=np.uint8 if value <= 255 else np.uint16)
-        if example_set.axis != axis:
-            say(f"note: the example set was taken along axis {example_set.axis}, this run uses axis {axis}")
-        say(f"UniverSeg: label {value} from example set {args.example_set} ({len(example_set)} slices, "
-            f"S={S}, window {bounds[0]:g}..{bounds[1]:g}, {device})")
-        support = ic.SupportSet.from_example_set(example_set)
-        result = ic.segment_rest(volume.array, None, value, support=support, progress=progress, **common)
-        values = [value]
-        support_for_save = {value: support}
-    else:
-        labels = np.asarray(load_labels(args.support_labels, like=volume))
-        if not np.issubdtype(labels.dtype, np.integer):
-            labels = np.rint(labels).astype(np.int64)
-        present = [int(v) for v in np.unique(labels) if v > 0]
-        if args.label is not None:
-            if args.label not in present:
-                raise UniversegCommandError(
-                    f"label {args.label} is not drawn in {args.support_labels} (labels present: "
-                    f"{', '.join(map(str, present)) or 'none'}).")
-            values = [args.label]
-        else:
-            values = present
-        if not values:
-            raise UniversegCommandError(f"{args.support_labels} is empty: draw the structure on a few slices first.")
-        if args.save_example_set and len(values) > 1:
-            raise UniversegCommandError("--save-example-set saves one label: add --label N "
-                                        f"(labels present: {', '.join(map(str, values))}).")
-        say(f"UniverSeg: label(s) {', '.join(map(str, values))} (S={S}, window {bounds[0]:g}..{bounds[1]:g}, "
-            f"{device})")
-        result = ic.segment_rest_multi(volume.array, labels, values, progress=progress, **common)
-        support_for_save = {}
-        if args.save_example_set:
-            v = values[0]
-            used = ic.choose_support(ic.labeled_slices(labels, v, axis), S)
-            support_for_save[v] = ic.prepare_support(
-                np.stack([np.take(volume.array, i, axis) for i in used]),
-                np.stack([np.take(labels, i, axis) == v for i in used]), bounds, indices=used,
-                modality=volume.modality, source=volume.name or Path(args.scan).name)
-
-    output = labels.copy()
-    changed = result.apply(output)
-    max_value = int(output.max()) if output.size else 0
-    output = output.astype(np.uint8 if max_value <= 255 else np.uint16)
-    save_labels(output, volume, out, overwrite=args.overwrite)
+    try:
+        output = api.segment_rest(volume, support, model=model, label=args.label, window=bounds, device=device,
+                                  z_range=args.z_range, support_size=S, axis=args.axis, ensemble=args.ensemble,
+                                  batch_size=args.batch_size, progress=progress)
+    except UniversegCommandError:
+        raise
+    except MedsamGuiError as exc:
+        raise UniversegCommandError(f"{args.support_labels or args.example_set}: {exc}") from None
+    api.save_labels(output, volume, out, overwrite=args.overwrite)
+    before = np.zeros_like(output) if example_set is not None else np.asarray(support)
+    changed = np.flatnonzero((np.moveaxis(output, args.axis, 0) != np.moveaxis(before, args.axis, 0))
+                             .reshape(output.shape[args.axis], -1).any(axis=1))
     say(f"filled {len(changed)} slice(s) in {time.perf_counter() - t0:.1f} s; wrote {out}")
     if args.save_example_set:
-        v = values[0]
-        sup = support_for_save[v]
         if example_set is not None:
-            sup.modality = example_set.modality
-        es = sup.to_example_set(label_name=(example_set.label_name if example_set is not None else f"label {v}"),
-                                label_value=v, axis=axis)
-        save_example_set(args.save_example_set, es)
-        say(f"saved example set ({len(es)} slices) to {args.save_example_set}")
+            to_save = example_set
+        else:
+            v = args.label or int(max(np.unique(support)))
+            to_save = SupportSet.from_partial_labels(
+                volume.array, np.asarray(support), v, args.axis, bounds=bounds,
+                slices=ic.choose_support(ic.labeled_slices(np.asarray(support), v, args.axis), S),
+                modality=volume.modality, source=volume.name or Path(args.scan).name, label_name=f"label {v}")
+        to_save.label_value = args.label or to_save.label_value
+        save_example_set(args.save_example_set, to_save)
+        say(f"saved example set ({len(to_save)} slices) to {args.save_example_set}")
     return 0

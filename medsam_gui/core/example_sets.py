@@ -1,4 +1,5 @@
-"""Example sets: a saved UniverSeg support set (images + masks) to reuse on other scans.
+"""Example sets: a UniverSeg support set (:class:`~medsam_gui.core.support_set.SupportSet`) saved
+to reuse on other scans.
 
 An example set is one ``.npz`` file (written atomically, read with ``allow_pickle=False``):
 
@@ -20,16 +21,15 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MedsamGuiError
+from .support_set import SIZE, SupportSet, SupportSlice
 
 FORMAT_VERSION = 1
 KIND = "medsam-gui example set"
-SIZE = (128, 128)
 _REQUIRED = ("format_version", "kind", "images", "masks", "label_name", "label_value", "modality",
              "window_bounds", "source_scan", "slice_indices", "axis")
 
@@ -38,63 +38,40 @@ class ExampleSetError(MedsamGuiError):
     """An example set file is missing, corrupt, from a newer version or not an example set."""
 
 
-@dataclass(eq=False)
-class ExampleSet:
-    """A support set: ``images`` float (S,128,128) in [0,1], ``masks`` uint8 (S,128,128) 0/1."""
-
-    images: np.ndarray
-    masks: np.ndarray
-    label_name: str = ""
-    label_value: int = 1
-    modality: str = "unknown"
-    window_bounds: tuple[float, float] = (0.0, 1.0)
-    source_scan: str = ""
-    slice_indices: tuple[int, ...] = field(default_factory=tuple)
-    axis: int = 0
-
-    def __post_init__(self) -> None:
-        self.images = np.asarray(self.images)
-        self.masks = np.asarray(self.masks)
-        if not self.slice_indices:
-            self.slice_indices = tuple(range(len(self.images)))
-        self.slice_indices = tuple(int(i) for i in self.slice_indices)
-        self.window_bounds = (float(self.window_bounds[0]), float(self.window_bounds[1]))
-        _validate(self, "example set")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-
-def _validate(es: ExampleSet, source: str) -> None:
-    imgs, masks = es.images, es.masks
-    if imgs.ndim != 3 or tuple(imgs.shape[1:]) != SIZE:
-        raise ExampleSetError(f"{source}: images must have shape (S, 128, 128), found {imgs.shape}.")
-    if masks.shape != imgs.shape:
-        raise ExampleSetError(f"{source}: masks {masks.shape} do not match images {imgs.shape}.")
-    if imgs.shape[0] == 0:
+def _validate(images: np.ndarray, masks: np.ndarray, indices: tuple[int, ...], bounds: tuple[float, float],
+              axis: int, source: str) -> None:
+    if images.ndim != 3 or tuple(images.shape[1:]) != SIZE:
+        raise ExampleSetError(f"{source}: images must have shape (S, 128, 128), found {images.shape}.")
+    if masks.shape != images.shape:
+        raise ExampleSetError(f"{source}: masks {masks.shape} do not match images {images.shape}.")
+    if images.shape[0] == 0:
         raise ExampleSetError(f"{source}: the example set has no slices.")
-    if not np.issubdtype(imgs.dtype, np.floating):
-        raise ExampleSetError(f"{source}: images must be floating point, found {imgs.dtype}.")
-    if not np.all(np.isfinite(imgs)) or imgs.min() < -1e-3 or imgs.max() > 1 + 1e-3:
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ExampleSetError(f"{source}: images must be floating point, found {images.dtype}.")
+    if not np.all(np.isfinite(images)) or images.min() < -1e-3 or images.max() > 1 + 1e-3:
         raise ExampleSetError(f"{source}: image values must lie in [0, 1]; the file is corrupt.")
     if not (np.issubdtype(masks.dtype, np.integer) or masks.dtype == bool) or \
             not np.isin(np.unique(masks), (0, 1)).all():
         raise ExampleSetError(f"{source}: masks must be binary 0/1.")
-    if len(es.slice_indices) != imgs.shape[0]:
-        raise ExampleSetError(f"{source}: {len(es.slice_indices)} slice indices for {imgs.shape[0]} slices.")
-    if not es.window_bounds[1] > es.window_bounds[0]:
-        raise ExampleSetError(f"{source}: window bounds {es.window_bounds} are not increasing.")
-    if es.axis not in (0, 1, 2):
-        raise ExampleSetError(f"{source}: axis must be 0, 1 or 2, found {es.axis}.")
+    if len(indices) != images.shape[0]:
+        raise ExampleSetError(f"{source}: {len(indices)} slice indices for {images.shape[0]} slices.")
+    if not bounds[1] > bounds[0]:
+        raise ExampleSetError(f"{source}: window bounds {bounds} are not increasing.")
+    if axis not in (0, 1, 2):
+        raise ExampleSetError(f"{source}: axis must be 0, 1 or 2, found {axis}.")
 
 
-def save_example_set(path: str | os.PathLike, es: ExampleSet, *, overwrite: bool = True) -> Path:
-    """Write ``es`` to ``path`` (.npz, compressed) atomically: a temp file then a rename.
+def save_example_set(path: str | os.PathLike, support: SupportSet, *, overwrite: bool = True) -> Path:
+    """Write ``support`` to ``path`` (.npz, compressed) atomically: a temp file then a rename.
 
-    Images are stored as float16, masks as uint8. Returns the path. Raises
-    :class:`ExampleSetError` if the folder is not writable or ``path`` exists and not overwrite.
+    Images are stored as float16, masks as uint8; the window, modality and axis are the set's
+    (:attr:`SupportSet.bounds` ...), the source the scan names joined. Returns the path. Raises
+    :class:`ExampleSetError` if the set is empty, the folder is not writable or ``path`` exists
+    and not overwrite.
     """
     path = Path(path)
+    if not len(support):
+        raise ExampleSetError("There is no example to save: the support set is empty.")
     if path.exists() and not overwrite:
         raise ExampleSetError(f"{path} already exists; choose another name or allow overwriting.")
     if not path.parent.is_dir():
@@ -102,15 +79,15 @@ def save_example_set(path: str | os.PathLike, es: ExampleSet, *, overwrite: bool
     arrays = {
         "format_version": np.int64(FORMAT_VERSION),
         "kind": np.str_(KIND),
-        "images": np.clip(es.images, 0, 1).astype(np.float16),
-        "masks": (np.asarray(es.masks) > 0).astype(np.uint8),
-        "label_name": np.str_(es.label_name),
-        "label_value": np.int64(es.label_value),
-        "modality": np.str_(es.modality),
-        "window_bounds": np.asarray(es.window_bounds, dtype=np.float64),
-        "source_scan": np.str_(es.source_scan),
-        "slice_indices": np.asarray(es.slice_indices, dtype=np.int64),
-        "axis": np.int64(es.axis),
+        "images": np.clip(support.images, 0, 1).astype(np.float16),
+        "masks": support.masks,
+        "label_name": np.str_(support.label_name),
+        "label_value": np.int64(support.label_value),
+        "modality": np.str_(support.modality),
+        "window_bounds": np.asarray(support.bounds, dtype=np.float64),
+        "source_scan": np.str_(support.source),
+        "slice_indices": np.asarray(support.indices, dtype=np.int64),
+        "axis": np.int64(support.axis),
     }
     tmp = None
     try:
@@ -132,10 +109,11 @@ def save_example_set(path: str | os.PathLike, es: ExampleSet, *, overwrite: bool
     return path
 
 
-def load_example_set(path: str | os.PathLike) -> ExampleSet:
+def load_example_set(path: str | os.PathLike) -> SupportSet:
     """Read and validate an example set written by :func:`save_example_set`.
 
-    Images come back as float32 (S,128,128) in [0,1], masks as uint8 0/1. Raises
+    Every example gets origin "example set", the file's source scan, modality, window, axis and
+    label value; its image (float16 on disk) comes back as float32 in [0, 1]. Raises
     :class:`ExampleSetError` for a missing, truncated, foreign, pickled or newer-version file.
     """
     path = Path(path)
@@ -169,18 +147,12 @@ def load_example_set(path: str | os.PathLike) -> ExampleSet:
     if masks.dtype != np.uint8:
         raise ExampleSetError(f"{path}: masks must be uint8, found {masks.dtype}.")
     try:
-        return ExampleSet(
-            images=fields["images"].astype(np.float32),
-            masks=masks,
-            label_name=str(fields["label_name"]),
-            label_value=int(fields["label_value"]),
-            modality=str(fields["modality"]),
-            window_bounds=(float(bounds[0]), float(bounds[1])),
-            source_scan=str(fields["source_scan"]),
-            slice_indices=tuple(int(i) for i in np.asarray(fields["slice_indices"]).ravel()),
-            axis=int(fields["axis"]),
-        )
-    except ExampleSetError as exc:
-        raise ExampleSetError(f"{path}: {exc}") from None
+        images, indices = fields["images"].astype(np.float32), np.asarray(fields["slice_indices"]).ravel()
+        window, axis, value = (float(bounds[0]), float(bounds[1])), int(fields["axis"]), int(fields["label_value"])
+        _validate(images, masks, tuple(indices), window, axis, str(path))
+        meta = dict(source=str(fields["source_scan"]) or path.name, modality=str(fields["modality"]), bounds=window)
+        items = [SupportSlice(images[k], masks[k], int(indices[k]), axis, value, "example set", **meta)
+                 for k in range(len(images))]
     except (TypeError, ValueError) as exc:
         raise ExampleSetError(f"{path}: invalid example set ({exc}).") from None
+    return SupportSet(items, str(fields["label_name"]), value)

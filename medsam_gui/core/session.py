@@ -8,8 +8,10 @@ A session folder ``NAME.medsamsession/`` holds
   (size + SHA-256) of every other file in the folder;
 - ``labels.npz``: the label map, key ``labels``, (z, y, x) in the scan's array order,
   integer dtype (uint8 / uint16), a standard compressed ``.npz`` (deflate level 1);
-- ``support_<label>.npz``: the UniverSeg support set of one label value, named arrays
-  (by convention ``images`` float32 (S, H, W) in 0..1 and ``labels`` uint8 (S, H, W) 0/1).
+- ``support_<label>.npz``: the support set of one label value, named numeric arrays; the
+  UniverSeg panel stores :meth:`medsam_gui.core.support_set.SupportSet.to_arrays` (``images``
+  float32 (S, 128, 128) in 0..1, ``labels`` uint8 0/1, ``indices``, ``axes``, ``label_values``,
+  ``bounds``), read back with ``SupportSet.from_arrays``.
 
 Nothing is pickled: every ``.npz`` is read with ``allow_pickle=False``.
 
@@ -217,8 +219,8 @@ class Session:
       "box": [x0, y0, x1, y1]}...], "recist": [{"label", "axis", "slice", "p0": [x, y],
       "p1": [x, y]}...]}`` in slice pixel coordinates (x = column, y = row).
     - ``window``: display bounds (lo, hi) in scan units, or None.
-    - ``support_sets``: {label value: {array name: numpy array}}; conventionally
-      ``images`` float32 (S, H, W) and ``labels`` uint8 (S, H, W).
+    - ``support_sets``: {label value: {array name: numeric numpy array}}, e.g.
+      ``SupportSet.to_arrays()`` (:mod:`medsam_gui.core.support_set`).
     - ``view``: JSON-ready dict, by convention ``{"axis": 0|1|2, "slice": int}``.
     - ``created`` / ``modified``: POSIX timestamps (s). ``extra``: JSON-ready, for the GUI.
     """

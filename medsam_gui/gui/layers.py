@@ -6,7 +6,8 @@ display axis 0 = slices (inferior -> superior), 1 = rows (anterior -> posterior)
 arrays (``DisplayOrientation.to_display``), and a layer's ``scale`` is the display spacing in
 mm, so anisotropic voxels keep their physical proportions.
 
-The controller keeps the layer objects; nothing here stores geometry in layer metadata.
+The controller keeps the layer objects. Layers made by the napari plugin's reader keep their
+source in ``metadata[METADATA_KEY]`` (:func:`source_of`).
 Functions are small and pure where possible so they can be tested without a window.
 """
 
@@ -23,6 +24,7 @@ from ..errors import MedsamGuiError
 
 IMAGE_LAYER_NAME = "scan"
 LABELS_LAYER_NAME = "labels"
+METADATA_KEY = "medsam_gui"
 
 # napari dims order for each named view: the last two entries are the displayed dims
 # (vertical, horizontal); the first is the slider.
@@ -130,3 +132,11 @@ def view_spec(view: str, orientation: DisplayOrientation) -> ViewSpec:
     top, bottom = (vlow, vhigh) if camera[0] == "down" else (vhigh, vlow)
     left, right = (hlow, hhigh) if camera[1] == "right" else (hhigh, hlow)
     return ViewSpec(view, order, camera, (top, bottom, left, right), bool(orientation.oblique))
+
+
+def source_of(metadata: dict | None) -> dict | None:
+    """``{"volume": Volume, "orientation": DisplayOrientation}`` kept by the reader, or None."""
+    if not metadata:
+        return None
+    source = metadata.get(METADATA_KEY)
+    return source if isinstance(source, dict) and isinstance(source.get("volume"), Volume) else None

@@ -13,12 +13,15 @@ bar + Cancel button for background work (``Controller.run_worker``).
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtGui import QAction, QKeySequence
 from qtpy.QtWidgets import (
+    QApplication,
     QLabel,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QToolBar,
@@ -29,6 +32,7 @@ from qtpy.QtWidgets import (
 from .. import __version__
 from . import dialogs
 from .labels_panel import LabelsPanel
+from .panels import Panels
 from .window_panel import WindowPanel
 from .workers import set_bar_value
 
@@ -37,14 +41,36 @@ LABEL_DESCRIPTION_SUFFIXES = (".label", ".txt")
 _AREAS = {"right", "left", "bottom", "top"}
 
 
-class _DropFilter(QObject):
-    """Event filter taking drag-enter/drop of files away from napari's QtViewer."""
+class _WindowFilter(QObject):
+    """An event filter owned by the Qt window that refers to its MainWindow weakly: once the
+    window is closed (``detach``) or its Python side is collected (even half-way: the garbage
+    collector may clear this object's attributes while Qt still delivers events to it during
+    the Qt window's own deletion), it lets every event through untouched."""
 
     def __init__(self, window: "MainWindow") -> None:
         super().__init__(window.qt_window)
-        self._window = window
+        self._window_ref = weakref.ref(window)
+
+    def window(self) -> "MainWindow | None":
+        ref = getattr(self, "_window_ref", None)
+        return ref() if ref is not None else None
+
+    def detach(self) -> None:
+        """Stop acting on events (the window is closing for good)."""
+        self._window_ref = None
+
+
+class _DropFilter(_WindowFilter):
+    """Event filter taking drag-enter/drop of files away from napari's QtViewer."""
+
+    def _open_later(self, paths: list[str]) -> None:
+        window = self.window()
+        if window is not None:
+            window.open_paths(paths)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt naming
+        if self.window() is None:
+            return False
         etype = event.type()
         if etype in (QEvent.Type.DragEnter, QEvent.Type.DragMove):
             mime = event.mimeData()
@@ -58,33 +84,60 @@ class _DropFilter(QObject):
                 paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
                 event.acceptProposedAction()
                 # handle after the drop returns (dialogs inside a drop handler misbehave)
-                QTimer.singleShot(0, lambda p=paths: self._window.open_paths(p))
+                QTimer.singleShot(0, lambda p=paths: self._open_later(p))
                 return True
             return False
         return False
 
 
-class _CloseFilter(QObject):
-    """Asks about unsaved labels before the window closes."""
+class _CloseFilter(_WindowFilter):
+    """Asks about unsaved labels before the window closes; once it has closed (a Close event
+    followed by the window hiding) the controller shuts down."""
 
     def __init__(self, window: "MainWindow") -> None:
-        super().__init__(window.qt_window)
-        self._window = window
+        super().__init__(window)
+        self._closing = False
+
+    def detach(self) -> None:
+        super().detach()
+        self._closing = False
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802
-        if event.type() == QEvent.Type.Close and obj is self._window.qt_window:
-            if not self._window.force_close and not self._window.controller.confirm_discard("quit"):
+        window = self.window()
+        if window is None or obj is not window.qt_window:
+            return False
+        etype = event.type()
+        if etype == QEvent.Type.Close:
+            if not window.force_close and not window.controller.confirm_discard("quit"):
                 event.ignore()
                 return True
-            self._window.controller.cancel_all()
+            window.controller.cancel_all()
+            self._closing = True
+            QTimer.singleShot(0, self._after_close)
+        elif etype == QEvent.Type.Hide and self._closing:
+            self._closing = False
+            window.controller.shutdown()
         return False
+
+    def _after_close(self) -> None:
+        window = self.window()
+        if window is None or not getattr(self, "_closing", False):
+            return
+        self._closing = False
+        try:
+            hidden = not window.qt_window.isVisible()
+        except RuntimeError:  # the window is already deleted
+            hidden = True
+        if hidden:  # a window closed while never shown (no Hide event)
+            window.controller.shutdown()
 
 
 class MainWindow:
     """medsam-gui's main window around a napari viewer.
 
     Attributes: ``viewer`` (napari.Viewer), ``controller``, ``qt_window`` (the QMainWindow),
-    ``qt_viewer``, ``labels_panel``, ``window_panel``, ``actions`` ({name: QAction}),
+    ``qt_viewer``, ``labels_panel``, ``window_panel``, ``panels`` (:class:`~.panels.Panels`,
+    filled by ``app.build_app``), ``actions`` ({name: QAction}),
     ``view_buttons`` ({"axial"|"coronal"|"sagittal": QToolButton}), ``oblique_notice``,
     ``message_label``, ``progress_bar``, ``cancel_button``.
     """
@@ -96,6 +149,9 @@ class MainWindow:
         self.qt_viewer = self.viewer.window._qt_viewer
         self.force_close = False
         self.actions: dict[str, QAction] = {}
+        self.docks: dict[str, QWidget] = {}
+        self.panels = Panels()
+        self._menus: dict[str, QMenu] = {}
         self._tracked = []
         controller.attach_window(self)
 
@@ -109,15 +165,19 @@ class MainWindow:
         self.window_dock = self.add_dock(self.window_panel, "Window / level", "right")
 
         self._drop_filter = _DropFilter(self)
+        self._filtered: list[tuple[QObject, QObject]] = []  # (watched widget, filter), for close()
         for widget in (self.qt_viewer, self.qt_window):
             widget.setAcceptDrops(True)
-            widget.installEventFilter(self._drop_filter)
+            self._install_filter(widget, self._drop_filter)
         canvas = getattr(getattr(self.qt_viewer, "canvas", None), "native", None)
         if isinstance(canvas, QWidget):
-            canvas.installEventFilter(self._drop_filter)
+            self._install_filter(canvas, self._drop_filter)
         self._close_filter = _CloseFilter(self)
-        self.qt_window.installEventFilter(self._close_filter)
+        self._install_filter(self.qt_window, self._close_filter)
         controller.view_changed.connect(self._on_view_changed)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(controller.shutdown)
 
     # ------------------------------------------------------------------ building
     def _build_status_bar(self) -> None:
@@ -144,7 +204,20 @@ class MainWindow:
         self._message_timer.setSingleShot(True)
         self._message_timer.timeout.connect(lambda: self.message_label.setText(""))
 
-    def _action(self, name: str, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+    def menu(self, menu_id: str) -> QMenu:
+        """The menu "file", "edit", "view", "models" or "help"."""
+        if menu_id not in self._menus:
+            raise KeyError(f"no menu {menu_id!r}; menus are {', '.join(self._menus)}")
+        return self._menus[menu_id]
+
+    def add_action(self, menu_id: str, name: str, text: str, slot, *, shortcut=None, tip: str = "",
+                   after: str | None = None, separator_before: bool = False) -> QAction:
+        """Add an entry calling ``slot()`` to menu ``menu_id``; kept as ``actions[name]``.
+
+        ``after``: name of an action already in that menu to insert behind (default: at the
+        end); ``separator_before`` puts a separator in front of the entry.
+        """
+        menu = self.menu(menu_id)
         act = QAction(text, self.qt_window)
         if shortcut is not None:
             act.setShortcut(QKeySequence(shortcut))
@@ -152,6 +225,24 @@ class MainWindow:
             act.setStatusTip(tip)
             act.setToolTip(tip)
         act.triggered.connect(lambda _checked=False: slot())
+        before = None
+        if after is not None:
+            entries = menu.actions()
+            anchor = self.actions.get(after)
+            if anchor not in entries:
+                raise KeyError(f"no action {after!r} in the {menu_id} menu")
+            i = entries.index(anchor)
+            before = entries[i + 1] if i + 1 < len(entries) else None
+        added = [act]
+        if separator_before:
+            sep = QAction(self.qt_window)
+            sep.setSeparator(True)
+            added.insert(0, sep)
+        for entry in added:
+            if before is not None:
+                menu.insertAction(before, entry)
+            else:
+                menu.addAction(entry)
         self.actions[name] = act
         return act
 
@@ -159,44 +250,38 @@ class MainWindow:
         bar = self.qt_window.menuBar()
         for act in list(bar.actions()):  # napari's menus: they would open files with napari's readers
             bar.removeAction(act)
+        for menu_id, title in (("file", "&File"), ("edit", "&Edit"), ("view", "&View"), ("models", "&Models"),
+                               ("help", "&Help")):
+            self._menus[menu_id] = bar.addMenu(title)
         c = self.controller
-        file_menu = bar.addMenu("&File")
-        file_menu.addAction(self._action("open_scan", "Open scan…", self.ask_open_scan, QKeySequence.StandardKey.Open,
-                                         "Open a NIfTI, NRRD, MetaImage or MGZ scan"))
-        file_menu.addAction(self._action("open_dicom", "Open DICOM folder…", self.ask_open_dicom, "Ctrl+Shift+O",
-                                         "Open a folder holding a DICOM series"))
-        file_menu.addAction(self._action("open_labels", "Open labels…", self.ask_open_labels, "Ctrl+L",
-                                         "Open a label map on the current scan (same grid)"))
-        file_menu.addSeparator()
-        file_menu.addAction(self._action("save_labels", "Save labels", lambda: c.save_labels(),
-                                         QKeySequence.StandardKey.Save, "Save the labels on the scan's grid"))
-        file_menu.addAction(self._action("save_labels_as", "Save labels as…", lambda: c.save_labels(ask=True),
-                                         "Ctrl+Alt+S"))
-        file_menu.addSeparator()
-        file_menu.addAction(self._action("import_descriptions", "Import label descriptions (ITK-SNAP)…",
-                                         self.labels_panel_import))
-        file_menu.addAction(self._action("export_descriptions", "Export label descriptions (ITK-SNAP)…",
-                                         self.labels_panel_export))
-        file_menu.addSeparator()
-        file_menu.addAction(self._action("quit", "Quit", self.qt_window.close, QKeySequence.StandardKey.Quit))
+        add = self.add_action
+        add("file", "open_scan", "Open scan…", self.ask_open_scan, shortcut=QKeySequence.StandardKey.Open,
+            tip="Open a NIfTI, NRRD, MetaImage or MGZ scan")
+        add("file", "open_dicom", "Open DICOM folder…", self.ask_open_dicom, shortcut="Ctrl+Shift+O",
+            tip="Open a folder holding a DICOM series")
+        add("file", "open_labels", "Open labels…", self.ask_open_labels, shortcut="Ctrl+L",
+            tip="Open a label map on the current scan (same grid)")
+        add("file", "save_labels", "Save labels", lambda: c.save_labels(), shortcut=QKeySequence.StandardKey.Save,
+            tip="Save the labels on the scan's grid", separator_before=True)
+        add("file", "save_labels_as", "Save labels as…", lambda: c.save_labels(ask=True), shortcut="Ctrl+Alt+S")
+        add("file", "import_descriptions", "Import label descriptions (ITK-SNAP)…", self.labels_panel_import,
+            separator_before=True)
+        add("file", "export_descriptions", "Export label descriptions (ITK-SNAP)…", self.labels_panel_export)
+        add("file", "quit", "Quit", self.qt_window.close, shortcut=QKeySequence.StandardKey.Quit,
+            separator_before=True)
 
-        edit_menu = bar.addMenu("&Edit")
-        edit_menu.addAction(self._action("undo", "Undo label edit", c.undo, QKeySequence.StandardKey.Undo))
-        edit_menu.addAction(self._action("redo", "Redo label edit", c.redo, QKeySequence.StandardKey.Redo))
-        edit_menu.addSeparator()
-        edit_menu.addAction(self._action("add_label", "Add label", lambda: c.add_label(), "Ctrl+Shift+N"))
+        add("edit", "undo", "Undo label edit", c.undo, shortcut=QKeySequence.StandardKey.Undo)
+        add("edit", "redo", "Redo label edit", c.redo, shortcut=QKeySequence.StandardKey.Redo)
+        add("edit", "add_label", "Add label", lambda: c.add_label(), shortcut="Ctrl+Shift+N",
+            separator_before=True)
 
-        view_menu = bar.addMenu("&View")
         for name, key in (("axial", "Ctrl+1"), ("coronal", "Ctrl+2"), ("sagittal", "Ctrl+3")):
-            act = self._action(f"view_{name}", name.capitalize(), lambda n=name: c.set_view(n), key,
-                               f"Show the {name} view")
+            act = add("view", f"view_{name}", name.capitalize(), lambda n=name: c.set_view(n), shortcut=key,
+                      tip=f"Show the {name} view")
             act.setCheckable(True)
-            view_menu.addAction(act)
-        view_menu.addSeparator()
-        view_menu.addAction(self._action("reset_view", "Fit to window", self.viewer.reset_view, "Ctrl+0"))
+        add("view", "reset_view", "Fit to window", self.viewer.reset_view, shortcut="Ctrl+0", separator_before=True)
 
-        help_menu = bar.addMenu("&Help")
-        help_menu.addAction(self._action("about", "About medsam-gui", self.show_about))
+        add("help", "about", "About medsam-gui", self.show_about)
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Views", self.qt_window)
@@ -232,7 +317,15 @@ class MainWindow:
             scroll.setMinimumWidth(widget.minimumSizeHint().width() + bar + 4)
             scroll.setMinimumHeight(200)
             widget = scroll
-        return self.viewer.window.add_dock_widget(widget, name=name, area=area, tabify=tabify)
+        dock = self.viewer.window.add_dock_widget(widget, name=name, area=area, tabify=tabify)
+        self.docks[name] = dock
+        return dock
+
+    def raise_dock(self, name: str) -> None:
+        """Bring the dock ``name`` to the front of its tab group (now and after pending layout)."""
+        dock = self.docks[name]
+        dock.raise_()
+        QTimer.singleShot(0, dock.raise_)
 
     def show_status(self, message: str, timeout_ms: int = 5000) -> None:
         self.message_label.setText(message)
@@ -246,7 +339,7 @@ class MainWindow:
 
     def track_worker(self, handle) -> None:
         self._tracked = [h for h in self._tracked if not h.finished] + [handle]
-        handle._on_progress = lambda h: self._update_progress()
+        handle.add_progress_callback(lambda h: self._update_progress())
         handle.add_done_callback(lambda h: self._update_progress())
         self._update_progress()
 
@@ -371,8 +464,45 @@ class MainWindow:
         self.qt_window.show()
         self.qt_window.raise_()
 
+    def _install_filter(self, widget: QObject, event_filter: QObject) -> None:
+        widget.installEventFilter(event_filter)
+        self._filtered.append((widget, event_filter))
+
+    def _remove_filters(self) -> None:
+        """Take the drop and close filters off their widgets (those Qt has not deleted yet) and
+        detach them, so no later Qt event reaches this object's Python side."""
+        for widget, event_filter in self._filtered:
+            try:
+                widget.removeEventFilter(event_filter)
+            except RuntimeError:  # the widget or the filter is already deleted
+                pass
+            try:
+                event_filter.detach()
+            except RuntimeError:
+                pass
+        self._filtered.clear()
+
     def close(self, force: bool = True) -> None:
-        """Close the window (``force``: without asking about unsaved labels)."""
+        """Close the window (``force``: without asking about unsaved labels), shut the
+        controller down and take this window's event filters off the Qt widgets."""
         self.force_close = force
         self.controller.cancel_all()
-        self.viewer.close()
+        if self._qt_alive():  # not when the user closed it already (Qt has deleted its widgets)
+            self.viewer.close()
+        self.controller.shutdown()
+        self._remove_filters()
+        # the Qt side is deleted: drop the wrappers so they are freed with it (a closed window
+        # stays referenced from signal connections of the controller's panels)
+        self.qt_viewer = None
+        self.qt_window = None
+
+    def _qt_alive(self) -> bool:
+        """True while Qt has not deleted the window's QMainWindow and napari's QtViewer."""
+        if self.qt_window is None or self.qt_viewer is None:  # closed by close()
+            return False
+        try:
+            self.qt_window.objectName()
+            self.qt_viewer.objectName()
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+            return False
+        return True

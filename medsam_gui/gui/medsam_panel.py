@@ -1,7 +1,7 @@
-"""MedSAM dock: box tool, RECIST tool, background embedding, weights, 3D propagation.
+"""MedSAM dock: the widgets of the box tool, the RECIST tool, background embedding, weights and
+3D propagation, and :func:`install`.
 
-Tools (a napari Shapes layer named ``"prompts"`` with the image's scale, so its data
-coordinates are display voxel indices):
+Tools (the Shapes layer ``"prompts"``, :mod:`.prompt_layers`):
 
 - **Box**: draw a rectangle on a slice; when it is finished the slice is segmented for the
   active label. Moving or resizing the box segments again (replacing that box's previous
@@ -9,27 +9,18 @@ coordinates are display voxel indices):
 - **RECIST line**: draw a line along the lesion's long axis; it becomes the square box
   ``core.prompts.recist_to_box(p0, p1, margin)`` (margin in the panel) and is segmented.
 
-Every prompt remembers the label it was drawn for (shape feature ``label``) and a stable id
-(feature ``pid``). Each model result is written with ``controller.write_slice_mask`` as ONE
-undo step: the slice's pixels of that label become (previous pixels of the label, minus this
-prompt's previous result) | new mask; other labels' voxels are kept unless "overwrite other
-labels" is ticked.
+Each result is ONE undo step (:mod:`.slice_segmentation`). MedSAM input: the display slice of
+the scan windowed with MedSAM's reference whole-volume windowing (CT: the window as displayed,
+MR/unknown: the percentile auto window), embedded off the GUI thread by
+:class:`~medsam_gui.gui.embedding_service.EmbeddingService` (the slice on screen first, then
+its neighbours, optionally all slices; moving the slider re-prioritises).
 
-MedSAM input: the display slice (``controller.display_volume()``, slice along the current
-view's display axis) of the scan windowed with MedSAM's reference whole-volume windowing
-(``intensity.volume_to_uint8``; CT: the window as displayed, MR/unknown: the percentile auto
-window), prepared once per (scan, window) off the GUI thread by
-:class:`~medsam_gui.gui.embedding_service.EmbeddingService`, which embeds the slice on screen
-first, then its neighbours (setting), optionally all slices; moving the slider re-prioritises.
-Box decoding runs on the service's decoder thread; the GUI thread only paints.
+3D propagation (``propagate``, :mod:`.propagation_run`): the prompts of the active label on the
+current view's axis are the key boxes; each finished slice is written as it arrives, Cancel
+keeps what is done, and the whole run is ONE undo step that leaves the user's own edits made
+meanwhile alone.
 
-3D propagation (``propagate``): the prompts of the active label on the current view's axis are
-the key boxes (several key slices: MedSAM's sparse-marker workflow, slices between them get
-interpolated boxes); ``core.propagation.propagate`` runs in ``controller.run_worker`` (progress
-bar + Cancel in the status bar, also a Cancel button here), each finished slice is painted as it
-arrives, Cancel keeps what is done, and the whole run is ONE undo step
-(``controller.edit_group`` entered when it starts and closed when the worker finishes, fails or
-is cancelled). The next slices' embeddings are requested ahead (``prefetch``).
+The prompts are saved in sessions and autosave (state provider ``"medsam_prompts"``).
 
 Scripting/tests: ``set_engine(engine)`` injects a MedSAMEngine; ``set_segmenter(fn)`` injects
 any 2D box segmenter ``fn(index, box_xyxy) -> bool (H, W)`` for display slice
@@ -38,41 +29,34 @@ any 2D box segmenter ``fn(index, box_xyxy) -> bool (H, W)`` for display slice
 
 from __future__ import annotations
 
-import itertools
-import logging
-import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from .. import config
-from ..core.prompts import Box, recist_to_box
-from ..errors import CheckpointError, MedsamGuiError
+from ..errors import MedsamGuiError
 from .embedding_service import EmbeddingService
+from .engine_loader import EngineLoader
+from .measurements_panel import MeasurementsPanel
+from .model_box import ModelBox
+from .prompt_layers import PromptLayers
+from .propagation_run import AXIS_NAMES, PropagationBox, start_propagation
+from .slice_segmentation import SliceSegmentation
 
-log = logging.getLogger(__name__)
-
-RECIST_BOXES_LAYER_NAME = "RECIST boxes"
-PROMPTS_LAYER_NAME = "prompts"
+STATE_NAME = "medsam_prompts"
 SETTINGS_KEY = "medsam_panel"
-MODEL_NAME = "medsam_vit_b"
 WINDOW_DEBOUNCE_MS = 500
 DEFAULTS = {
     "recist_margin": 5.0,
@@ -84,33 +68,6 @@ DEFAULTS = {
     "prefetch_all": False,
     "background": True,
 }
-AXIS_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
-
-
-class _Failed:
-    """A propagation generator's return value when it raised (see :func:`_guarded`)."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _guarded(gen):
-    """Run ``gen`` and turn an exception into a returned :class:`_Failed`.
-
-    superqt's generator workers treat a RuntimeError raised by the generator (torch raises
-    those) as "the worker was deleted": they only warn and emit neither ``errored`` nor
-    ``finished``, so the task would never end. Returning the failure avoids that.
-    """
-    try:
-        result = yield from gen
-    except Exception as exc:  # noqa: BLE001 - handed to on_done
-        return _Failed(exc)
-    return result
-
-
-def _action_name(event) -> str:
-    action = getattr(event, "action", None)
-    return str(getattr(action, "value", action))
 
 
 class MedSAMPanel(QWidget):
@@ -118,9 +75,10 @@ class MedSAMPanel(QWidget):
 
     Signals: ``slice_painted(axis, index)`` after a model result is written;
     ``propagation_finished(str)`` ("done", "cancelled" or "failed"); ``engine_changed(object)``.
-    Attributes (for scripts/tests): ``service`` (EmbeddingService), ``timings`` (list of dicts
-    ``decode_ms``, ``paint_ms``, ``total_ms`` per box result), ``last_propagation`` (list of
-    (index, kind, box) painted by the last propagation), ``weights_dialog``.
+    Attributes: ``service`` (EmbeddingService), ``prompts`` (PromptLayers), ``measurements``
+    (the MeasurementsPanel it owns), ``segmentation`` (SliceSegmentation; ``timings``),
+    ``loader`` (EngineLoader), ``last_propagation`` (list of (index, kind, box) written by the
+    last propagation).
     """
 
     slice_painted = Signal(int, int)
@@ -142,27 +100,19 @@ class MedSAMPanel(QWidget):
             self.settings["prefetch_all"] = service.prefetch_all
             self.settings["background"] = service.background
         self._engine = None
-        self._engine_handle = None
-        self._segmenter: Callable | None = None
-        self._prompts = None
-        self._recist_boxes = None  # Shapes layer showing the square box of each RECIST line
-        self._pids = itertools.count(1)
-        self._painted: dict[int, tuple] = {}
-        self._jobs: dict[tuple, tuple] = {}
         self._waiting_engine: list[int] = []
-        self.timings: list[dict] = []
         self.last_propagation: list[tuple] = []
-        self.weights_dialog = None
-        self._prop_handle = None
-        self._prop_group = None
-        self._prop_cancel: threading.Event | None = None
-        self._prop_state = ""
-        self._prop_total = 0
-        self._prop_label = 0
-        self._prop_axis = 0
         self._auto_load_tried = False
         self._build()
+        self.prompts = PromptLayers(controller, self.recist_margin_spin.value, parent=self)
+        self.segmentation = SliceSegmentation(controller, self.service, self.overwrite_check.isChecked,
+                                              self._result_wanted, parent=self)
+        self.loader = EngineLoader(controller, self._dialog_parent,
+                                   lambda: (self.model_box.device, self.model_box.precision), parent=self)
+        self.measurements = MeasurementsPanel(controller)
         self._connect()
+        if controller.volume is not None:  # made after the scan was shown (napari plugin)
+            self._on_volume_changed(controller.volume)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
@@ -210,92 +160,16 @@ class MedSAMPanel(QWidget):
         tl.addWidget(self.clear_button)
         layout.addWidget(tools)
 
-        prop = QGroupBox("Propagate in 3D")
-        pl = QFormLayout(prop)
-        self.axis_label = QLabel("axial")
-        pl.addRow("Along", self.axis_label)
-        self.from_spin = QSpinBox()
-        self.to_spin = QSpinBox()
-        self.from_button = QPushButton("Current")
-        self.to_button = QPushButton("Current")
-        self.from_button.setToolTip("Set from the current slice")
-        self.to_button.setToolTip("Set from the current slice")
-        r1 = QHBoxLayout()
-        r1.addWidget(self.from_spin, 1)
-        r1.addWidget(self.from_button)
-        r2 = QHBoxLayout()
-        r2.addWidget(self.to_spin, 1)
-        r2.addWidget(self.to_button)
-        pl.addRow("First slice", r1)
-        pl.addRow("Last slice", r2)
-        self.prop_margin_spin = QSpinBox()
-        self.prop_margin_spin.setRange(0, 100)
-        self.prop_margin_spin.setSuffix(" px")
-        self.prop_margin_spin.setValue(int(s["prop_margin"]))
-        self.prop_margin_spin.setToolTip("Pixels added around each slice's mask for the next slice's box")
-        pl.addRow("Margin", self.prop_margin_spin)
-        r3 = QHBoxLayout()
-        self.propagate_button = QPushButton("Propagate in 3D")
-        self.propagate_button.setToolTip(
-            "Follow the active label through the scan from its boxes/lines on this view's slices "
-            "(several key slices: the slices between use interpolated boxes). One undo step.")
-        self.cancel_prop_button = QPushButton("Cancel")
-        self.cancel_prop_button.setEnabled(False)
-        r3.addWidget(self.propagate_button, 1)
-        r3.addWidget(self.cancel_prop_button)
-        pl.addRow(r3)
-        self.prop_label = QLabel("")
-        self.prop_label.setWordWrap(True)
-        pl.addRow(self.prop_label)
-        layout.addWidget(prop)
+        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]))
+        layout.addWidget(self.propagation_box)
 
-        model = QGroupBox("Model")
-        ml = QFormLayout(model)
-        self.precision_combo = QComboBox()
-        from ..models.device import PRECISION_CHOICES
-
-        self.precision_combo.addItems(["auto", "fp32", "fast", "int8", "bf16", "fp16"])
-        self.precision_combo.setCurrentText(str(s["precision"]) if s["precision"] in PRECISION_CHOICES else "auto")
-        self.precision_combo.setToolTip(
-            "auto: bfloat16 on a GPU, 'fast' on the CPU\n"
-            "fp32: MedSAM's reference inference, bit for bit\n"
-            "fast: the reference's float32 numbers, ~1.7x faster on a CPU\n"
-            "int8: ~1.9x faster on a CPU, masks agree with fp32 (Dice >= 0.98)\n"
-            "bf16 / fp16: for GPUs")
-        self.device_combo = QComboBox()
-        self._fill_devices()
-        ml.addRow("Precision", self.precision_combo)
-        ml.addRow("Device", self.device_combo)
-        self.background_check = QCheckBox("Embed slices in the background")
-        self.background_check.setChecked(bool(s["background"]))
-        self.neighbours_spin = QSpinBox()
-        self.neighbours_spin.setRange(0, 50)
-        self.neighbours_spin.setValue(int(s["neighbours"]))
-        self.neighbours_spin.setToolTip("Slices on each side of the current slice embedded ahead")
-        self.prefetch_all_check = QCheckBox("Then all slices")
-        self.prefetch_all_check.setChecked(bool(s["prefetch_all"]))
-        ml.addRow(self.background_check)
-        ml.addRow("Neighbours", self.neighbours_spin)
-        ml.addRow(self.prefetch_all_check)
-        self.weights_button = QPushButton("Load MedSAM weights…")
-        ml.addRow(self.weights_button)
-        layout.addWidget(model)
+        self.model_box = ModelBox(s, self._save)
+        mb = self.model_box
+        self.precision_combo, self.device_combo, self.weights_button = mb.precision_combo, mb.device_combo, mb.weights_button
+        self.background_check, self.neighbours_spin = mb.background_check, mb.neighbours_spin
+        self.prefetch_all_check = mb.prefetch_all_check
+        layout.addWidget(mb)
         layout.addStretch(1)
-
-    def _fill_devices(self) -> None:
-        choices = ["auto", "cpu"]
-        torch = sys.modules.get("torch")
-        try:
-            if torch is not None and torch.cuda.is_available():
-                choices.append("cuda")
-        except Exception:  # pragma: no cover - broken CUDA setup
-            pass
-        current = self.device_combo.currentText() or str(self.settings["device"])
-        self.device_combo.blockSignals(True)
-        self.device_combo.clear()
-        self.device_combo.addItems(choices)
-        self.device_combo.setCurrentText(current if current in choices else "auto")
-        self.device_combo.blockSignals(False)
 
     def _connect(self) -> None:
         c = self.controller
@@ -303,25 +177,34 @@ class MedSAMPanel(QWidget):
         self.recist_button.clicked.connect(lambda _=False: self.activate_recist_tool())
         self.select_button.clicked.connect(lambda _=False: self.activate_select_tool())
         self.clear_button.clicked.connect(lambda _=False: self.clear_prompts())
-        self.propagate_button.clicked.connect(lambda _=False: self.propagate())
-        self.cancel_prop_button.clicked.connect(lambda _=False: self.cancel_propagation())
-        self.from_button.clicked.connect(lambda _=False: self.from_spin.setValue(self._current_index()))
-        self.to_button.clicked.connect(lambda _=False: self.to_spin.setValue(self._current_index()))
+        pb = self.propagation_box
+        pb.propagate_button.clicked.connect(lambda _=False: self.propagate())
+        pb.margin_spin.valueChanged.connect(lambda v: self._save("prop_margin", int(v)))
+        for spin in (pb.from_spin, pb.to_spin):
+            spin.valueChanged.connect(lambda _v: c.notify_state_changed())
+        pb.slice_painted.connect(self.slice_painted)
+        pb.finished.connect(self.propagation_finished)
         self.weights_button.clicked.connect(lambda _=False: self.show_weights_dialog())
         self.recist_margin_spin.valueChanged.connect(lambda v: self._save("recist_margin", float(v)))
-        self.recist_margin_spin.valueChanged.connect(lambda _v: self.update_recist_boxes())
-        self.prop_margin_spin.valueChanged.connect(lambda v: self._save("prop_margin", int(v)))
+        self.recist_margin_spin.valueChanged.connect(lambda _v: self.prompts.update_recist_boxes())
         self.overwrite_check.toggled.connect(lambda v: self._save("overwrite_other", bool(v)))
-        self.precision_combo.currentTextChanged.connect(self._on_model_settings)
-        self.device_combo.currentTextChanged.connect(self._on_model_settings)
-        self.background_check.toggled.connect(self._on_embed_settings)
-        self.neighbours_spin.valueChanged.connect(self._on_embed_settings)
-        self.prefetch_all_check.toggled.connect(self._on_embed_settings)
+        self.model_box.engine_settings_changed.connect(self._on_model_settings)
+        self.model_box.embed_settings_changed.connect(
+            lambda: self.service.apply_settings(**self.model_box.embed_settings()))
+
+        self.prompts.drawn.connect(self._segment_pid)
+        self.prompts.moved.connect(self._segment_pid)
+        self.prompts.removed.connect(self.segmentation.keep_only)
+        self.prompts.edited.connect(c.notify_state_changed)
+        self.segmentation.painted.connect(self.slice_painted)
+        self.loader.loading.connect(lambda name: self.model_label.setText(f"Loading MedSAM from {name}…"))
+        self.loader.loaded.connect(self.set_engine)
+        self.loader.failed.connect(lambda: self.model_label.setText("MedSAM: weights not loaded"))
 
         c.volume_changed.connect(self._on_volume_changed)
         c.view_changed.connect(self._on_view_changed)
         c.window_changed.connect(self._on_window_changed)
-        c.active_label_changed.connect(self._on_active_label)
+        c.active_label_changed.connect(self.prompts.set_default_label)
         c.viewer.dims.events.current_step.connect(self._on_dims)
         self._window_timer = QTimer(self)
         self._window_timer.setSingleShot(True)
@@ -332,124 +215,79 @@ class MedSAMPanel(QWidget):
         sv.started.connect(self._on_embed_started)
         sv.done.connect(self._on_embed_done)
         sv.error.connect(self._on_embed_error)
-        sv.mask_ready.connect(self._on_mask_ready)
-        sv.mask_failed.connect(self._on_mask_failed)
-        sv.waiting.connect(self._on_waiting)
+        sv.waiting.connect(lambda _token, index: c.status(f"MedSAM: waiting for slice {index}'s embedding…", 0))
         # e.g. "The GPU ran out of memory: continuing on the CPU (slower)"
-        sv.notice.connect(lambda msg: self.controller.status(msg, 15000))
+        sv.notice.connect(lambda msg: c.status(msg, 15000))
 
     def _save(self, key: str, value) -> None:
         self.settings[key] = value
         config.try_set_setting(SETTINGS_KEY, dict(self.settings))
+
+    def _dialog_parent(self):
+        window = self.controller.window
+        return window.qt_window if window is not None else self
 
     # ------------------------------------------------------------------ engine / weights
     @property
     def engine(self):
         return self._engine
 
+    @property
+    def weights_dialog(self):
+        return self.loader.dialog
+
+    @property
+    def timings(self) -> list[dict]:
+        return self.segmentation.timings
+
     def set_engine(self, engine) -> None:
         """Use ``engine`` (a MedSAMEngine; None unloads). Starts background embedding."""
         self._engine = engine
         self.service.set_engine(engine)
         self._reconfigure()
-        self._fill_devices()
         if engine is not None:
+            import torch
+
+            self.model_box.fill_devices(gpu=torch.cuda.is_available())
             dev = getattr(engine, "device", "?")
             self.model_label.setText(f"MedSAM ready on {dev} ({getattr(engine, 'precision', 'fp32')})")
-            pending, self._waiting_engine = self._waiting_engine, []
-            for pid in pending:
-                self._segment_pid(pid)
+            self._segment_waiting()
         else:
             self.model_label.setText("MedSAM: weights not loaded")
         self.engine_changed.emit(engine)
 
     def set_segmenter(self, fn: Callable | None) -> None:
         """Use ``fn(index, box_xyxy) -> bool (H, W)`` instead of MedSAM (None: back to MedSAM)."""
-        self._segmenter = fn
+        self.segmentation.segmenter = fn
         if fn is not None:
             self.model_label.setText("Using an injected segmenter instead of MedSAM")
-            pending, self._waiting_engine = self._waiting_engine, []
-            for pid in pending:
-                self._segment_pid(pid)
+            self._segment_waiting()
+
+    def _segment_waiting(self) -> None:
+        pending, self._waiting_engine = self._waiting_engine, []
+        for pid in pending:
+            self._segment_pid(pid)
 
     def ensure_engine(self, reason: str = "") -> bool:
         """True when a segmenter is ready; otherwise starts loading MedSAM (or opens the
         weights dialog when no weights are found) and returns False."""
-        if self._engine is not None or self._segmenter is not None:
+        if self._engine is not None or self.segmentation.segmenter is not None:
             return True
-        if self._engine_handle is not None and not self._engine_handle.finished:
-            return False
-        from ..models import weights as manager
-
-        path = manager.resolve(MODEL_NAME)
-        if path is None:
-            self.show_weights_dialog(reason or "No MedSAM weights were found on this computer.")
-            return False
-        self.load_engine(path)
+        self.loader.ensure(reason)
         return False
 
     def load_engine(self, path: str | Path | None = None):
         """Load MedSAM from ``path`` (default: the model manager's file) off the GUI thread."""
-        from ..models import weights as manager
-
-        path = Path(path) if path is not None else manager.resolve(MODEL_NAME)
-        if path is None:
-            self.show_weights_dialog("No MedSAM weights were found on this computer.")
-            return None
-        device = self.device_combo.currentText() or "auto"
-        precision = self.precision_combo.currentText() or "fp32"
-        self.model_label.setText(f"Loading MedSAM from {path.name}…")
-
-        def work():
-            from ..models.medsam import MedSAMEngine
-
-            return MedSAMEngine(path, device=device, precision=precision)
-
-        def failed(exc):
-            self.model_label.setText("MedSAM: weights not loaded")
-            if isinstance(exc, CheckpointError):
-                self.show_weights_dialog(f"The MedSAM weights could not be used: {exc}")
-            else:
-                self.controller.show_error(exc, title="Could not load MedSAM")
-
-        self._engine_handle = self.controller.run_worker(
-            work, on_done=self.set_engine, on_error=failed, description=f"Loading MedSAM ({path.name})…",
-            cancellable=False)
-        return self._engine_handle
+        return self.loader.load(path)
 
     def show_weights_dialog(self, reason: str = ""):
         """Open the weights dialog (non-blocking); accepted weights are loaded at once."""
-        from .weights_dialog import WeightsDialog
+        return self.loader.show_dialog(reason)
 
-        if self.weights_dialog is not None:
-            try:
-                if self.weights_dialog.isVisible():
-                    self.weights_dialog.raise_()
-                    return self.weights_dialog
-            except RuntimeError:
-                pass
-        parent = self.controller.window.qt_window if self.controller.window is not None else self
-        dlg = WeightsDialog(parent, MODEL_NAME, reason)
-        dlg.weights_ready.connect(lambda p: self.load_engine(p))
-        self.weights_dialog = dlg
-        dlg.open()
-        return dlg
-
-    def _on_model_settings(self, _text=None) -> None:
-        self._save("precision", self.precision_combo.currentText())
-        self._save("device", self.device_combo.currentText())
-        eng = self._engine
-        path = getattr(eng, "checkpoint_path", None)
-        if eng is not None and path is not None:
+    def _on_model_settings(self) -> None:
+        path = getattr(self._engine, "checkpoint_path", None)
+        if self._engine is not None and path is not None:
             self.load_engine(path)
-
-    def _on_embed_settings(self, _v=None) -> None:
-        self._save("background", self.background_check.isChecked())
-        self._save("neighbours", self.neighbours_spin.value())
-        self._save("prefetch_all", self.prefetch_all_check.isChecked())
-        self.service.apply_settings(neighbours=self.neighbours_spin.value(),
-                                    prefetch_all=self.prefetch_all_check.isChecked(),
-                                    background=self.background_check.isChecked())
 
     # ------------------------------------------------------------------ scan / view events
     def _axis(self) -> int:
@@ -468,46 +306,34 @@ class MedSAMPanel(QWidget):
             return c.window_bounds
         return None
 
-    def _reconfigure(self) -> None:
+    def _configure(self, axis: int) -> None:
         c = self.controller
-        if c.volume is None:
+        self.service.configure(c.volume, c.orientation, self._bounds(), axis, modality=c.volume.modality)
+
+    def _reconfigure(self) -> None:
+        if self.controller.volume is None:
             return
         axis = self._axis()
         self.service.set_focus(self._current_index(axis))
-        self.service.configure(c.volume, c.orientation, self._bounds(), axis, modality=c.volume.modality)
+        self._configure(axis)
 
-    def _on_volume_changed(self, volume) -> None:
-        self._painted.clear()
-        self._jobs.clear()
-        layer = self._prompts
-        if layer is not None and layer in self.controller.viewer.layers:
-            self.controller.viewer.layers.remove(layer)
-        boxes = self._recist_boxes
-        if boxes is not None and boxes in self.controller.viewer.layers:
-            self.controller.viewer.layers.remove(boxes)
-        self._prompts = None
-        self._recist_boxes = None
-        self._update_limits()
+    def _on_volume_changed(self, _volume) -> None:
+        self.segmentation.reset()
+        self.prompts.reset()
+        self.propagation_box.update_limits()
         self._reconfigure()
-        if self._engine is None and self._segmenter is None and not self._auto_load_tried:
-            from ..models import weights as manager
-
+        if self._engine is None and self.segmentation.segmenter is None and not self._auto_load_tried:
             self._auto_load_tried = True
-            if manager.resolve(MODEL_NAME) is not None:
+            if EngineLoader.installed_weights() is not None:
                 self.load_engine()
 
     def _on_view_changed(self, _view: str) -> None:
-        self._update_limits()
+        self.propagation_box.update_limits()
         self._reconfigure()
 
     def _on_window_changed(self, _lo: float, _hi: float) -> None:
         if self.controller.volume is not None and self.controller.volume.modality == "CT":
             self._window_timer.start()
-
-    def _on_active_label(self, value: int) -> None:
-        layer = self._prompts
-        if layer is not None:
-            layer.feature_defaults = {"label": int(value), "pid": -1}
 
     def _on_dims(self, _event=None) -> None:
         c = self.controller
@@ -519,20 +345,6 @@ class MedSAMPanel(QWidget):
         except Exception:  # the layers are being replaced
             return
         self._update_embed_label()
-
-    def _update_limits(self) -> None:
-        c = self.controller
-        if c.volume is None:
-            return
-        axis = self._axis()
-        n = int(c.orientation.display_shape(c.volume.shape)[axis])
-        for spin in (self.from_spin, self.to_spin):
-            spin.blockSignals(True)
-            spin.setRange(0, max(0, n - 1))
-            spin.blockSignals(False)
-        self.from_spin.setValue(0)
-        self.to_spin.setValue(max(0, n - 1))
-        self.axis_label.setText(f"{AXIS_NAMES.get(axis, str(axis))} (display axis {axis}, {n} slices)")
 
     # ------------------------------------------------------------------ embedding status
     def _update_embed_label(self) -> None:
@@ -560,68 +372,15 @@ class MedSAMPanel(QWidget):
         self.controller.show_error(exc if isinstance(exc, BaseException) else str(exc),
                                    title=f"MedSAM embedding failed{where}")
 
-    # ------------------------------------------------------------------ prompts layer / tools
+    # ------------------------------------------------------------------ tools and prompts
     @property
     def prompts_layer(self):
-        """The napari Shapes layer "prompts" (created on demand, same scale as the image)."""
-        c = self.controller
-        layer = self._prompts
-        if layer is not None and layer in c.viewer.layers:
-            return layer
-        if c.volume is None:
-            raise MedsamGuiError("No scan is open. Open a scan first (File > Open scan…).")
-        layer = c.viewer.add_shapes(
-            ndim=3, name=PROMPTS_LAYER_NAME, scale=tuple(c.image_layer.scale),
-            translate=tuple(c.image_layer.translate), edge_color="yellow", face_color="transparent",
-            edge_width=1.5, features={"label": np.zeros(0, dtype=int), "pid": np.zeros(0, dtype=int)},
-            **({"units": c.image_layer.units} if getattr(c.image_layer, "units", None) is not None else {}),
-        )
-        layer.feature_defaults = {"label": int(c.active_label), "pid": -1}
-        layer.events.data.connect(self._on_prompts_data)
-        units = getattr(c.image_layer, "units", None)
-        boxes = c.viewer.add_shapes(
-            ndim=3, name=RECIST_BOXES_LAYER_NAME, scale=tuple(c.image_layer.scale),
-            translate=tuple(c.image_layer.translate), edge_color="#ffd54a", face_color="transparent",
-            edge_width=1.0, opacity=0.7, **({"units": units} if units is not None else {}))
-        boxes.editable = False
-        # the prompts layer stays the active one (on top, receiving the user's drawing)
-        c.viewer.layers.move(c.viewer.layers.index(boxes), c.viewer.layers.index(layer))
-        c.viewer.layers.selection.active = layer
-        self._recist_boxes = boxes
-        self._prompts = layer
-        return layer
+        """The napari Shapes layer "prompts" (created on demand)."""
+        return self.prompts.layer
 
     @property
     def recist_boxes_layer(self):
-        """The Shapes layer showing the square box each RECIST line is segmented with (or None)."""
-        layer = self._recist_boxes
-        return layer if layer is not None and layer in self.controller.viewer.layers else None
-
-    def update_recist_boxes(self) -> None:
-        """Show, for every RECIST line of the prompts layer, the square box MedSAM gets."""
-        boxes = self.recist_boxes_layer
-        layer = self._prompts
-        if boxes is None:
-            return
-        rects = []
-        if layer is not None and layer in self.controller.viewer.layers:
-            for i in range(len(layer.data)):
-                stype = layer.shape_type[i]
-                if not (stype == "line" or (stype == "path" and len(layer.data[i]) == 2)):
-                    continue
-                try:
-                    axis, index, (x0, y0, x1, y1), _t, _lab = self.prompt_geometry(i)
-                except (MedsamGuiError, IndexError, KeyError):
-                    continue
-                r, cc = [a for a in range(3) if a != axis]
-                corners = np.zeros((4, 3))
-                corners[:, axis] = index
-                corners[:, r] = (y0, y0, y1, y1)
-                corners[:, cc] = (x0, x1, x1, x0)
-                rects.append(corners)
-        boxes.data = []
-        if rects:
-            boxes.add_rectangles(rects, edge_color="#ffd54a", edge_width=1.0)
+        return self.prompts.recist_boxes_layer
 
     def _activate(self, mode: str, button) -> None:
         c = self.controller
@@ -629,10 +388,7 @@ class MedSAMPanel(QWidget):
             button.setChecked(False)
             c.show_error("Open a scan first (File > Open scan…).")
             return
-        layer = self.prompts_layer
-        layer.feature_defaults = {"label": int(c.active_label), "pid": -1}
-        c.viewer.layers.selection.active = layer
-        layer.mode = mode
+        self.prompts.activate(mode)
         for b in (self.box_button, self.recist_button, self.select_button):
             b.setChecked(b is button)
         if mode != "select":
@@ -650,104 +406,26 @@ class MedSAMPanel(QWidget):
         self._activate("select", self.select_button)
 
     def clear_prompts(self) -> None:
-        layer = self._prompts
-        if layer is not None and len(layer.data):
-            layer.selected_data = set(range(len(layer.data)))
-            layer.remove_selected()
-        self._painted.clear()
-
-    # ------------------------------------------------------------------ prompt geometry
-    def _pid_index(self, pid: int) -> int | None:
-        layer = self._prompts
-        if layer is None:
-            return None
-        pids = np.asarray(layer.features["pid"]) if len(layer.data) else np.zeros(0, int)
-        hits = np.flatnonzero(pids == pid)
-        return int(hits[0]) if hits.size else None
-
-    def prompt_geometry(self, i: int) -> tuple[int, int, tuple, str, int]:
-        """(display axis, slice index, box (x0, y0, x1, y1) clipped to the slice, shape type,
-        label) of prompt ``i`` of the prompts layer. Lines become RECIST square boxes."""
-        layer = self.prompts_layer
-        verts = np.asarray(layer.data[i], dtype=float)
-        stype = layer.shape_type[i]
-        label = int(layer.features["label"].iloc[i])
-        flat = [a for a in range(3) if np.ptp(verts[:, a]) < 1e-3]
-        view_axis = self._axis()
-        axis = view_axis if view_axis in flat else (flat[0] if flat else view_axis)
-        index = int(round(float(np.mean(verts[:, axis]))))
-        r, cc = [a for a in range(3) if a != axis]
-        c = self.controller
-        shape = c.orientation.display_shape(c.volume.shape)
-        h, w = int(shape[r]), int(shape[cc])
-        ys, xs = verts[:, r], verts[:, cc]
-        if stype == "line" or (stype == "path" and len(verts) == 2):
-            box = recist_to_box((xs[0], ys[0]), (xs[-1], ys[-1]), margin=float(self.recist_margin_spin.value()))
-        else:
-            box = Box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
-        if box.x1 < 0 or box.y1 < 0 or box.x0 > w - 1 or box.y0 > h - 1:
-            raise MedsamGuiError("The box lies outside the image; draw it on the scan.")
-        if not 0 <= index < shape[axis]:
-            raise MedsamGuiError(f"The prompt is on slice {index}, outside the scan.")
-        return axis, index, box.clip(h, w).xyxy(), stype, label
+        """Remove all boxes and lines (the labels stay)."""
+        self.prompts.clear()
+        self.segmentation.reset()
 
     def key_boxes(self, axis: int | None = None, label: int | None = None) -> dict[int, tuple]:
         """{slice index: box} of the prompts of ``label`` (default: active) on display ``axis``
         (default: the current view's); several prompts on one slice give their union box."""
         axis = self._axis() if axis is None else int(axis)
         label = int(self.controller.active_label if label is None else label)
-        out: dict[int, tuple] = {}
-        layer = self._prompts
-        if layer is None or layer not in self.controller.viewer.layers:
-            return out
-        for i in range(len(layer.data)):
-            try:
-                a, idx, box, _t, lab = self.prompt_geometry(i)
-            except MedsamGuiError:
-                continue
-            if a != axis or lab != label:
-                continue
-            if idx in out:
-                k = out[idx]
-                box = (min(k[0], box[0]), min(k[1], box[1]), max(k[2], box[2]), max(k[3], box[3]))
-            out[idx] = tuple(float(v) for v in box)
-        return out
+        return self.prompts.key_boxes(axis, label)
 
-    # ------------------------------------------------------------------ prompt events -> segmentation
-    def _on_prompts_data(self, event) -> None:
-        action = _action_name(event)
-        layer = self._prompts
-        if layer is None:
-            return
-        if action in ("added", "changed", "removed"):
-            self.update_recist_boxes()
-        if action == "added":
-            if not len(layer.data):
-                return
-            pids = np.asarray(layer.features["pid"]).astype(int)
-            for i in np.flatnonzero(pids < 0):
-                pid = next(self._pids)
-                layer.features.loc[int(i), "pid"] = pid
-                self._segment_pid(pid)
-        elif action == "changed":
-            if not len(layer.data):
-                return
-            pids = np.asarray(layer.features["pid"]).astype(int)
-            for i in event.data_indices:
-                i = int(i)
-                if -len(pids) <= i < len(pids) and pids[i] > 0:
-                    self._segment_pid(int(pids[i]))
-        elif action == "removed":
-            present = set(np.asarray(layer.features["pid"]).astype(int).tolist()) if len(layer.data) else set()
-            for pid in [p for p in self._painted if p not in present]:
-                del self._painted[pid]
+    def _result_wanted(self, token) -> bool:
+        return not isinstance(token, int) or self.prompts.pid_index(token) is not None
 
     def _segment_pid(self, pid: int) -> None:
-        i = self._pid_index(pid)
+        i = self.prompts.pid_index(pid)
         if i is None:
             return
         try:
-            axis, index, box, stype, label = self.prompt_geometry(i)
+            axis, index, box, _kind, label = self.prompts.geometry(i)
         except MedsamGuiError as exc:
             self.controller.status(f"MedSAM: {exc}", 8000)
             return
@@ -760,86 +438,26 @@ class MedSAMPanel(QWidget):
         c = self.controller
         label = int(c.active_label if label is None else label)
         token = token if token is not None else ("box", axis, index, tuple(box))
-        t0 = time.perf_counter()
-        if self._segmenter is not None:
-            try:
-                mask = np.asarray(self._segmenter(int(index), tuple(box)), dtype=bool)
-            except Exception as exc:  # noqa: BLE001 - a broken segmenter is shown, not raised
-                c.show_error(exc, title="Segmentation failed")
+        if self.segmentation.segmenter is None:
+            if self._engine is None:
+                if isinstance(token, int) and token not in self._waiting_engine:
+                    self._waiting_engine.append(token)
+                self.ensure_engine()
                 return
-            dec = (time.perf_counter() - t0) * 1000.0
-            self._paint_result(token, axis, index, label, mask, t0, dec)
-            return
-        if self._engine is None:
-            if isinstance(token, int) and token not in self._waiting_engine:
-                self._waiting_engine.append(token)
-            self.ensure_engine()
-            return
-        if self.service.axis != axis:
-            self.service.configure(c.volume, c.orientation, self._bounds(), axis, modality=c.volume.modality)
-        gen = self.service.segment_async(token, int(index), box)
-        self._jobs[(token, gen)] = (t0, int(axis), int(index), label)
-        if not self.service.has_embedding(int(index)):
-            c.status(f"MedSAM: slice {index} is being embedded; the mask follows…", 0)
-
-    def _on_waiting(self, token, index: int) -> None:
-        self.controller.status(f"MedSAM: waiting for slice {index}'s embedding…", 0)
-
-    def _on_mask_ready(self, token, index: int, box, mask, decode_ms: float, gen: int) -> None:
-        job = self._jobs.pop((token, gen), None)
-        if job is None or not self.service.is_latest(token, gen):
-            return
-        t0, axis, idx, label = job
-        if isinstance(token, int) and self._pid_index(token) is None:
-            return  # the prompt was deleted meanwhile
-        self._paint_result(token, axis, idx, label, mask, t0, decode_ms, box=box)
-
-    def _on_mask_failed(self, token, exc) -> None:
-        for key in [k for k in self._jobs if k[0] == token]:
-            self._jobs.pop(key, None)
-        self.controller.show_error(exc if isinstance(exc, BaseException) else str(exc),
-                                   title="MedSAM could not segment the box")
-
-    def _paint_result(self, token, axis: int, index: int, label: int, mask: np.ndarray, t0: float,
-                      decode_ms: float, box=None) -> None:
-        c = self.controller
-        if c.volume is None:
-            return
-        tp = time.perf_counter()
-        data = c.display_labels()
-        current = np.take(data, int(index), axis=int(axis)) == label
-        keep = current.copy()
-        old = self._painted.get(token)
-        if old is not None and old[:3] == (axis, index, label):
-            keep &= ~old[3]
-        new = keep | mask
-        try:
-            changed = c.write_slice_mask(axis, index, new, label, overwrite_other=self.overwrite_check.isChecked())
-        except Exception as exc:  # noqa: BLE001
-            c.show_error(exc, title="Could not write the mask")
-            return
-        self._painted[token] = (axis, index, label, mask.copy())
-        now = time.perf_counter()
-        paint_ms = (now - tp) * 1000.0
-        total_ms = (now - t0) * 1000.0
-        self.timings.append({"decode_ms": float(decode_ms), "paint_ms": paint_ms, "total_ms": total_ms,
-                             "box": None if box is None else tuple(box)})
-        c.status(f"MedSAM: label {label} on slice {index}: {int(mask.sum())} pixels, {changed} voxels changed "
-                 f"(decoder {decode_ms:.0f} ms, paint {paint_ms:.0f} ms)", 6000)
-        self.slice_painted.emit(int(axis), int(index))
+            if self.service.axis != axis:
+                self._configure(axis)
+        self.segmentation.segment(axis, index, box, label, token)
 
     # ------------------------------------------------------------------ 3D propagation
     @property
     def propagating(self) -> bool:
-        return self._prop_handle is not None and not self._prop_handle.finished
+        return self.propagation_box.running
 
     def propagate(self, axis: int | None = None, limits: tuple[int, int] | None = None,
                   margin: int | None = None, label: int | None = None):
         """Propagate ``label`` (default: active) from its key boxes on display ``axis`` (default:
         the current view's) within ``limits`` (inclusive display slice numbers; default: the
         panel's spin boxes). Returns the WorkerHandle, or None when it could not start."""
-        from ..core import propagation
-
         c = self.controller
         if c.volume is None:
             c.show_error("Open a scan first (File > Open scan…).")
@@ -855,184 +473,64 @@ class MedSAMPanel(QWidget):
                 f"Draw a box or a RECIST line for label {label} on at least one {AXIS_NAMES.get(axis, '')} slice "
                 "first; propagation starts from those key slices."))
             return None
-        use_model = self._segmenter is None
-        if use_model and not self.ensure_engine("MedSAM's weights are needed to propagate."):
-            c.status("Load MedSAM's weights, then propagate again.", 8000)
-            return None
-        if limits is None:
-            limits = (int(self.from_spin.value()), int(self.to_spin.value()))
-        margin = int(self.prop_margin_spin.value()) if margin is None else int(margin)
-        shape = tuple(int(s) for s in c.orientation.display_shape(c.volume.shape))
-        cancel = threading.Event()
-        if use_model:
+        segmenter = self.segmentation.segmenter
+        if segmenter is None:
+            if not self.ensure_engine("MedSAM's weights are needed to propagate."):
+                c.status("Load MedSAM's weights, then propagate again.", 8000)
+                return None
             if self.service.axis != axis:
-                self.service.configure(c.volume, c.orientation, self._bounds(), axis, modality=c.volume.modality)
-            service = self.service
-
-            def segment(index: int, box) -> np.ndarray:
-                return service.segment_blocking(index, box, cancel=cancel.is_set)
-
-            prefetch = service.prefetch
-        else:
-            segmenter = self._segmenter
-
-            def segment(index: int, box) -> np.ndarray:
-                return np.asarray(segmenter(int(index), tuple(box)), dtype=bool)
-
-            prefetch = None
+                self._configure(axis)
+        pb = self.propagation_box
+        limits = pb.limits if limits is None else limits
+        margin = int(pb.margin_spin.value()) if margin is None else int(margin)
         try:
-            total = len(propagation.slices_to_encode(shape, keys, axis=axis, limits=limits))
-            gen = propagation.propagate(shape, keys, segment, axis=axis, margin=margin, limits=limits,
-                                        cancel=cancel.is_set, prefetch=prefetch)
+            run = start_propagation(c, keys, axis=axis, label=label, limits=limits, margin=margin,
+                                    overwrite_other=self.overwrite_check.isChecked(), service=self.service,
+                                    segmenter=segmenter, parent=self)
         except MedsamGuiError as exc:
             c.show_error(exc)
             return None
-
-        self.last_propagation = []
-        self._prop_total = total
-        self._prop_label = label
-        self._prop_axis = axis
-        self._prop_cancel = cancel
-        self._prop_state = "running"
-        group = c.edit_group()
-        group.__enter__()
-        self._prop_group = group
-        if use_model:
-            self.service.pause_background(True)
-        if use_model and shape[axis] > 0:
-            service.prefetch(list(keys)[:2])
-        try:
-            handle = c.run_worker(_guarded(gen), on_yield=self._on_prop_result, on_done=self._on_prop_done,
-                                  on_error=self._on_prop_error,
-                                  description=f"Propagating label {label} in 3D ({len(keys)} key slice"
-                                              f"{'s' if len(keys) != 1 else ''})…")
-        except BaseException:
-            self._close_prop_group()
-            raise
-        self._prop_handle = handle
-        handle.add_done_callback(lambda _h: self._close_prop_group())
-        self.propagate_button.setEnabled(False)
-        self.cancel_prop_button.setEnabled(True)
-        self.prop_label.setText(f"Propagating from slices {', '.join(map(str, keys))}…")
-        return handle
+        self.last_propagation = run.results
+        pb.show_run(run, keys)
+        return run.handle
 
     def cancel_propagation(self) -> None:
-        """Stop the running propagation; the slices already painted stay (one undo step)."""
-        if self._prop_cancel is not None:
-            self._prop_cancel.set()
-        h = self._prop_handle
-        if h is not None and not h.finished:
-            self._prop_state = "cancelled"
-            h.cancel()
+        """Stop the running propagation; the slices already written stay (one undo step)."""
+        self.propagation_box.cancel()
 
-    def _on_prop_result(self, res) -> None:
-        c = self.controller
-        if self._prop_group is None or c.volume is None:
-            return
-        c.write_slice_mask(self._prop_axis, res.index, res.mask, self._prop_label,
-                           overwrite_other=self.overwrite_check.isChecked())
-        self.last_propagation.append((int(res.index), res.kind, tuple(res.box)))
-        n = len(self.last_propagation)
-        h = self._prop_handle
-        if h is not None:
-            h.set_progress(n, max(n, self._prop_total))
-        self.prop_label.setText(f"Slice {res.index} ({res.kind}): {n} slices done")
-        self.slice_painted.emit(self._prop_axis, int(res.index))
+    # ------------------------------------------------------------------ session state, lifecycle
+    def get_state(self) -> dict:
+        """``{"shapes": ...}`` (``PromptLayers.get_state``: vertices in source (z, y, x) voxels) and
+        the propagation's slice range (``PropagationBox.get_state``)."""
+        return {**self.prompts.get_state(), **self.propagation_box.get_state()}
 
-    def _on_prop_done(self, result) -> None:
-        if isinstance(result, _Failed):
-            self._on_prop_error(result.exc)
-            return
-        self._prop_state = "done"
+    def set_state(self, state: dict | None) -> None:
+        self.prompts.set_state(state)
+        self.propagation_box.set_state(state or {})
 
-    def _on_prop_error(self, exc) -> None:
-        self._prop_state = "failed"
-        self.controller.show_error(exc, title="Propagation failed")
-
-    def _close_prop_group(self) -> None:
-        group, self._prop_group = self._prop_group, None
-        if self._prop_cancel is not None:
-            self._prop_cancel.set()
-        if group is None:
-            return
-        try:
-            group.__exit__(None, None, None)
-        finally:
-            self.service.pause_background(False)
-            state = self._prop_state if self._prop_state in ("done", "cancelled", "failed") else "cancelled"
-            self._prop_state = state
-            n = len(self.last_propagation)
-            idx = sorted(i for i, _k, _b in self.last_propagation)
-            rng = f" (slices {idx[0]}–{idx[-1]})" if idx else ""
-            text = {"done": f"Propagation finished: {n} slices{rng}. Edit > Undo removes it in one step.",
-                    "cancelled": f"Propagation cancelled: {n} slices kept{rng}. Edit > Undo removes them.",
-                    "failed": f"Propagation failed after {n} slices{rng}."}[state]
-            self.prop_label.setText(text)
-            self.controller.status(text, 8000)
-            self.propagate_button.setEnabled(True)
-            self.cancel_prop_button.setEnabled(False)
-            self.propagation_finished.emit(state)
-
-    # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
         """Stop background threads (the window is closing)."""
         self.cancel_propagation()
         self.service.shutdown()
+        self.measurements.shutdown()
 
 
-def install(controller, service: EmbeddingService | None = None):
-    """Create the MedSAM and Measurements docks and the Models menu; returns the MedSAM panel.
-
-    Called by ``medsam_gui.app.build_app`` (``PANEL_MODULES``). The panels are also reachable
-    as ``controller.medsam_panel`` and ``controller.measurements_panel``.
-    """
-    from .measurements_panel import MeasurementsPanel
-
+def install(controller, service: EmbeddingService | None = None) -> MedSAMPanel:
+    """Create the MedSAM dock and its Measurements dock (``panel.measurements``), the Models menu
+    entries (when there is a window), the "medsam_prompts" state provider and the shutdown hook;
+    returns the MedSAM panel. ``service``: an EmbeddingService to use (tests, benchmarks)."""
     panel = MedSAMPanel(controller, service=service)
-    medsam_dock = controller.add_dock(panel, "MedSAM", "right")
-    measurements = MeasurementsPanel(controller)
-    controller.add_dock(measurements, "Measurements", "right", tabify=True)
-    panel.dock = medsam_dock
-    if medsam_dock is not None:
-        medsam_dock.raise_()
-    panel.measurements_panel = measurements
-    controller.medsam_panel = panel
-    controller.measurements_panel = measurements
+    dock = controller.add_dock(panel, "MedSAM", "right")
+    controller.add_dock(panel.measurements, "Measurements", "right", tabify=True)
+    if dock is not None:
+        dock.raise_()
+    controller.register_state_provider(STATE_NAME, panel.get_state, panel.set_state)
+    controller.add_shutdown_hook(panel.shutdown)
     window = controller.window
     if window is not None:
-        from qtpy.QtGui import QAction
-
-        bar = window.qt_window.menuBar()
-        menu = None
-        for act in bar.actions():
-            if act.text().replace("&", "") == "Models" and act.menu() is not None:
-                menu = act.menu()
-        if menu is None:
-            help_act = next((a for a in bar.actions() if a.text().replace("&", "") == "Help"), None)
-            from qtpy.QtWidgets import QMenu
-
-            menu = QMenu("&Models", bar)
-            if help_act is not None:
-                bar.insertMenu(help_act, menu)
-            else:
-                bar.addMenu(menu)
-        act = QAction("Load MedSAM weights…", window.qt_window)
-        act.setStatusTip("Download MedSAM's weights or choose the medsam_vit_b.pth file")
-        act.triggered.connect(lambda _checked=False: panel.show_weights_dialog())
-        menu.addAction(act)
-        act2 = QAction("Export measurements (CSV)…", window.qt_window)
-        act2.triggered.connect(lambda _checked=False: measurements.export_csv())
-        menu.addAction(act2)
-        if isinstance(getattr(window, "actions", None), dict):
-            window.actions["load_medsam_weights"] = act
-            window.actions["export_measurements"] = act2
-        window.models_menu = menu
-    try:
-        from qtpy.QtWidgets import QApplication
-
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(panel.shutdown)
-    except Exception:  # pragma: no cover
-        pass
+        window.add_action("models", "load_medsam_weights", "Load MedSAM weights…",
+                          lambda: panel.show_weights_dialog(),
+                          tip="Download MedSAM's weights or choose the medsam_vit_b.pth file")
+        window.add_action("models", "export_measurements", "Export measurements (CSV)…",
+                          lambda: panel.measurements.export_csv())
     return panel

@@ -16,6 +16,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import MedsamGuiError
+
+
+class EmbeddingCancelled(MedsamGuiError):
+    """An embedding was not computed: its wait was cancelled or the scheduler stopped."""
+
+
+class EncoderInterrupted(EmbeddingCancelled):
+    """An encoder pass was abandoned at a stop point because its ``stop()`` said so."""
+
 
 @runtime_checkable
 class BoxPromptEngine(Protocol):
@@ -40,8 +50,11 @@ class BoxPromptEngine(Protocol):
         """Cache key of one slice's embedding: changes with the scan, slice, window, engine,
         weights and precision."""
 
-    def embed(self, slices: Sequence[np.ndarray]) -> Any:
-        """(H, W) uint8 slices -> embeddings (N, *embedding_shape) float32 on the CPU."""
+    def embed(self, slices: Sequence[np.ndarray], stop: Callable[[], bool] | None = None) -> Any:
+        """(H, W) uint8 slices -> embeddings (N, *embedding_shape) float32 on the CPU.
+
+        ``stop()`` is polled at the encoder's stop points (e.g. between transformer blocks);
+        when it returns True the pass is abandoned with :class:`EncoderInterrupted`."""
 
     def decode_logits(self, embedding: Any, box_xyxy, hw: tuple[int, int]) -> Any:
         """Low-res logits (B, 1, h', w') float32 CPU for box(es) on an (H, W) slice."""

@@ -2,13 +2,10 @@
 
 Workflow (numpy + torch, no Qt; meant to run in a worker thread, never on the GUI thread):
 
-1. *Support*: the slices (along ``axis`` of the (z, y, x) arrays) on which the label being
-   segmented is present. Each is windowed with the display bounds (lo, hi), scaled to [0, 1]
-   and resized to 128 x 128 (bilinear with anti-aliasing); its mask is resized so that an output
-   pixel is foreground when **more than half** of it is covered by the mask (area average > 0.5)
-   along axes that shrink, and by nearest-neighbour along axes that grow: no blurring, binary
-   0/1. Slices are resized to 128 x 128 directly (no padding): all slices of one scan share a
-   shape, so support and target are distorted alike.
+1. *Support*: a :class:`~medsam_gui.core.support_set.SupportSet`, by default built from the
+   slices (along ``axis`` of the (z, y, x) arrays) on which the label being segmented is present
+   (:meth:`SupportSet.from_partial_labels`: windowed with the display bounds (lo, hi), scaled to
+   [0, 1], resized to 128 x 128; masks without blurring). Targets are preprocessed the same way.
 2. If there are more support slices than the support size S, an evenly spaced subset is used
    (:func:`choose_support`); ``ensemble=n`` runs n different evenly spread subsets and averages
    the probabilities.
@@ -20,8 +17,8 @@ Workflow (numpy + torch, no Qt; meant to run in a worker thread, never on the GU
    128 x 128 are resized back to the slice size (bilinear, align_corners=False) and stored as
    float16; probability > 0.5 is the mask.
 
-A support set from another scan or a saved example set is just arrays: pass a
-:class:`SupportSet` (or an :class:`~medsam_gui.core.example_sets.ExampleSet`) as ``support``.
+A support set from another scan or a saved example set
+(:func:`medsam_gui.core.example_sets.load_example_set`) is passed as ``support``.
 
 Default support size: 64 on a GPU, 16 on the CPU (settings ``universeg_support_size_gpu`` /
 ``universeg_support_size_cpu``).
@@ -36,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.support_set import SupportSet, labeled_slices, resize_images, window_unit
 from ..errors import MedsamGuiError
 from .oom import OomFallback
 
-SIZE = (128, 128)
 DEFAULT_SUPPORT_SIZE_GPU = 64
 DEFAULT_SUPPORT_SIZE_CPU = 16
 # Largest (targets x support items) run through the model at once: bounds memory.
@@ -69,54 +66,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def default_support_size(device: str | torch.device | None = "auto") -> int:
-    """Support size S: setting ``universeg_support_size_gpu`` (64) or ``..._cpu`` (16)."""
+    """Support size S: setting ``universeg_support_size_gpu`` (64) or ``..._cpu`` (16) for
+    ``device`` ("auto": the GPU when there is one; "cuda" counts as a GPU even without one)."""
     from ..config import get_setting
 
-    dev = resolve_device(device)
-    key, default = (("universeg_support_size_gpu", DEFAULT_SUPPORT_SIZE_GPU) if dev.type == "cuda"
+    gpu = torch.cuda.is_available() if device is None or device == "auto" else torch.device(device).type == "cuda"
+    key, default = (("universeg_support_size_gpu", DEFAULT_SUPPORT_SIZE_GPU) if gpu
                     else ("universeg_support_size_cpu", DEFAULT_SUPPORT_SIZE_CPU))
     try:
         value = int(get_setting(key, default))
     except (TypeError, ValueError):
         value = default
     return max(1, value)
-
-
-def window_unit(images: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
-    """Clip to bounds (lo, hi) and scale to [0, 1] as float32; bounds None: clip to [0, 1] only."""
-    data = np.asarray(images, dtype=np.float32)
-    if bounds is None:
-        return np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0)
-    lo, hi = float(bounds[0]), float(bounds[1])
-    if not hi > lo:
-        raise InContextError(f"window bounds must be increasing, got ({lo}, {hi})")
-    out = (np.nan_to_num(data, nan=lo) - lo) / (hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def resize_images(images: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
-    """(N, h, w) float -> (N, *size) float32, bilinear (align_corners=False, anti-aliased)."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x[:, 0].numpy().copy()
-    y = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return y[:, 0].numpy()
-
-
-def resize_masks(masks: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
-    """(N, h, w) binary -> (N, *size) uint8 0/1 without blurring.
-
-    Per axis: where the axis shrinks, an output pixel is 1 when more than half of its area is
-    covered (area average > 0.5); where it grows, nearest neighbour ("nearest-exact").
-    """
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(masks) > 0, dtype=np.float32))[:, None]
-    h, w = x.shape[-2:]
-    oh, ow = size
-    if oh != h:
-        x = F.interpolate(x, size=(oh, w), mode="area" if oh < h else "nearest-exact")
-    if ow != w:
-        x = F.interpolate(x, size=(oh, ow), mode="area" if ow < w else "nearest-exact")
-    return (x[:, 0] > 0.5).numpy().astype(np.uint8)
 
 
 def resize_probabilities(probs: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -128,71 +89,6 @@ def resize_probabilities(probs: torch.Tensor, hw: tuple[int, int]) -> torch.Tens
 
 
 # ----------------------------------------------------------------------------- support
-
-
-@dataclass(eq=False)
-class SupportSet:
-    """Support for one label: ``images`` float32 (S,128,128) in [0,1], ``masks`` uint8 (S,128,128) 0/1.
-
-    ``indices``: slice index of each item in its source scan (informative), ``bounds``: the
-    window used, ``modality``/``source``: where it came from.
-    """
-
-    images: np.ndarray
-    masks: np.ndarray
-    indices: tuple[int, ...] = ()
-    bounds: tuple[float, float] | None = None
-    modality: str = "unknown"
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        self.images = np.asarray(self.images, dtype=np.float32)
-        self.masks = (np.asarray(self.masks) > 0).astype(np.uint8)
-        if self.images.ndim != 3 or tuple(self.images.shape[1:]) != SIZE or self.masks.shape != self.images.shape:
-            raise InContextError(f"support images and masks must both be (S, 128, 128), got "
-                                 f"{self.images.shape} and {self.masks.shape}")
-        if len(self.images) == 0:
-            raise InContextError("the support set is empty: label the structure on at least one slice.")
-        if not self.indices:
-            self.indices = tuple(range(len(self.images)))
-        self.indices = tuple(int(i) for i in self.indices)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, positions: Sequence[int]) -> "SupportSet":
-        pos = list(positions)
-        return SupportSet(self.images[pos], self.masks[pos], tuple(self.indices[p] for p in pos),
-                          self.bounds, self.modality, self.source)
-
-    @classmethod
-    def from_example_set(cls, es) -> "SupportSet":
-        """From a :class:`medsam_gui.core.example_sets.ExampleSet`."""
-        return cls(es.images, es.masks, tuple(es.slice_indices), tuple(es.window_bounds), es.modality,
-                   es.source_scan)
-
-    def to_example_set(self, *, label_name: str = "", label_value: int = 1, axis: int = 0):
-        from ..core.example_sets import ExampleSet
-
-        return ExampleSet(images=self.images, masks=self.masks, label_name=label_name,
-                          label_value=int(label_value), modality=self.modality,
-                          window_bounds=self.bounds if self.bounds is not None else (0.0, 1.0),
-                          source_scan=self.source, slice_indices=self.indices, axis=axis)
-
-
-def prepare_support(slices: np.ndarray, masks: np.ndarray, bounds: tuple[float, float] | None = None,
-                    *, indices: Sequence[int] = (), modality: str = "unknown", source: str = "") -> SupportSet:
-    """Build a support set from 2D slices (S, h, w) (raw intensities windowed with ``bounds`` =
-    display (lo, hi); None: already in [0,1]) and their masks (S, h, w) (nonzero = foreground)."""
-    slices = np.asarray(slices)
-    masks = np.asarray(masks)
-    if slices.ndim == 2:
-        slices, masks = slices[None], masks[None]
-    if slices.shape != masks.shape or slices.ndim != 3:
-        raise InContextError(f"support slices {slices.shape} and masks {masks.shape} must both be (S, h, w)")
-    images = resize_images(window_unit(slices, bounds))
-    return SupportSet(images, resize_masks(masks), tuple(indices), None if bounds is None else
-                      (float(bounds[0]), float(bounds[1])), modality, source)
 
 
 def choose_support(labeled_indices: Sequence[int], S: int) -> list[int]:
@@ -225,12 +121,6 @@ def choose_support_subsets(labeled_indices: Sequence[int], S: int, n: int = 1) -
 
 
 # ----------------------------------------------------------------------------- targets
-
-
-def labeled_slices(labels: np.ndarray, label_value: int, axis: int = 0) -> list[int]:
-    """Indices along ``axis`` of the slices where ``label_value`` is present."""
-    other = tuple(a for a in range(labels.ndim) if a != axis)
-    return np.flatnonzero(np.any(np.asarray(labels) == label_value, axis=other)).tolist()
 
 
 def plan_targets(n_slices: int, support_slices: Sequence[int], *, targets: Sequence[int] | None = None,
@@ -383,20 +273,6 @@ def _auto_batch(S_eff: int, device: torch.device) -> int:
     return max(1, min(32, budget // max(1, S_eff)))
 
 
-def _support_from_labels(volume, labels, label_value, bounds, axis, S, ensemble):
-    sup_idx = labeled_slices(labels, label_value, axis)
-    if not sup_idx:
-        raise InContextError(f"label {label_value} is not drawn on any slice: label it on a few slices "
-                             "first (or use an example set).")
-    subsets = choose_support_subsets(sup_idx, S, ensemble)
-    used = sorted(set().union(*subsets))
-    prepared = prepare_support(np.stack([np.take(volume, i, axis) for i in used]),
-                               np.stack([np.take(labels, i, axis) == label_value for i in used]),
-                               bounds, indices=used)
-    pos = {i: p for p, i in enumerate(used)}
-    return sup_idx, [prepared.subset([pos[i] for i in sub]) for sub in subsets]
-
-
 def iter_segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value: int, *,
                       model: torch.nn.Module, bounds: tuple[float, float] | None = None,
                       support: SupportSet | None = None, support_size: int | None = None,
@@ -425,6 +301,8 @@ def _run(volume, labels, label_value, *, model, bounds, support, support_size, t
         raise InContextError(f"axis must be 0, 1 or 2, got {axis}")
     if labels is not None and np.shape(labels) != volume.shape:
         raise InContextError(f"label map {np.shape(labels)} and scan {volume.shape} differ in shape")
+    if bounds is None and volume.dtype == np.uint8:
+        bounds = (0.0, 255.0)
     dev = resolve_device(device)
     S = int(support_size) if support_size else default_support_size(dev)
     ensemble = max(1, int(ensemble))
@@ -432,15 +310,19 @@ def _run(volume, labels, label_value, *, model, bounds, support, support_size, t
     if support is None:
         if labels is None:
             raise InContextError("give a label map with labeled slices or a support set (example set).")
-        _, subsets = _support_from_labels(volume, labels, label_value, bounds, axis, S, ensemble)
+        if not protected:
+            raise InContextError(f"label {label_value} is not drawn on any slice: label it on a few slices "
+                                 "first (or use an example set).")
+        positions = choose_support_subsets(protected, S, ensemble)
+        used = sorted(set().union(*positions))
+        support = SupportSet.from_partial_labels(volume, labels, label_value, axis, bounds=bounds, slices=used)
+        positions = [[used.index(i) for i in p] for p in positions]
     else:
-        if not isinstance(support, SupportSet):
-            support = SupportSet.from_example_set(support)
-        subsets = [support.subset(sorted(set(p))) for p in
-                   choose_support_subsets(range(len(support)), S, ensemble)]
+        if not len(support):
+            raise InContextError("the support set is empty: label the structure on at least one slice.")
+        positions = choose_support_subsets(range(len(support)), S, ensemble)
     # identical subsets (fewer items than S) would only repeat the same computation
-    uniq = {tuple(s.indices): s for s in subsets}
-    subsets = list(uniq.values())
+    subsets = [support.subset(p) for p in dict.fromkeys(tuple(sorted(set(p))) for p in positions)]
     tgt = plan_targets(volume.shape[axis], protected, targets=targets, z_range=z_range)
     plan_out.update(targets=tgt, support=protected, subsets=subsets)
     slice_hw = tuple(s for a, s in enumerate(volume.shape) if a != axis)
@@ -502,8 +384,9 @@ def segment_rest(volume: np.ndarray, labels: np.ndarray | None, label_value: int
     """Segment ``label_value`` on the remaining slices from the slices the user labeled.
 
     volume: (z, y, x) raw intensities windowed with ``bounds`` = display (lo, hi), or already
-    in [0, 1] with ``bounds=None``. labels: (z, y, x) int label map (None with ``support``).
-    Slices are taken along ``axis``. ``support``: a :class:`SupportSet` / ExampleSet used instead
+    in [0, 1] with ``bounds=None`` (a uint8 volume with ``bounds=None``: (0, 255)). labels:
+    (z, y, x) int label map (None with ``support``). Slices are taken along ``axis``.
+    ``support``: a :class:`~medsam_gui.core.support_set.SupportSet` used instead
     of the labeled slices (labeled slices of this label are still never targets).
     ``support_size``: S (default :func:`default_support_size`); ``ensemble``: number of support
     subsets whose probabilities are averaged; ``batch_size``: targets per model call (default:

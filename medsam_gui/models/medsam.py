@@ -22,16 +22,18 @@ No Qt, no work at import time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import CheckpointError
 from .checkpoints import file_sha256, load_state_dict_file
 from .device import autocast, pick_device, resolve_precision
+from .engine import EncoderInterrupted
 from .medsam_transforms import INPUT_SIZE, box_to_1024, postprocess_low_res_logits, preprocess_slice
 from .oom import OomFallback, free_device_memory
 
@@ -135,6 +137,9 @@ class MedSAMEngine:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._fast_enc = None
+        self._stop: Callable[[], bool] | None = None  # the running pass's stop() (passes hold _enc_lock)
+        for blk in self.model.image_encoder.blocks:  # stop points of both encoder paths
+            blk.norm1.register_forward_pre_hook(self._stop_point)
         self._enc_lock = threading.Lock()
         self._dec_lock = threading.Lock()
         self._torch = torch
@@ -161,15 +166,15 @@ class MedSAMEngine:
             batch_size = 16 if self.device.type == "cuda" else 1
         return BatchedEmbedder(self._fast_encoder(), self.device, self.precision, batch_size=batch_size)
 
-    def embed_slice(self, slice_uint8_hw: np.ndarray):
+    def embed_slice(self, slice_uint8_hw: np.ndarray, stop: Callable[[], bool] | None = None):
         """(H, W) uint8 slice -> image embedding (1, 256, 64, 64) float32 on CPU.
 
         "fp32": the reference path (skimage preprocessing, segment-anything's encoder), bit-exact.
         Other precisions: the fast path (see :meth:`embed`)."""
         if self.fast:
-            return self.embed([slice_uint8_hw])
+            return self.embed([slice_uint8_hw], stop=stop)
         x = preprocess_slice(slice_uint8_hw)
-        return self.embed_preprocessed(x)
+        return self.embed_preprocessed(x, stop)
 
     def cache_key(self, volume_fingerprint: str, axis: int, index: int, bounds) -> str:
         """Cache key of one slice's embedding (scan, slice, window, engine, weights, precision)."""
@@ -178,17 +183,32 @@ class MedSAMEngine:
         return embedding_key(volume_fingerprint, axis, index, bounds, self.checkpoint_id, self.precision,
                              engine=self.name)
 
-    def embed_preprocessed(self, x):
+    def embed_preprocessed(self, x, stop: Callable[[], bool] | None = None):
         """Encoder input (1, 3, 1024, 1024) float32 -> embedding (1, 256, 64, 64) float32, CPU.
         Out of GPU memory: the model moves to the CPU and the slice is encoded there."""
-        return self._fallback(1).call(lambda: self._encode_once(x))
+        return self._fallback(1).call(lambda: self._encode_once(x, stop))
 
-    def _encode_once(self, x):
+    def _encode_once(self, x, stop: Callable[[], bool] | None = None):
         torch = self._torch
-        with self._enc_lock, torch.inference_mode(), autocast(self.device, self.precision):
+        with self._encoder_pass(stop), torch.inference_mode(), autocast(self.device, self.precision):
             enc = self._fast_encoder() if self.fast else self.model.image_encoder
             emb = enc(x.to(self.device))
         return emb.float().cpu()
+
+    @contextlib.contextmanager
+    def _encoder_pass(self, stop: Callable[[], bool] | None):
+        """Hold the encoder lock for one pass (or one locked run of batches) polling ``stop``."""
+        with self._enc_lock:
+            self._stop = stop
+            try:
+                yield
+            finally:
+                self._stop = None
+
+    def _stop_point(self, _module, _args) -> None:
+        stop = self._stop
+        if stop is not None and stop():
+            raise EncoderInterrupted("the image encoder pass was stopped")
 
     # -- out of memory
     def _notice(self, message: str) -> None:
@@ -224,16 +244,17 @@ class MedSAMEngine:
             return 1
         return 16 if self.device.type == "cuda" else 1
 
-    def _embed_range(self, slices: Sequence[np.ndarray], batch_size: int) -> list:
+    def _embed_range(self, slices: Sequence[np.ndarray], batch_size: int, stop=None) -> list:
         """``[(offset, float16 (b, 256, 64, 64) CPU)]`` for ``slices`` on the current device
         and precision (the unit retried after an out-of-memory error)."""
         if not self.fast:  # reference path, one slice at a time
-            return [(i, self._encode_once(preprocess_slice(s)).half()) for i, s in enumerate(slices)]
-        with self._enc_lock:
+            return [(i, self._encode_once(preprocess_slice(s), stop).half()) for i, s in enumerate(slices)]
+        with self._encoder_pass(stop):
             emb = self._batched_embedder(batch_size)
             return list(emb.iter_embed(slices))
 
-    def iter_embed_batch(self, slices: Sequence[np.ndarray], batch_size: int | None = None):
+    def iter_embed_batch(self, slices: Sequence[np.ndarray], batch_size: int | None = None,
+                         stop: Callable[[], bool] | None = None):
         """Yield ``(start, embeddings (b, 256, 64, 64) float16 CPU)`` for consecutive batches of
         ``slices`` ((H, W) uint8, one shape per batch) as each batch is ready.
 
@@ -254,14 +275,15 @@ class MedSAMEngine:
         def span(b: int) -> int:  # CUDA: 4 batches per lock hold keep the copy/compute overlap going
             return b * (4 if self.device.type == "cuda" and self.fast else 1)
 
-        for start, _stop, parts in fb.run(len(slices), lambda a, b, size: self._embed_range(slices[a:b], size),
+        for start, _stop, parts in fb.run(len(slices), lambda a, b, size: self._embed_range(slices[a:b], size, stop),
                                           span=span):
             if fb.batch_size < bs and self.device.type != "cpu":
                 self._batch_cap = fb.batch_size
             for off, e in parts:
                 yield start + off, e
 
-    def embed(self, slices: Sequence[np.ndarray], batch_size: int | None = None):
+    def embed(self, slices: Sequence[np.ndarray], batch_size: int | None = None,
+              stop: Callable[[], bool] | None = None):
         """(H, W) uint8 slices -> embeddings (N, 256, 64, 64) float32 on CPU, equal to calling
         :meth:`embed_slice` on each slice ("fp32": the same code; fast precisions: up to the
         float16 rounding the batched path applies to every embedding)."""
@@ -270,8 +292,8 @@ class MedSAMEngine:
         if not slices:
             return torch.empty(0, *self.embedding_shape)
         if not self.fast:
-            return torch.cat([self.embed_slice(s) for s in slices])
-        return torch.cat([e for _, e in self.iter_embed_batch(slices, batch_size)]).float()
+            return torch.cat([self.embed_slice(s, stop) for s in slices])
+        return torch.cat([e for _, e in self.iter_embed_batch(slices, batch_size, stop)]).float()
 
     # -- decoder
     def decode_logits(self, embedding, box_xyxy, hw: tuple[int, int]):

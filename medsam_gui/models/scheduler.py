@@ -25,9 +25,8 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Callable, Iterator
 
-import numpy as np
 
-from .embedding_cache import EmbeddingCache, embedding_key
+from .embedding_cache import EmbeddingCache
 
 log = logging.getLogger(__name__)
 

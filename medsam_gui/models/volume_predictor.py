@@ -39,16 +39,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, MedsamGuiError
+from .engine import EmbeddingCancelled
 
 log = logging.getLogger(__name__)
 
 KEEP_FLOAT32 = 16
 WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared
 NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
-
-
-class EmbeddingCancelled(MedsamGuiError):
-    """A wait for an embedding was cancelled."""
 
 
 class PredictorListener:
@@ -93,9 +90,10 @@ class _Scan:
         self.modality = modality
         self.fingerprint: str | None = None
         self.display_uint8: np.ndarray | None = None
-        shape = tuple(volume.shape) if orientation is None else orientation.display_shape(volume.shape)
-        self.n_slices = int(shape[self.axis])
-        self.hw = tuple(int(s) for j, s in enumerate(shape) if j != self.axis)
+        self.shape = tuple(int(s) for s in (volume.shape if orientation is None
+                                             else orientation.display_shape(volume.shape)))
+        self.n_slices = self.shape[self.axis]
+        self.hw = tuple(s for j, s in enumerate(self.shape) if j != self.axis)
 
     def same_input(self, other: "_Scan") -> bool:
         return (other.volume is self.volume and other.requested_bounds == self.requested_bounds
@@ -303,8 +301,13 @@ class VolumePredictor:
     def _start_scheduler(self, scan: _Scan) -> None:
         from .scheduler import EmbeddingScheduler
 
+        scheduler = []
+
+        def stop() -> bool:  # abandon the pass when the scan changes or the app closes
+            return self._closed or (bool(scheduler) and scheduler[0].cancelled)
+
         def embed_fn(index: int):
-            emb = scan.engine.embed([scan.slice_uint8(index)])
+            emb = scan.engine.embed([scan.slice_uint8(index)], stop=stop)
             self._remember(scan.key(index), emb)
             return emb
 
@@ -322,7 +325,7 @@ class VolumePredictor:
                 self.listener.embedding_done(int(index), float(seconds))
 
         def on_error(exc: BaseException) -> None:
-            if scan is self._scan:
+            if scan is self._scan and not isinstance(exc, EmbeddingCancelled):
                 self.listener.embedding_failed(int(getattr(exc, "slice_index", -1)), exc)
 
         focus = self._focus if self.background else None
@@ -332,6 +335,7 @@ class VolumePredictor:
             embed_fn, scan.key, scan.n_slices, self.cache, focus=focus, neighbours=self.neighbours,
             prefetch_all=self.prefetch_all, on_started=on_started, on_done=on_done, on_error=on_error,
         )
+        scheduler.append(self._scheduler)
 
     def _on_engine_notice(self, message: str) -> None:
         self.device_notice = f"MedSAM: {message}"
@@ -377,8 +381,8 @@ class VolumePredictor:
             sched.set_focus(None if paused or not self.background else self._focus)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the scheduler, the decoder and the preparation threads and wait for them
-        (at most ``timeout`` seconds in all: an encoder pass in progress is finished first)."""
+        """Stop the scheduler (an encoder pass in progress is abandoned at its next stop point),
+        the decoder and the preparation threads, and wait for them (``timeout`` s in all)."""
         end = time.monotonic() + timeout
         self._closed = True
         self._stop_scheduler(wait=True, timeout=timeout)
@@ -542,19 +546,15 @@ class VolumePredictor:
         A generator of :class:`~medsam_gui.core.propagation.SliceResult` (index, box, mask,
         kind), embedding the next slices ahead while the current one decodes. ``limits``:
         inclusive (first, last) slices it may reach; ``cancel()`` stops it between slices;
-        ``options`` go to :func:`medsam_gui.core.propagation.propagate`. Validation errors are
-        raised here, before the first slice.
+        ``options`` go to :func:`medsam_gui.core.propagation.propagate`. Returns at once (also
+        while the scan is being prepared); validation errors are raised here.
         """
         from ..core import propagation
 
         scan = self._require_engine()
-        self._ready.wait()
-        if self._scan_error is not None:
-            raise self._scan_error
-        shape = tuple(scan.display_uint8.shape)
         if margin is not None:
             options["margin"] = margin
-        gen = propagation.propagate(shape, dict(key_boxes), lambda i, b: self.segment_box(i, b, cancel),
+        gen = propagation.propagate(scan.shape, dict(key_boxes), lambda i, b: self.segment_box(i, b, cancel),
                                     axis=scan.axis, limits=limits, cancel=cancel, prefetch=self.prefetch,
                                     **options)
         self.prefetch(sorted(key_boxes)[:2])

@@ -28,21 +28,13 @@ import numpy as np
 from ..core import intensity
 from ..core.volume import Volume
 from ..errors import MedsamGuiError
+from ..gui.layers import METADATA_KEY
 from ..gui.layers import display_orientation, display_scale
 
-METADATA_KEY = "medsam_gui"
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh", ".dcm")
 _LABELS_NAME = re.compile(r"(^|[_\-. ])(label|labels|seg|segmentation|mask)$", re.IGNORECASE)
 
 LayerData = tuple[Any, dict, str]
-
-
-def source_of(metadata: dict | None) -> dict | None:
-    """``{"volume": Volume, "orientation": DisplayOrientation}`` kept by the reader, or None."""
-    if not metadata:
-        return None
-    source = metadata.get(METADATA_KEY)
-    return source if isinstance(source, dict) and isinstance(source.get("volume"), Volume) else None
 
 
 def display_translate(volume: Volume) -> tuple[float, float, float]:

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QApplication, QWidget
 
 from ..errors import MedsamGuiError
 from ..gui.controller import Controller
-from .reader import source_of
+from ..gui.layers import source_of
 
 _controllers: "weakref.WeakValueDictionary[int, Controller]" = weakref.WeakValueDictionary()
 
@@ -82,19 +82,17 @@ def controller_for(viewer) -> Controller:
         return controller
     controller = Controller(viewer, window=None)
     _controllers[id(viewer)] = controller
+    QApplication.instance().aboutToQuit.connect(controller.shutdown)  # joins the panels' threads
     viewer.layers.events.inserted.connect(lambda event: _on_inserted(controller, event.value))
     return controller
 
 
-def _show_scan(controller: Controller, *, again: bool = False) -> None:
-    """Adopt the viewer's scan if the controller has none yet; ``again``: announce the shown scan
-    once more (volume_changed), for a panel that only learns of scans from that signal."""
+def _show_scan(controller: Controller) -> None:
+    """Adopt the viewer's scan if the controller has none yet."""
     if controller.volume is None:
         image = _scan_layer(controller.viewer)
         if image is not None:
             controller.adopt_layers(image, _labels_for(controller.viewer, image))
-    elif again:
-        controller.adopt_layers(controller.image_layer, controller.labels_layer)
 
 
 def _current_viewer():
@@ -104,49 +102,42 @@ def _current_viewer():
     return viewer
 
 
-def _stop_at_quit(panel) -> None:
-    """Stop the panel's background threads when the application quits."""
-    QApplication.instance().aboutToQuit.connect(panel.shutdown)
+def _widget(make, *, background: bool = False) -> QWidget:
+    """A panel built by ``make(controller)`` on the current viewer's controller, after adopting
+    its scan; ``background``: the panel runs threads that must stop when napari quits."""
+    controller = controller_for(_current_viewer())
+    _show_scan(controller)
+    panel = make(controller)
+    if background:
+        controller.add_shutdown_hook(panel.shutdown)
+    return panel
 
 
 def medsam_widget() -> QWidget:
     """MedSAM: boxes / RECIST lines segment a slice; propagation in 3D."""
     from ..gui.medsam_panel import MedSAMPanel
 
-    controller = controller_for(_current_viewer())
-    panel = MedSAMPanel(controller)
-    _stop_at_quit(panel)
-    _show_scan(controller, again=True)  # MedSAMPanel picks up a scan from volume_changed only
-    return panel
+    return _widget(MedSAMPanel, background=True)
 
 
 def universeg_widget() -> QWidget:
     """UniverSeg: segment the remaining slices from a few labelled ones."""
     from ..gui.universeg_panel import UniversegPanel
 
-    controller = controller_for(_current_viewer())
-    panel = UniversegPanel(controller)
-    _stop_at_quit(panel)
-    _show_scan(controller)
-    return panel
+    return _widget(UniversegPanel, background=True)
 
 
 def labels_widget() -> QWidget:
     """Labels: the label table (names, colours, active label)."""
     from ..gui.labels_panel import LabelsPanel
 
-    controller = controller_for(_current_viewer())
-    panel = LabelsPanel(controller)
-    _show_scan(controller)
-    return panel
+    return _widget(LabelsPanel)
 
 
 def measurements_widget() -> QWidget:
     """Measurements: volume and diameters of each label."""
     from ..gui.measurements_panel import MeasurementsPanel
 
-    controller = controller_for(_current_viewer())
-    panel = MeasurementsPanel(controller)
-    _show_scan(controller)
+    panel = _widget(MeasurementsPanel, background=True)
     panel.refresh()
     return panel

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from .reader import source_of
+from ..gui.layers import source_of
 
 
 def _current_viewer():

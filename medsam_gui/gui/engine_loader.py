@@ -1,0 +1,99 @@
+"""Loading MedSAM's weights for the MedSAM dock: find them with the model manager, build the
+:class:`~medsam_gui.models.medsam.MedSAMEngine` off the GUI thread (``controller.run_worker``),
+and open the weights dialog when there are none or they cannot be used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QWidget
+
+from ..errors import CheckpointError
+
+MODEL_NAME = "medsam_vit_b"
+
+
+class EngineLoader(QObject):
+    """``options()`` gives the (device, precision) to load with. Signals: ``loading(str)`` (file
+    name), ``loaded(engine)``, ``failed()``. ``dialog``: the last weights dialog (or None);
+    ``busy``: a load is running."""
+
+    loading = Signal(str)
+    loaded = Signal(object)
+    failed = Signal()
+
+    def __init__(self, controller, dialog_parent: Callable[[], QWidget], options: Callable[[], tuple[str, str]],
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.dialog_parent = dialog_parent
+        self.dialog = None
+        self._handle = None
+        self.options = options
+
+    @property
+    def busy(self) -> bool:
+        return self._handle is not None and not self._handle.finished
+
+    @staticmethod
+    def installed_weights() -> Path | None:
+        from ..models import weights as manager
+
+        return manager.resolve(MODEL_NAME)
+
+    def ensure(self, reason: str = "") -> None:
+        """Start loading the installed weights, or ask for them when there are none."""
+        if self.busy:
+            return
+        path = self.installed_weights()
+        if path is None:
+            self.show_dialog(reason or "No MedSAM weights were found on this computer.")
+        else:
+            self.load(path)
+
+    def load(self, path: str | Path | None = None):
+        """Load MedSAM from ``path`` (default: the model manager's file) off the GUI thread with
+        ``options()``; returns the WorkerHandle (None when there are no weights)."""
+        path = Path(path) if path is not None else self.installed_weights()
+        if path is None:
+            self.show_dialog("No MedSAM weights were found on this computer.")
+            return None
+        device, precision = self.options()
+        self.loading.emit(path.name)
+
+        def work():
+            from ..models.medsam import MedSAMEngine
+
+            return MedSAMEngine(path, device=device, precision=precision)
+
+        def failed(exc):
+            self.failed.emit()
+            if isinstance(exc, CheckpointError):
+                self.show_dialog(f"The MedSAM weights could not be used: {exc}")
+            else:
+                self.controller.show_error(exc, title="Could not load MedSAM")
+
+        self._handle = self.controller.run_worker(
+            work, on_done=self.loaded.emit, on_error=failed, description=f"Loading MedSAM ({path.name})…",
+            cancellable=False)
+        return self._handle
+
+    def show_dialog(self, reason: str = ""):
+        """Open the weights dialog (non-blocking); accepted weights are loaded at once."""
+        from .weights_dialog import WeightsDialog
+
+        if self.dialog is not None:
+            try:
+                if self.dialog.isVisible():
+                    self.dialog.raise_()
+                    return self.dialog
+            except RuntimeError:  # the dialog was deleted
+                pass
+        dlg = WeightsDialog(self.dialog_parent(), MODEL_NAME, reason)
+        dlg.weights_ready.connect(lambda p: self.load(p))
+        self.dialog = dlg
+        dlg.open()
+        return dlg
