@@ -118,8 +118,10 @@ def _resize_area_fast(x: np.ndarray, ky: int, kx: int) -> np.ndarray:
     return np.clip(np.rint(val), 0, 255).astype(np.uint8)
 
 
-def _linear_area_coeffs(n_in: int, n_out: int):
-    """OpenCV's INTER_AREA coefficients for enlarging: (src index (n_out,), weights (n_out, 2) int16-valued)."""
+def _linear_area_coeffs(n_in: int, n_out: int, *, clip_last: bool = True):
+    """OpenCV's INTER_AREA coefficients for enlarging: (src index (n_out,), weights (n_out, 2)
+    int16-valued). ``clip_last``: the horizontal pass clamps a source index past the last pixel
+    (weight (1, 0)); the vertical pass keeps it (its rows are clipped where they are read)."""
     inv_scale = n_out / n_in
     scale = 1.0 / inv_scale
     ofs = np.empty(n_out, np.int64)
@@ -128,25 +130,8 @@ def _linear_area_coeffs(n_in: int, n_out: int):
         s = int(np.floor(d * scale))
         f = np.float32((d + 1) - (s + 1) * inv_scale)
         f = np.float32(0.0) if f <= 0 else np.float32(f - np.float32(np.floor(f)))
-        if s >= n_in - 1:
+        if clip_last and s >= n_in - 1:
             s, f = n_in - 1, np.float32(0.0)
-        ofs[d] = s
-        c0 = np.float32(np.float32(1.0) - f)
-        coef[d, 0] = int(np.rint(np.float32(c0 * np.float32(_COEF_SCALE))))
-        coef[d, 1] = int(np.rint(np.float32(f * np.float32(_COEF_SCALE))))
-    return ofs, coef
-
-
-def _linear_area_vertical_y(n_in: int, n_out: int):
-    """Row offsets and coefficients of the vertical pass (OpenCV clips rows, not the weight)."""
-    inv_scale = n_out / n_in
-    scale = 1.0 / inv_scale
-    ofs = np.empty(n_out, np.int64)
-    coef = np.empty((n_out, 2), np.int64)
-    for d in range(n_out):
-        s = int(np.floor(d * scale))
-        f = np.float32((d + 1) - (s + 1) * inv_scale)
-        f = np.float32(0.0) if f <= 0 else np.float32(f - np.float32(np.floor(f)))
         ofs[d] = s
         c0 = np.float32(np.float32(1.0) - f)
         coef[d, 0] = int(np.rint(np.float32(c0 * np.float32(_COEF_SCALE))))
@@ -159,7 +144,7 @@ def _resize_linear_area(x: np.ndarray, oh: int, ow: int) -> np.ndarray:
     xo, xc = _linear_area_coeffs(w, ow)
     xi = x.astype(np.int64)
     hor = xi[:, xo] * xc[None, :, 0] + xi[:, np.minimum(xo + 1, w - 1)] * xc[None, :, 1]  # (h, ow)
-    yo, yc = _linear_area_vertical_y(h, oh)
+    yo, yc = _linear_area_coeffs(h, oh, clip_last=False)
     s0 = hor[np.clip(yo, 0, h - 1)]
     s1 = hor[np.clip(yo + 1, 0, h - 1)]
     b0 = yc[:, 0:1]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .medsam2.layers import LayerNorm2d  # LayerNorm over channels of (B, C, H, W), eps 1e-6 (same keys)
+
 IMG_SIZE = 256
 EMBED_DIMS = (64, 128, 160, 320)
 DEPTHS = (2, 2, 6, 2)
@@ -54,22 +56,6 @@ class ConvBN(nn.Module):
         w = self.c.weight * s[:, None, None, None]
         b = bn.bias - bn.running_mean * s
         return w, b
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a (B, C, H, W) tensor (eps 1e-6)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x):
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).pow(2).mean(1, keepdim=True)
-        x = (x - mu) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 class PatchEmbed(nn.Module):
@@ -204,10 +190,12 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class ConvLayer(nn.Module):
-    def __init__(self, dim: int, depth: int, downsample: nn.Module | None) -> None:
+class _Stage(nn.Module):
+    """``blocks`` in order, then ``downsample`` (patch merging) when there is one."""
+
+    def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([MBConv(dim, MBCONV_EXPAND) for _ in range(depth)])
+        self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
 
     def forward(self, x):
@@ -216,17 +204,15 @@ class ConvLayer(nn.Module):
         return self.downsample(x) if self.downsample is not None else x
 
 
-class BasicLayer(nn.Module):
+class ConvLayer(_Stage):
+    def __init__(self, dim: int, depth: int, downsample: nn.Module | None) -> None:
+        super().__init__([MBConv(dim, MBCONV_EXPAND) for _ in range(depth)], downsample)
+
+
+class BasicLayer(_Stage):
     def __init__(self, dim: int, resolution: int, depth: int, heads: int, window: int,
                  downsample: nn.Module | None) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList([TinyViTBlock(dim, resolution, heads, window) for _ in range(depth)])
-        self.downsample = downsample
-
-    def forward(self, x):
-        for blk in self.blocks:
-            x = blk(x)
-        return self.downsample(x) if self.downsample is not None else x
+        super().__init__([TinyViTBlock(dim, resolution, heads, window) for _ in range(depth)], downsample)
 
 
 class TinyViT(nn.Module):

@@ -27,6 +27,8 @@ Shapes: input (B, 1 or 3, 256, 256) float32 in [0, 1]; output (B, 256, 64, 64) f
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -67,9 +69,15 @@ def _fold_norm(norm, linear) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class FastTinyViT:
-    """Callable ``(B, C, 256, 256) -> (B, 256, 64, 64)`` with the reference encoder's weights."""
+    """Callable ``(B, C, 256, 256) -> (B, 256, 64, 64)`` with the reference encoder's weights.
 
-    def __init__(self, ref: TinyViT, *, channels_last: bool = True, fused: bool | None = None) -> None:
+    ``stop_point``: called with no argument before each of the encoder's blocks (MBConv and
+    TinyViT blocks, as the reference's forward pre-hooks on them are); it may raise to abandon
+    the pass."""
+
+    def __init__(self, ref: TinyViT, *, channels_last: bool = True, fused: bool | None = None,
+                 stop_point: Callable[[], None] | None = None) -> None:
+        self.stop_point = stop_point
         self.channels_last = channels_last
         self.fused = channels_last and (fused_conv_available() if fused is None else fused)
         with torch.no_grad():
@@ -199,7 +207,10 @@ class FastTinyViT:
         x = self._nhwc(x)  # (a 1-channel input gives no layout to follow: set it here)
         x = self._conv(x, self.pe1)
         st0 = self.stages[0]
+        stop_point = self.stop_point
         for p in st0["blocks"]:
+            if stop_point is not None:
+                stop_point()
             x = self._mbconv(x, p)
         x = self._merge(x, st0["down"])
         for st in self.stages[1:]:
@@ -207,6 +218,8 @@ class FastTinyViT:
             if not self.channels_last:
                 t = t.contiguous()
             for p in st["blocks"]:
+                if stop_point is not None:
+                    stop_point()
                 t = self._block(t, p)
             if "down" in st:
                 img = t.permute(0, 3, 1, 2)
