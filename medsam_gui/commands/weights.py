@@ -4,7 +4,8 @@
     medsam-gui weights import NAME FILE [--no-copy]
     medsam-gui weights download NAME [--url URL] [--sha256 HEX]
 
-NAME is one of medsam_vit_b, sam_vit_b, universeg_v1 (aliases: medsam, sam, universeg).
+NAME is a model that ``medsam-gui weights list`` shows (e.g. medsam_vit_b, litemedsam, universeg_v1)
+or an alias (medsam, sam, universeg).
 ``import`` validates the file by loading it, then copies it into the app's weights folder
 (or, with --no-copy, remembers where it is).
 """
