@@ -10,6 +10,14 @@ Known models (official sources):
   SHA-256 ``ec2df627...c912`` (widely published; the name's ``01ec64`` is Meta's own tag).
 - ``universeg_v1``: UniverSeg v1, ``universeg_v1_nf64_ss64_STA.pt``, GitHub release of
   JJGO/UniverSeg; no checksum is published (None): the file is validated by loading it.
+- MedSAM2 (SAM2.1 Hiera-tiny, 512 px; the five official checkpoints of the Hugging Face
+  repository wanglab/MedSAM2, ``https://huggingface.co/wanglab/MedSAM2/resolve/main/<file>``):
+  ``medsam2_latest`` (``MedSAM2_latest.pt``, recommended; alias ``medsam2``),
+  ``medsam2_ctlesion``, ``medsam2_mri_liverlesion``, ``medsam2_us_heart``, ``medsam2_2411``.
+  No checksum is published outside the Hub's own pages, so none is pinned: the SHA-256 of the
+  file is recorded on first install (settings key ``"weights_sha256"``, shown by
+  ``medsam-gui weights list``) and every file is validated by its structure (471 keys, the
+  Hiera-tiny shapes; ``models.medsam2.engine.load_medsam2_state_dict``).
 
 Downloads stream to ``<file>.part`` in ``config.weights_dir()``, are checked (length,
 checksum, and by loading the weights), and only then renamed into place; a failed or partial
@@ -100,6 +108,64 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 }
 ALIASES = {"medsam": "medsam_vit_b", "sam": "sam_vit_b", "universeg": "universeg_v1"}
 
+# ------------------------------------------------------------------ MedSAM2 (issue 14)
+MEDSAM2_REPO = "https://huggingface.co/wanglab/MedSAM2"
+MEDSAM2_FILES = {  # name -> (file, title, note)
+    "medsam2_latest": ("MedSAM2_latest.pt", "MedSAM2 (latest)",
+                       "Recommended: the latest general MedSAM2 (CT, MRI, PET, ultrasound, video)."),
+    "medsam2_ctlesion": ("MedSAM2_CTLesion.pt", "MedSAM2 CT lesion", "Fine-tuned for CT lesions."),
+    "medsam2_mri_liverlesion": ("MedSAM2_MRI_LiverLesion.pt", "MedSAM2 MRI liver lesion",
+                                "Fine-tuned for liver lesions on MRI."),
+    "medsam2_us_heart": ("MedSAM2_US_Heart.pt", "MedSAM2 ultrasound heart",
+                         "Fine-tuned for echocardiography (heart ultrasound)."),
+    "medsam2_2411": ("MedSAM2_2411.pt", "MedSAM2 (2024-11)", "The first MedSAM2 release (November 2024)."),
+}
+MEDSAM2_NAMES = tuple(MEDSAM2_FILES)
+for _name, (_file, _title, _note) in MEDSAM2_FILES.items():
+    KNOWN_MODELS[_name] = KnownModel(
+        name=_name, title=_title, filename=_file, url=f"{MEDSAM2_REPO}/resolve/main/{_file}",
+        source=f"{MEDSAM2_REPO} (code: https://github.com/bowang-lab/MedSAM2)", sha256=None, md5=None,
+        size_bytes=None, approx_mib=149, kind="medsam2",
+        note=_note + " No checksum is published; the SHA-256 is recorded on first install and the file "
+                     "is validated by its structure (471 keys, SAM2.1 Hiera-tiny shapes).")
+ALIASES["medsam2"] = "medsam2_latest"
+SHA256_SETTINGS_KEY = "weights_sha256"
+
+
+def resolve_medsam2() -> Path | None:
+    """The MedSAM2 weights to use: the first installed of ``MEDSAM2_NAMES`` (latest first)."""
+    for name in MEDSAM2_NAMES:
+        found = resolve(name)
+        if found is not None:
+            return found
+    return None
+
+
+def recorded_sha256(name: str) -> str | None:
+    """The SHA-256 recorded when the weights of ``name`` were first installed (or None)."""
+    data = config.get_setting(SHA256_SETTINGS_KEY, {})
+    value = data.get(get_model(name).name) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _record_sha256(name: str, path: Path, digest: str | None = None) -> None:
+    """Remember the SHA-256 of an installed file of a model that has no published checksum
+    (first install only: a later, different file does not overwrite it silently)."""
+    model = get_model(name)
+    if model.sha256 is not None or model.kind != "medsam2":
+        return
+    data = config.get_setting(SHA256_SETTINGS_KEY, {})
+    data = dict(data) if isinstance(data, dict) else {}
+    if model.name in data:
+        return
+    if digest is None:
+        from .checkpoints import file_sha256
+
+        digest = file_sha256(path)
+    data[model.name] = digest
+    config.try_set_setting(SHA256_SETTINGS_KEY, data)
+
+
 ProgressCallback = Callable[[int, "int | None"], None]
 
 
@@ -155,6 +221,7 @@ def list_models() -> list[dict]:
         d = asdict(m)
         p = resolve(m.name)
         d["path"] = str(p) if p else None
+        d["sha256_recorded"] = recorded_sha256(m.name)
         out.append(d)
     return out
 
@@ -164,6 +231,11 @@ def list_models() -> list[dict]:
 def validate_file(name: str, path: str | os.PathLike) -> None:
     """Load ``path`` as weights of ``name`` (strictly); raises CheckpointError if unusable."""
     model = get_model(name)
+    if model.kind == "medsam2":
+        from .medsam2.engine import load_medsam2_state_dict
+
+        load_medsam2_state_dict(path)
+        return
     if model.kind == "sam":
         from .medsam import load_medsam_state_dict
 
@@ -221,6 +293,7 @@ def import_weights(name: str, file: str | os.PathLike, *, copy: bool = True) -> 
     else:
         used = src.resolve()
     _record(model.name, used)
+    _record_sha256(model.name, used)
     return used
 
 
@@ -342,4 +415,5 @@ def download(
         _unlink(part)
         raise
     _record(model.name, dest)
+    _record_sha256(model.name, dest, sha.hexdigest())
     return dest
