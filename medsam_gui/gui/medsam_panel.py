@@ -311,6 +311,9 @@ class MedSAMPanel(QWidget):
         path = getattr(self._engine, "checkpoint_path", None)
         if self._engine is not None and path is not None:
             self.load_engine(path)
+        path2 = getattr(self._medsam2_engine, "checkpoint_path", None)
+        if path2 is not None and not self.propagating:
+            self.load_medsam2(path2)  # MedSAM2 follows the device / precision too
 
     # ------------------------------------------------------------------ scan / view events
     def _axis(self) -> int:
