@@ -9,7 +9,8 @@
     lesion = api.segment_lesion_3d(vol, 40, box=(120, 96, 180, 150), checkpoint="MedSAM2_latest.pt")
 
 Arrays are (z, y, x) like ``Volume.array``; boxes are (x0, y0, x1, y1) voxel indices on axial
-slice z (x = column, y = row). ``engine`` is an engine name (``"medsam"``) or an engine object
+slice z (x = column, y = row). ``engine`` is an engine name (``"medsam"``, or ``"litemedsam"``:
+LiteMedSAM, MedSAM distilled into a TinyViT encoder at 256x256, ~10x faster on a CPU) or an engine object
 from :func:`load_engine` (load it once to segment many things); ``checkpoint`` is the weights
 file (default: the one installed with ``medsam-gui weights``). ``window`` is the intensity
 window (lo, hi) in scan units; by default CT soft tissue (40/400) or the MR percentile window,
@@ -30,7 +31,10 @@ __all__ = ["load_volume", "save_labels", "load_engine", "open_predictor", "segme
            "propagate", "segment_rest", "measure", "ENGINES"]
 __all__ += ["load_medsam2", "segment_lesion_3d"]  # MedSAM2 (issue 14)
 
-ENGINES = {"medsam": ("medsam_vit_b", "MedSAM")}  # engine name -> (model-manager weights name, display name)
+ENGINES = {  # engine name -> (model-manager weights name, display name)
+    "medsam": ("medsam_vit_b", "MedSAM"),
+    "litemedsam": ("litemedsam", "LiteMedSAM"),
+}
 
 
 def resolve_path(path, what: str):
@@ -51,7 +55,7 @@ def resolve_checkpoint(engine: str, checkpoint=None):
         return resolve_path(checkpoint, title)
     from .models import weights as manager
 
-    found = manager.resolve(name)
+    found = manager.resolve(name, verify=True)  # a file whose recorded checksum changed is refused
     if found is None:
         raise CheckpointError(
             f"no {title} weights installed: pass the weights file (checkpoint=... / --checkpoint), or install "
@@ -60,15 +64,22 @@ def resolve_checkpoint(engine: str, checkpoint=None):
 
 
 def load_engine(engine: str = "medsam", checkpoint=None, *, device: str = "auto", precision: str = "fp32"):
-    """Build a box-prompt engine (:class:`~medsam_gui.models.engine.BoxPromptEngine`).
+    """Build a box-prompt engine (:class:`~medsam_gui.models.engine.BoxPromptEngine`):
+    ``"medsam"`` (:class:`~medsam_gui.models.medsam.MedSAMEngine`) or ``"litemedsam"``
+    (:class:`~medsam_gui.models.litemedsam.LiteMedSAMEngine`).
 
     ``precision``: "fp32" (the official computation bit for bit), "auto", "fast", "int8",
-    "bf16", "fp16" (see README). ``engine="medsam2"`` gives a MedSAM2Engine (:func:`load_medsam2`)."""
+    "bf16", "fp16" (see README; LiteMedSAM has no int8 path: "int8" means "fast" there).
+    ``engine="medsam2"`` gives a MedSAM2Engine (:func:`load_medsam2`)."""
     if engine == MEDSAM2:
         return load_medsam2(checkpoint, device=device, precision=precision)
     if engine not in ENGINES:
         raise MedsamGuiError(f"unknown engine {engine!r}; choose one of {', '.join(sorted(ENGINES))}.")
     path = resolve_checkpoint(engine, checkpoint)
+    if engine == "litemedsam":
+        from .models.litemedsam import LiteMedSAMEngine
+
+        return LiteMedSAMEngine(path, device=device, precision=precision)
     from .models.medsam import MedSAMEngine
 
     return MedSAMEngine(path, device=device, precision=precision)

@@ -6,14 +6,18 @@ Fixtures (ask for them by name in any test):
     medsam_state_dict    session  dict: random SAM ViT-B weights (seed 0), CPU float32; do not modify
     medsam_checkpoint    session  Path "medsam_vit_b.pth": those weights as a plain state dict
                                   (the layout of the official MedSAM file, ~358 MiB)
-    medsam_engine        session  MedSAMEngine on medsam_checkpoint (CPU, fp32); shared, do not patch
+    medsam_engine        session  MedSAMEngine on medsam_checkpoint (CPU, fp32); shared: patch it only
+                                  with a MonkeyPatch (restored when the test/module ends)
     universeg_state_dict session  dict: the golden UniverSeg v1 weights (tests/golden, seed 1234)
     universeg_checkpoint session  Path "universeg_v1_nf64_ss64_STA.pt": those weights as a plain
                                   state dict (the layout of the official UniverSeg file)
     demo_scan, demo_labels  session  Path: resources/demo CT, (z,y,x) 30 x 101 x 122 int16, and labels
     lung_scan, lung_labels  session  Path: tests/data/lung_ct CT, (z,y,x) 48 x 512 x 512 int16, and labels
-    app_window           function  factory: app_window(*args, **build_app_kwargs) -> MainWindow
-    module_app_window    module    the same factory; its windows live until the module ends
+    hippo                session  (image, labels): MSD hippocampus_003 MR, (z,y,x) 35 x 52 x 34, image
+                                  float32, labels int16 (0, 1, 2); read-only arrays
+    app_window           function  factory: app_window(*args, panels=..., **build_app_kwargs) -> MainWindow
+    module_app_window    module    the same factory with its own MEDSAM_GUI_HOME (``.home``,
+                                  ``.home_env()``); its windows live until the module ends
 
 The MedSAM objects are built once per process (a ViT-B costs seconds to build and save, one
 encoder pass tens of seconds on 2 cores) by the functions below, which tests/medsam_fixtures.py
@@ -23,6 +27,7 @@ re-exports for code that calls them directly.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import shutil
 import tempfile
@@ -185,28 +190,74 @@ def lung_labels() -> Path:
     return LUNG_LABELS
 
 
+@pytest.fixture(scope="session")
+def hippo(data_dir):
+    """MSD hippocampus_003 MR as arrays: (image (35, 52, 34) float32, labels (35, 52, 34) int16
+    with values 0, 1, 2), (z, y, x). Shared by every test: read-only (copy before writing)."""
+    import SimpleITK as sitk
+
+    d = data_dir / "msd_hippocampus"
+    img = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "hippocampus_003_image.nii.gz")))
+    lab = np.rint(sitk.GetArrayFromImage(sitk.ReadImage(str(d / "hippocampus_003_label.nii.gz")))).astype(np.int16)
+    img.setflags(write=False)
+    lab.setflags(write=False)
+    return img, lab
+
+
 class AppWindows:
     """Builds the real window with ``medsam_gui.app.build_app`` and closes every window it built.
 
-    ``windows(*args, size=(1300, 850), wait_s=60.0, **kwargs)`` passes ``args``/``kwargs`` to
-    build_app (scan, labels, demo, session, show, ...), resizes the window and waits (at most
-    ``wait_s``) until the background work it started is done. With ``home``, MEDSAM_GUI_HOME
-    points there while the window is built (a module's window outlives each test's own home).
+    ``windows(*args, size=(1300, 850), wait_s=60.0, panels=None, **kwargs)`` passes
+    ``args``/``kwargs`` to build_app (scan, labels, demo, session, show, install_panels, ...),
+    resizes the window and waits (at most ``wait_s``) until the background work it started is
+    done. ``panels`` ({Panels field: install(controller) -> panel}, in order) installs panels
+    the test's own way (typically with ``install_panels=False``: a MedSAM panel on a chosen
+    EmbeddingService, the session manager without its recovery offer ...) after the scan has
+    loaded and keeps them in ``window.panels`` (a "medsam" panel brings its "measurements").
+    With ``home``, MEDSAM_GUI_HOME points there while the window and its panels are built (a
+    module's window outlives each test's own home); ``home_env()`` does the same for other
+    module-scoped set-up.
     """
 
     def __init__(self, home: Path | None = None) -> None:
         self._home = home
         self._windows: list = []
 
-    def __call__(self, *args, size: tuple[int, int] = (1300, 850), wait_s: float = 60.0, **kwargs):
-        from medsam_gui.app import build_app
+    @property
+    def home(self) -> Path | None:
+        """The MEDSAM_GUI_HOME the windows are built in (None: the test's own)."""
+        return self._home
 
+    @contextlib.contextmanager
+    def home_env(self):
+        """MEDSAM_GUI_HOME = ``home`` inside the block (unchanged without one), restored after."""
         with pytest.MonkeyPatch.context() as mp:
             if self._home is not None:
                 mp.setenv("MEDSAM_GUI_HOME", str(self._home))
+            yield self._home
+
+    def __call__(self, *args, size: tuple[int, int] = (1300, 850), wait_s: float = 60.0,
+                 panels: dict | None = None, **kwargs):
+        import dataclasses
+
+        from medsam_gui.app import build_app
+        from medsam_gui.gui.panels import Panels
+
+        fields = {f.name for f in dataclasses.fields(Panels)}
+        unknown = set(panels or ()) - fields
+        if unknown:
+            raise ValueError(f"unknown panels {sorted(unknown)}; Panels has {sorted(fields)}")
+        with self.home_env():
             window = build_app(*args, **kwargs)
-        self._windows.append(window)
-        window.qt_window.resize(*size)
+            self._windows.append(window)
+            window.qt_window.resize(*size)
+            if panels:
+                window.controller.wait_idle(wait_s)
+                for name, install in panels.items():
+                    panel = install(window.controller)
+                    setattr(window.panels, name, panel)
+                    if name == "medsam" and window.panels.measurements is None:
+                        window.panels.measurements = getattr(panel, "measurements", None)
         window.controller.wait_idle(wait_s)
         return window
 

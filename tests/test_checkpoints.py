@@ -14,7 +14,6 @@ from medsam_gui.models.checkpoints import extract_state_dict, file_sha256, load_
 from medsam_gui.models.medsam import load_medsam_state_dict
 from medsam_gui.models.sam_loader import build_sam_vit_b, sam_modeling, vit_b_state_dict_shapes
 
-from medsam_fixtures import vit_b_checkpoint, vit_b_state_dict
 
 
 def test_vit_b_built_without_torchvision():
@@ -39,18 +38,18 @@ def test_vit_b_built_without_torchvision():
     assert len(shapes) == 314 and shapes["image_encoder.pos_embed"] == (1, 64, 64, 768)
 
 
-def test_official_plain_state_dict_loads_strictly():
-    path = vit_b_checkpoint()
+def test_official_plain_state_dict_loads_strictly(medsam_state_dict, medsam_checkpoint):
+    path = medsam_checkpoint
     sd = load_medsam_state_dict(path)
-    ref = vit_b_state_dict()
+    ref = medsam_state_dict
     assert set(sd) == set(ref)
     assert torch.equal(sd["mask_decoder.iou_prediction_head.layers.2.weight"],
                        ref["mask_decoder.iou_prediction_head.layers.2.weight"])
     assert len(file_sha256(path)) == 64
 
 
-def test_training_checkpoint_with_module_prefix(tmp_path):
-    ref = vit_b_state_dict()
+def test_training_checkpoint_with_module_prefix(tmp_path, medsam_state_dict):
+    ref = medsam_state_dict
     wrapped = {"model": {f"module.{k}": v for k, v in ref.items()}, "epoch": 12,
                "optimizer": {"lr": 1e-4}}
     p = tmp_path / "medsam_model_best.pth"
@@ -65,8 +64,8 @@ def test_missing_file(tmp_path):
         load_medsam_state_dict(tmp_path / "nope.pth")
 
 
-def test_truncated_file(tmp_path):
-    src = vit_b_checkpoint()
+def test_truncated_file(tmp_path, medsam_checkpoint):
+    src = medsam_checkpoint
     p = tmp_path / "medsam_vit_b.pth"
     with open(src, "rb") as fin, open(p, "wb") as fout:
         fout.write(fin.read(5_000_000))
@@ -117,8 +116,8 @@ def test_code_carrying_pickles_are_refused_and_not_run(tmp_path):
         load_medsam_state_dict(custom)
 
 
-def test_vit_h_shapes_are_named(tmp_path):
-    ref = vit_b_state_dict()
+def test_vit_h_shapes_are_named(tmp_path, medsam_state_dict):
+    ref = medsam_state_dict
     # a small file: SAM's decoder/prompt encoder plus a few ViT-H-shaped encoder tensors
     fake = {k: v for k, v in ref.items() if not k.startswith("image_encoder.")}
     fake["image_encoder.patch_embed.proj.weight"] = torch.zeros(1280, 3, 16, 16)
@@ -155,8 +154,8 @@ def test_empty_dict_and_non_dict(tmp_path):
         load_medsam_state_dict(q)
 
 
-def test_partial_checkpoint_lists_missing_keys(tmp_path):
-    ref = vit_b_state_dict()
+def test_partial_checkpoint_lists_missing_keys(tmp_path, medsam_state_dict):
+    ref = medsam_state_dict
     partial = {k: v for k, v in ref.items() if not k.startswith("image_encoder.")}
     p = tmp_path / "decoder_only.pth"
     torch.save(partial, p)

@@ -2,7 +2,7 @@
 the first box (``MedSAMEngine.prepare_decoder`` -> ``FastDecoder.prepare``), on the decoder
 thread of :class:`~medsam_gui.gui.embedding_service.EmbeddingService`.
 
-Random SAM ViT-B weights (tests/medsam_fixtures.py) and a random embedding put into the
+Random SAM ViT-B weights (the medsam_state_dict fixture, tests/gui_fixtures.py) and a random embedding put into the
 service's cache under the slice's real key: no encoder pass is run.
 """
 
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from medsam_fixtures import vit_b_state_dict
 
 from medsam_gui.models.medsam import MedSAMEngine
 
@@ -22,9 +20,9 @@ LUNG = DATA / "lung_ct" / "lung1_image.nrrd"
 
 
 @pytest.fixture(scope="module")
-def engines():
+def engines(medsam_state_dict):
     torch.set_num_threads(2)
-    sd = vit_b_state_dict()
+    sd = medsam_state_dict
     fp32 = MedSAMEngine(sd, device="cpu", precision="fp32")
     fast = MedSAMEngine(sd, device="cpu", precision="fast")
     return fp32, fast

@@ -2,7 +2,7 @@
 
 The reference is ``MedSAMEngine.decode_logits`` / ``decode`` (segment-anything's PromptEncoder
 and MaskDecoder called as MedSAM does: one box, no mask input, ``multimask_output=False``).
-Random SAM ViT-B weights (seed 0, tests/medsam_fixtures.py) and random (1, 256, 64, 64)
+Random SAM ViT-B weights (seed 0, the medsam_state_dict fixture of tests/gui_fixtures.py) and random (1, 256, 64, 64)
 embeddings: the decoder never needs the image encoder here, so no encoder pass is run.
 
 Random decoder weights give logits of only +-0.2, so float32 rounding (~2e-7) can flip a pixel
@@ -18,7 +18,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from medsam_fixtures import vit_b_state_dict
 
 from medsam_gui.models import fast_decoder as fe
 from medsam_gui.models.medsam import MedSAMEngine
@@ -45,15 +44,15 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return MedSAMEngine(vit_b_state_dict(), device="cpu", precision="fp32")
+def engine(medsam_state_dict):
+    return MedSAMEngine(medsam_state_dict, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
-def sharp_engine():
+def sharp_engine(medsam_state_dict):
     """Same weights, hypernetwork output x64: realistic logit magnitudes (only new tensors are
     made; the shared state dict is not modified)."""
-    sd = dict(vit_b_state_dict())
+    sd = dict(medsam_state_dict)
     for k in ("weight", "bias"):
         sd[HYPER_OUT + k] = sd[HYPER_OUT + k] * 64.0
     return MedSAMEngine(sd, device="cpu", precision="fp32")
@@ -242,10 +241,10 @@ def test_api_shapes_and_errors(engine):
     assert all(v >= 0 for v in fd.last_stages.values())
 
 
-def test_autocast_precision_uses_the_direct_path():
+def test_autocast_precision_uses_the_direct_path(medsam_state_dict):
     """An engine running the decoder under bf16 autocast (CPU here; CUDA in the app) decodes
     without the float32-only folding and stays close to the reference under the same autocast."""
-    eng = MedSAMEngine(vit_b_state_dict(), device="cpu", precision="bf16")
+    eng = MedSAMEngine(medsam_state_dict, device="cpu", precision="bf16")
     assert eng.precision == "bf16"
     fd = fe.FastDecoder(eng)
     emb = _embedding(14)
@@ -256,10 +255,10 @@ def test_autocast_precision_uses_the_direct_path():
     assert float((ours - ref).abs().max()) <= 0.1 * spread
 
 
-def test_replaced_weights_are_not_served_from_the_cache():
+def test_replaced_weights_are_not_served_from_the_cache(medsam_state_dict):
     """Derived weights and cached per-embedding work name the tensors they came from: after the
     model's upscaling weight is replaced (as moving the model does), nothing stale is used."""
-    eng = MedSAMEngine(vit_b_state_dict(), device="cpu", precision="fp32")
+    eng = MedSAMEngine(medsam_state_dict, device="cpu", precision="fp32")
     fd = fe.FastDecoder(eng)
     emb = _embedding(15)
     fd.decode_logits(emb, BOXES[0], HW)

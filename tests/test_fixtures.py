@@ -72,13 +72,71 @@ def test_a_hidden_full_window_is_freed_cleanly(qapp):
     assert window() is None
 
 
+def test_closed_hidden_window_then_gc_and_events_raise_nothing(qapp, qtbot):
+    """MainWindow.close() takes its event filters off the Qt widgets: after close, gc.collect()
+    and events sent to the (possibly still alive) Qt window, nothing raises inside a Qt callback
+    (pytest-qt fails the test on one) and the controller shut down once; and a filter whose
+    Python side was cleared by the garbage collector lets events through."""
+    import gc
+
+    from qtpy.QtCore import QEvent
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QApplication
+
+    from medsam_gui.gui.main_window import _CloseFilter
+
+    windows = AppWindows()
+    window = windows(show=False, install_panels=False)
+    qt_window = window.qt_window
+    shutdowns = []
+    window.controller.add_shutdown_hook(lambda: shutdowns.append(1))
+    close_filter = window._close_filter
+    window.close(force=True)
+    assert shutdowns == [1] and close_filter.window() is None  # detached
+    ref = weakref.ref(window)
+    windows._windows.clear()  # closed by hand above
+    del window, close_filter
+    QApplication.processEvents()  # Qt's deferred deletes, then the Python cycles
+    gc.collect()
+    QApplication.processEvents()
+    if not sip.isdeleted(qt_window):  # napari does not delete a never-shown Qt window
+        for event in (QCloseEvent(), QEvent(QEvent.Type.Hide), QEvent(QEvent.Type.Show)):
+            QApplication.sendEvent(qt_window, event)
+        QApplication.processEvents()
+        qt_window.hide()
+        qt_window.deleteLater()
+    del qt_window
+    QApplication.processEvents()
+    gc.collect()
+    QApplication.processEvents()
+    assert ref() is None and shutdowns == [1]  # freed; the controller shut down once
+
+    # an installed filter whose attributes the garbage collector cleared mid-cycle
+    windows = AppWindows()
+    window = windows(show=False, install_panels=False)
+    try:
+        stray = _CloseFilter(window)
+        window.qt_window.installEventFilter(stray)
+        stray.__dict__.clear()
+        assert stray.window() is None
+        assert stray.eventFilter(window.qt_window, QCloseEvent()) is False
+        QApplication.sendEvent(window.qt_window, QEvent(QEvent.Type.Hide))
+        stray._after_close()
+        QApplication.processEvents()
+        window.qt_window.removeEventFilter(stray)
+    finally:
+        windows.close_all()
+
+
 def test_windows_are_closed_and_home_restored(qapp, tmp_path, _isolated_home):
     windows = AppWindows(home=tmp_path)
     first, second = windows(show=True, install_panels=False), windows(show=True, install_panels=False)
     assert first.qt_window.isVisible() and second.qt_window.isVisible()
     assert os.environ["MEDSAM_GUI_HOME"] == str(_isolated_home)  # the window's home only while building
+    qt_windows = (first.qt_window, second.qt_window)
     windows.close_all()
-    assert sip.isdeleted(first.qt_window) and sip.isdeleted(second.qt_window)
+    assert all(sip.isdeleted(w) for w in qt_windows)
+    assert first.qt_window is None and second.qt_window is None  # a closed window frees its wrappers
     windows.close_all()  # nothing left to close
 
 
@@ -95,3 +153,31 @@ def test_module_window_is_shared_1(shared_window, _isolated_home):
 def test_module_window_is_shared_2(shared_window, module_app_window):
     assert not sip.isdeleted(shared_window.qt_window)
     assert module_app_window(show=False, install_panels=False) is not shared_window
+
+
+def test_panels_installed_in_the_module_home(module_app_window, _isolated_home):
+    """``panels=`` installs panels the test's way, in the window's home, into window.panels."""
+    from medsam_gui.gui import session as gs
+
+    seen = {}
+
+    def install_session(controller):
+        seen["home"] = os.environ["MEDSAM_GUI_HOME"]
+        return gs.install(controller, offer=False)
+
+    w = module_app_window(show=False, install_panels=False, panels={"session": install_session})
+    assert seen["home"] == str(module_app_window.home) != str(_isolated_home)
+    assert w.panels.session is not None and w.panels.medsam is None
+    with module_app_window.home_env() as home:
+        assert os.environ["MEDSAM_GUI_HOME"] == str(home)
+    assert os.environ["MEDSAM_GUI_HOME"] == str(_isolated_home)
+    with pytest.raises(ValueError, match="unknown panels"):
+        module_app_window(show=False, install_panels=False, panels={"nope": lambda c: None})
+
+
+def test_hippo_arrays_are_shared_read_only(hippo):
+    img, lab = hippo
+    assert img.shape == lab.shape == (35, 52, 34) and lab.dtype == np.int16
+    assert set(np.unique(lab)) == {0, 1, 2}
+    with pytest.raises(ValueError):
+        lab[0, 0, 0] = 1

@@ -1,7 +1,9 @@
 """The application shell: opening scans faithfully, errors, saving, drops, workers, hooks.
 
-One window (the demo scan) is shared by the tests of this module; each test opens what it
-needs through the real controller / menu actions and waits for the background loader.
+One window (the demo scan, tests/gui_fixtures.py's module_app_window) is shared by the tests
+of this module; each test opens what it needs through the real controller / menu actions and
+waits for the background loader, so any order of the tests passes. The fresh window's own
+state is checked on a window of its own.
 """
 
 from __future__ import annotations
@@ -27,14 +29,8 @@ LUNG_LABEL = "lung_ct/lung1_label.nrrd"
 
 
 @pytest.fixture(scope="module")
-def win(qapp):
-    from medsam_gui.app import build_app
-
-    w = build_app(demo=True, show=True, install_panels=False)
-    w.qt_window.resize(1300, 850)
-    w.controller.wait_idle(60)
-    yield w
-    w.close(force=True)
+def win(module_app_window):
+    return module_app_window(demo=True, show=True, install_panels=False)
 
 
 @pytest.fixture
@@ -60,7 +56,8 @@ def _sitk(path):
     return img, sitk.GetArrayFromImage(img)
 
 
-def test_demo_scan_opens_with_display_geometry(win):
+def test_demo_scan_opens_with_display_geometry(app_window):
+    win = app_window(demo=True, show=True, install_panels=False)  # a fresh window: what the user sees first
     c = win.controller
     img, arr = _sitk(config.demo_scan_path())
     assert c.volume is not None and c.volume.path.endswith("example_ct_sm.nii.gz")
@@ -84,7 +81,9 @@ def test_demo_scan_opens_with_display_geometry(win):
     assert win.actions["save_labels"].shortcut().toString() == "Ctrl+S"
 
 
-def test_slice_slider_shows_the_whole_view_name(win, qtbot):
+def test_slice_slider_shows_the_whole_view_name(win, c, qtbot):
+    c.open_scan(config.demo_scan_path())
+    c.wait_idle(60)
     for view in ("sagittal", "axial"):
         win.controller.set_view(view)
         qtbot.wait(50)

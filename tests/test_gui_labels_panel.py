@@ -14,13 +14,8 @@ BRAIN_DESC = "itksnap_brain_mr/MRIcrop-seg.label"
 
 
 @pytest.fixture(scope="module")
-def win(qapp):
-    from medsam_gui.app import build_app
-
-    w = build_app(show=True, install_panels=False)
-    w.qt_window.resize(1200, 800)
-    yield w
-    w.close(force=True)
+def win(module_app_window):
+    return module_app_window(show=True, install_panels=False, size=(1200, 800))
 
 
 @pytest.fixture

@@ -18,22 +18,18 @@ SEG = ROOT / "tests" / "data" / "totalsegmentator_example_ct" / "example_seg.nii
 
 
 @pytest.fixture(scope="module")
-def env(qapp, tmp_path_factory):
-    from medsam_gui.app import build_app
+def env(module_app_window):
+    """A window with the MedSAM panel (foreground EmbeddingService) and its Measurements dock."""
     from medsam_gui.gui.embedding_service import EmbeddingService
     from medsam_gui.gui.medsam_panel import install
     from medsam_gui.models.embedding_cache import EmbeddingCache
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("medsam_gui_meas_home")))
-    win = build_app(show=False, install_panels=False)
-    panel = install(win.controller, service=EmbeddingService(EmbeddingCache(disk_bytes=0), background=False))
-    try:
-        yield SimpleNamespace(win=win, c=win.controller, panel=panel, mp=panel.measurements)
-    finally:
-        panel.shutdown()
-        win.close(force=True)
-        mp.undo()
+    def install_medsam(controller):
+        return install(controller, service=EmbeddingService(EmbeddingCache(disk_bytes=0), background=False))
+
+    win = module_app_window(show=False, install_panels=False, panels={"medsam": install_medsam})
+    with module_app_window.home_env():
+        yield SimpleNamespace(win=win, c=win.controller, panel=win.panels.medsam, mp=win.panels.measurements)
 
 
 def _same(got, exp):

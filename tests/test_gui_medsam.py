@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import medsam_fixtures
 import numpy as np
 import pytest
 
@@ -51,41 +50,42 @@ def _drag(layer, p0_data, p1_data, mode=None, steps=3):
 
 
 @pytest.fixture(scope="module")
-def env(qapp, tmp_path_factory):
+def env(module_app_window, medsam_engine, lung_scan):
+    """A window with the MedSAM panel on a one-slice, foreground EmbeddingService and the lung CT;
+    the shared engine's ``embed`` records its calls (restored when the module ends)."""
     import torch
 
-    from medsam_gui.app import build_app
     from medsam_gui.gui.embedding_service import EmbeddingService
     from medsam_gui.gui.medsam_panel import install
     from medsam_gui.io import load_volume
     from medsam_gui.models.embedding_cache import EmbeddingCache
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("medsam_gui_module_home")))
+    assert lung_scan == LUNG
     torch.set_num_threads(2)
-    engine = medsam_fixtures.engine()
+    engine = medsam_engine
     calls = []
     real_embed = engine.embed
 
-    def spy_embed(slice_hw):
-        out = real_embed(slice_hw)
-        calls.append((np.array(slice_hw, copy=True), out.clone()))
+    def spy_embed(slices, *args, **kwargs):  # MedSAMEngine.embed(slices, batch_size=None, stop=None)
+        out = real_embed(slices, *args, **kwargs)
+        for i, slice_hw in enumerate(slices):
+            calls.append((np.array(slice_hw, copy=True), out[i:i + 1].clone()))
         return out
 
-    engine.embed = spy_embed
-    win = build_app(show=False, install_panels=False)
-    service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, prefetch_all=False, background=True)
-    panel = install(win.controller, service=service)
-    c = win.controller
-    vol = load_volume(LUNG)
-    c.set_volume(vol)
-    try:
-        yield SimpleNamespace(win=win, c=c, panel=panel, engine=engine, calls=calls, vol=vol, state={})
-    finally:
-        panel.shutdown()
-        win.close(force=True)
-        del engine.embed
-        mp.undo()
+    def install_medsam(controller):
+        service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, prefetch_all=False, background=True)
+        return install(controller, service=service)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSAM_GUI_HOME", str(module_app_window.home))  # module set-up (``embedded``) too
+        mp.setitem(vars(engine), "embed", spy_embed)  # undone: the instance attribute goes again
+        win = module_app_window(show=False, install_panels=False, panels={"medsam": install_medsam})
+        c = win.controller
+        vol = load_volume(LUNG)
+        c.set_volume(vol)
+        yield SimpleNamespace(win=win, c=c, panel=win.panels.medsam, engine=engine, calls=calls, vol=vol,
+                              state={})
+        win.panels.medsam.shutdown()  # no encoder pass of the spy outlives the module
 
 
 def _display_box(c):
@@ -277,29 +277,28 @@ def test_recist_line_becomes_square_box_and_mask(env, embedded, qtbot):
 
 
 @pytest.fixture
-def app_window(qapp):
-    from medsam_gui.app import build_app
-
-    win = build_app(show=False, install_panels=True)
+def full_window(app_window):
+    """The app's own window (every panel, as build_app installs them), no scan; its weights
+    dialog is closed at the end (the shared factory closes the window)."""
+    win = app_window(show=False)
     yield win
     panel = win.panels.medsam
     if panel is not None:
         panel.shutdown()
         if panel.weights_dialog is not None:
             panel.weights_dialog.close()
-    win.close(force=True)
 
 
-def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatch, tmp_path):
+def test_missing_weights_dialog_bad_then_good_file(full_window, medsam_checkpoint, qtbot, monkeypatch, tmp_path):
     from qtpy.QtCore import Qt
 
     from medsam_gui.gui import weights_dialog as wd
     from medsam_gui.io import load_volume
     from medsam_gui.models import weights
 
-    c = app_window.controller
-    panel = app_window.panels.medsam  # installed by build_app
-    assert "load_medsam_weights" in app_window.actions
+    c = full_window.controller
+    panel = full_window.panels.medsam  # installed by build_app
+    assert "load_medsam_weights" in full_window.actions
     panel.background_check.setChecked(False)  # no encoder pass in this test
     assert weights.resolve("medsam_vit_b") is None
     c.set_volume(load_volume(DATA / "msd_hippocampus" / "hippocampus_003_image.nii.gz"))
@@ -320,7 +319,7 @@ def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatc
     assert dlg.isVisible() and dlg.choose_button.isEnabled()  # the user can try again
     assert weights.resolve("medsam_vit_b") is None
 
-    good = medsam_fixtures.vit_b_checkpoint()
+    good = medsam_checkpoint
     monkeypatch.setattr(wd, "ask_weights_file", lambda parent, *a, **k: str(good))
     with qtbot.waitSignal(dlg.weights_ready, timeout=120_000):
         qtbot.mouseClick(dlg.choose_button, Qt.MouseButton.LeftButton)
@@ -330,14 +329,14 @@ def test_missing_weights_dialog_bad_then_good_file(app_window, qtbot, monkeypatc
     assert panel.service.scheduler is not None and panel.service.scheduler.computed == []
 
     # the menu action opens the dialog again, showing the file in use
-    app_window.actions["load_medsam_weights"].trigger()
+    full_window.actions["load_medsam_weights"].trigger()
     dlg2 = panel.weights_dialog
     assert dlg2 is not dlg and dlg2.isVisible()
     assert str(Path(good).resolve()) in dlg2.info_label.text()
     dlg2.close()
 
 
-def test_download_failure_keeps_dialog_usable(app_window, qtbot, monkeypatch, tmp_path):
+def test_download_failure_keeps_dialog_usable(full_window, qtbot, monkeypatch, tmp_path):
     """A download whose file fails its checksum shows the error; nothing is kept."""
     from qtpy.QtCore import Qt
 
@@ -348,7 +347,7 @@ def test_download_failure_keeps_dialog_usable(app_window, qtbot, monkeypatch, tm
     src = tmp_path / "fake.pth"
     src.write_bytes(b"PK\x03\x04 not really weights" * 1000)
     monkeypatch.setenv("MEDSAM_GUI_URL_MEDSAM_VIT_B", src.as_uri())
-    dlg = WeightsDialog(app_window.qt_window, "medsam_vit_b", "test")
+    dlg = WeightsDialog(full_window.qt_window, "medsam_vit_b", "test")
     dlg.open()
     try:
         with qtbot.waitSignal(dlg.failed, timeout=30_000) as failed:

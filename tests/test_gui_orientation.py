@@ -51,14 +51,10 @@ PERMUTED_SAGITTAL = (0, 0, -1, 1, 0, 0, 0, -1, 0)
 
 
 @pytest.fixture(scope="module")
-def win(qapp):
-    from medsam_gui.app import build_app
-
-    w = build_app(show=True, install_panels=False)
-    w.qt_window.resize(1100, 800)
+def win(module_app_window):
+    w = module_app_window(show=True, install_panels=False, size=(1100, 800))
     w.viewer.canvas.overlays.scale_bar.visible = False
-    yield w
-    w.close(force=True)
+    return w
 
 
 def _marker_quadrant(win) -> tuple[str, str]:

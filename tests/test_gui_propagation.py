@@ -30,29 +30,29 @@ def _drag(layer, p0_data, p1_data, displayed=(1, 2), steps=3):
 
 
 @pytest.fixture(scope="module")
-def env(qapp, tmp_path_factory):
-    from medsam_gui.app import build_app
+def env(module_app_window, demo_scan, demo_labels):
+    """A window with the MedSAM panel on a foreground EmbeddingService and the session manager;
+    the demo CT and its liver reference (source grid). Each test sets the scan itself (_fresh)."""
     from medsam_gui.gui import session as gsession
     from medsam_gui.gui.embedding_service import EmbeddingService
     from medsam_gui.gui.medsam_panel import install
     from medsam_gui.io import load_labels, load_volume
     from medsam_gui.models.embedding_cache import EmbeddingCache
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("medsam_gui_prop_home")))
-    win = build_app(show=False, install_panels=False)
-    service = EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, background=False)
-    panel = install(win.controller, service=service)
-    session = gsession.install(win.controller, offer=False)
+    assert (demo_scan, demo_labels) == (SCAN, SEG)
+
+    def install_medsam(controller):
+        return install(controller, service=EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0,
+                                                            background=False))
+
+    win = module_app_window(show=False, install_panels=False,
+                            panels={"medsam": install_medsam,
+                                    "session": lambda controller: gsession.install(controller, offer=False)})
     vol = load_volume(SCAN)
     ref_src = load_labels(SEG, like=vol) == LIVER
-    try:
-        yield SimpleNamespace(win=win, c=win.controller, panel=panel, vol=vol, ref_src=ref_src, session=session)
-    finally:
-        panel.shutdown()
-        session.shutdown()
-        win.close(force=True)
-        mp.undo()
+    with module_app_window.home_env():  # the module home for module set-up, as the window had
+        yield SimpleNamespace(win=win, c=win.controller, panel=win.panels.medsam, vol=vol, ref_src=ref_src,
+                              session=win.panels.session)
 
 
 def _fresh(env, view="axial"):

@@ -32,20 +32,15 @@ HIPPO = "msd_hippocampus/hippocampus_001_image.nii.gz"
 
 
 @pytest.fixture(scope="module")
-def win(qapp, tmp_path_factory):
-    from medsam_gui.app import build_app
+def win(module_app_window):
+    """The demo CT with the session manager (no recovery offer), built in the module's home
+    (``win.home``: autosave slots live under it)."""
     from medsam_gui.gui import session as gs
 
-    home = tmp_path_factory.mktemp("session_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDSAM_GUI_HOME", str(home))
-        w = build_app(demo=True, show=True, install_panels=False)
-        w.qt_window.resize(1200, 800)
-        w.controller.wait_idle(60)
-        w.panels.session = gs.install(w.controller, offer=False)
-    w.home = home
-    yield w
-    w.close(force=True)
+    w = module_app_window(demo=True, show=True, install_panels=False, size=(1200, 800),
+                          panels={"session": lambda controller: gs.install(controller, offer=False)})
+    w.home = module_app_window.home
+    return w
 
 
 @pytest.fixture
@@ -438,12 +433,9 @@ def test_undo_budget_drops_oldest_and_survives_new_scan(win, c, mgr, data_dir):
     assert steps == 120 and len(layer2._undo_history) == 120  # beyond napari's 100
 
 
-def test_clean_quit_leaves_nothing_to_recover(qapp, qtbot, monkeypatch, tmp_path):
-    import medsam_gui.app as app
-
-    w = app.build_app(demo=True, show=True)
+def test_clean_quit_leaves_nothing_to_recover(app_window, qtbot, monkeypatch, tmp_path):
+    w = app_window(demo=True, show=True)  # all panels, as the app has them
     c = w.controller
-    c.wait_idle(60)
     m = w.panels.session
     assert m is not None  # installed by build_app
     m.autosave.interval_s = 0.2
@@ -456,4 +448,3 @@ def test_clean_quit_leaves_nothing_to_recover(qapp, qtbot, monkeypatch, tmp_path
     qtbot.waitUntil(lambda: not slot.exists(), timeout=10000)
     assert core_autosave.find_recoverable(config.sessions_dir()) == []
     assert not list(config.sessions_dir().iterdir())
-    w.close(force=True)

@@ -27,15 +27,10 @@ LIVER, SPLEEN = 5, 1
 
 
 @pytest.fixture(scope="module")
-def golden_sd(golden_dir):
-    return torch.load(golden_dir / "universeg_v1_seed1234_S8.pt", weights_only=True)["state_dict"]
-
-
-@pytest.fixture(scope="module")
-def model(golden_sd):
+def model(universeg_state_dict):
     from medsam_gui.models.universeg import universeg_v1
 
-    return universeg_v1(golden_sd)
+    return universeg_v1(universeg_state_dict)
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +39,14 @@ def ct_seg():
 
 
 @pytest.fixture(scope="module")
-def win(qapp, tmp_path_factory):
-    torch.set_num_threads(2)
-    mp = pytest.MonkeyPatch()  # module objects are built before the per-test home exists
-    mp.setenv("MEDSAM_GUI_HOME", str(tmp_path_factory.mktemp("universeg_home")))
-    from medsam_gui.app import build_app
+def win(module_app_window):
+    """The window with the UniverSeg panel alone (``win.panels.universeg``), built in the
+    module's home (module objects are built before the per-test home exists)."""
     from medsam_gui.gui import universeg_panel
 
-    w = build_app(show=True, install_panels=False)
-    w.qt_window.resize(1300, 900)
-    panel = universeg_panel.install(w.controller)
-    mp.undo()
-    yield SimpleNamespace(window=w, controller=w.controller, universeg=panel)
-    w.close(force=True)
+    torch.set_num_threads(2)
+    return module_app_window(show=True, install_panels=False, size=(1300, 900),
+                             panels={"universeg": universeg_panel.install})
 
 
 def _partial(seg, slices, value=LIVER, extra=()):
@@ -75,7 +65,7 @@ def c(win, model, ct_seg, monkeypatch):
 
     monkeypatch.setattr(dialogs, "ask_unsaved", lambda parent, what: "discard")
     ctrl = win.controller
-    panel = win.universeg
+    panel = win.panels.universeg
     if panel.running:
         panel.cancel()
     panel.reject()
@@ -114,7 +104,7 @@ def _run(qtbot, panel, button=None, timeout=90_000):
 def test_segment_rest_proposal_accept_is_one_undo_step(win, c, qtbot, ct_seg, model):
     from medsam_gui.models import incontext as ic
 
-    panel = win.universeg
+    panel = win.panels.universeg
     # liver on 3 slices as support; spleen drawn on the slices in between (must survive Accept)
     _setup(c, panel, _partial(ct_seg, (10, 12, 14), extra=((SPLEEN, range(9, 16)),)))
     before = c.display_labels().copy()
@@ -160,7 +150,7 @@ def test_segment_rest_proposal_accept_is_one_undo_step(win, c, qtbot, ct_seg, mo
 
 
 def test_reject_changes_nothing(win, c, qtbot, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12)))
     before = c.display_labels().copy()
     _run(qtbot, panel)
@@ -173,7 +163,7 @@ def test_reject_changes_nothing(win, c, qtbot, ct_seg):
 
 
 def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg, monkeypatch):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12, 14)))
     box = (10.0, 10.0, 60.0, 60.0)
     # the MedSAM panel's API: key boxes of the active label on this axis (slice 20 has no mask)
@@ -199,7 +189,7 @@ def test_fill_from_medsam_boxes_and_per_slice_accept(win, c, qtbot, ct_seg, monk
 
 
 def test_cancel_keeps_partial_proposal(win, c, qtbot, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 16)))
     panel.batch_spin.setValue(1)
     before = c.display_labels().copy()
@@ -220,7 +210,7 @@ def test_cancel_keeps_partial_proposal(win, c, qtbot, ct_seg):
 
 
 def test_support_list_thumbnails_add_remove_pin(win, c, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 13, 16)))
     assert panel.support_slices() == [10, 13, 16]
     lst = panel.support_list
@@ -274,7 +264,7 @@ def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, 
     from medsam_gui.core.example_sets import load_example_set
     from medsam_gui.gui import universeg_support_list as up
 
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 13, 16)))
     ct_items = panel.support_items()
     ct_name = ct_items[0].source
@@ -322,7 +312,7 @@ def test_example_set_round_trip_and_other_scan(win, c, qtbot, ct_seg, tmp_path, 
 
 
 def test_all_labels_combined_without_overlap(win, c, qtbot, ct_seg):
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12), extra=((SPLEEN, (10, 12)),)))
     panel.all_labels_check.setChecked(True)
     before = c.display_labels().copy()
@@ -343,10 +333,10 @@ def test_all_labels_combined_without_overlap(win, c, qtbot, ct_seg):
     assert np.array_equal(c.display_labels(), before)
 
 
-def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, golden_sd, tmp_path, monkeypatch):
+def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, universeg_state_dict, tmp_path, monkeypatch):
     from medsam_gui.models import weights as manager
 
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 12)))
     panel.set_model(None)
     assert manager.resolve("universeg_v1") is None
@@ -364,7 +354,7 @@ def test_missing_weights_dialog_choose_file(win, c, qtbot, ct_seg, golden_sd, tm
     assert panel.model is None and dlg.isVisible()
     # the right file (through the dialog's own file picker): validated, remembered, the run starts
     good = tmp_path / "universeg_v1_nf64_ss64_STA.pt"
-    torch.save(golden_sd, good)
+    torch.save(universeg_state_dict, good)
     from medsam_gui.gui import weights_dialog
 
     monkeypatch.setattr(weights_dialog, "ask_weights_file", lambda parent, title="": str(good))
@@ -383,7 +373,7 @@ def test_batches_off_screen_do_not_redraw_and_a_rerun_reuses_the_layer(win, c, q
     shown reuses its layer (napari needs ~0.5 s of GUI thread to add one)."""
     from medsam_gui.models.incontext_proposal import Proposal
 
-    panel = win.universeg
+    panel = win.panels.universeg
     _setup(c, panel, _partial(ct_seg, (10, 14)))
     panel.batch_spin.setValue(1)  # one batch per target slice
     c.set_current_slice(0, 5)  # not a target
@@ -439,8 +429,8 @@ def test_batches_off_screen_do_not_redraw_and_a_rerun_reuses_the_layer(win, c, q
 
 def test_install_wiring(win, c):
     """install(): Models menu entry, session state provider, change notices."""
-    panel = win.universeg
-    act = win.window.actions["load_universeg_weights"]
+    panel = win.panels.universeg
+    act = win.actions["load_universeg_weights"]
     assert act.text() == "Load UniverSeg weights…"
     get_state, set_state = c.state_providers["universeg_support"]
     assert get_state() == {"pinned": False} and set_state.__self__ is panel

@@ -13,13 +13,8 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(scope="module")
-def win(qapp):
-    from medsam_gui.app import build_app
-
-    w = build_app(demo=True, show=True, install_panels=False)
-    w.controller.wait_idle(60)
-    yield w
-    w.close(force=True)
+def win(module_app_window):
+    return module_app_window(demo=True, show=True, install_panels=False)
 
 
 def test_ct_presets_change_contrast_limits_not_data(win):

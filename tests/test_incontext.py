@@ -21,23 +21,14 @@ def _read(path):
 
 
 @pytest.fixture(scope="module")
-def hippo(data_dir):
-    d = data_dir / "msd_hippocampus"
-    img = _read(d / "hippocampus_003_image.nii.gz")  # (35, 52, 34) float32
-    lab = np.rint(_read(d / "hippocampus_003_label.nii.gz")).astype(np.int16)
-    return img, lab
-
-
-@pytest.fixture(scope="module")
 def liver_ct(data_dir):
     d = data_dir / "totalsegmentator_example_ct"
     return _read(d / "example_ct_sm.nii.gz"), _read(d / "example_seg.nii.gz")  # (30, 101, 122)
 
 
 @pytest.fixture(scope="module")
-def golden_model(golden_dir):
-    g = torch.load(golden_dir / "universeg_v1_seed1234_S8.pt", map_location="cpu", weights_only=True)
-    return universeg_v1(g["state_dict"])
+def golden_model(universeg_state_dict):
+    return universeg_v1(universeg_state_dict)
 
 
 class SupportMeanModel(torch.nn.Module):

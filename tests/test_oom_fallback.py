@@ -109,17 +109,19 @@ def slices(golden_dir):
 
 
 @pytest.fixture
-def engine(medsam_state_dict):
+def engine(medsam_state_dict, monkeypatch):
+    """A fast-path engine of its own whose encoder is the stand-in (set through monkeypatch)."""
     eng = MedSAMEngine(medsam_state_dict, device="cpu", precision="fast")
-    eng._fast_enc = StandInEncoder()
+    monkeypatch.setattr(eng, "_fast_enc", StandInEncoder())
     return eng
 
 
-def test_engine_halves_encoder_batches_with_identical_embeddings(engine, slices):
+def test_engine_halves_encoder_batches_with_identical_embeddings(engine, slices, monkeypatch):
     expected = engine.embed(slices, batch_size=4)
     notices = []
     engine.on_notice = notices.append
-    engine._fast_enc = enc = StandInEncoder(fail_above=1)
+    enc = StandInEncoder(fail_above=1)
+    monkeypatch.setattr(engine, "_fast_enc", enc)
     got = engine.embed(slices, batch_size=4)
     assert enc.batches[:3] == [4, 2, 1] and set(enc.batches[3:]) == {1}
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -127,7 +129,7 @@ def test_engine_halves_encoder_batches_with_identical_embeddings(engine, slices)
                        "The CPU ran out of memory: continuing with batches of 1"]
     assert engine.device.type == "cpu"
     with pytest.raises(DeviceMemoryError):  # batch 1 on the CPU fails: a user-facing error
-        engine._fast_enc = StandInEncoder(fail_above=0)
+        monkeypatch.setattr(engine, "_fast_enc", StandInEncoder(fail_above=0))
         engine.embed_slice(slices[0])
 
 
@@ -138,11 +140,11 @@ def test_engine_moves_from_gpu_to_cpu_and_re_resolves_precision(engine, slices, 
     real = engine._embed_range
     tried = []
 
-    def embed_range(part, size):
+    def embed_range(part, size, stop=None):  # MedSAMEngine._embed_range(slices, batch_size, stop=None)
         tried.append((engine.device.type, len(part), size))
         if engine.device.type != "cpu":
             raise cuda_oom()
-        return real(part, size)
+        return real(part, size, stop)
 
     monkeypatch.setattr(engine, "_embed_range", embed_range)
     notices = []
@@ -189,7 +191,8 @@ def test_reference_path_and_decoder_fall_back_to_cpu(engine, slices, monkeypatch
     engine.device = CUDA
     real_enc = engine._encode_once
     monkeypatch.setattr(engine, "_encode_once",
-                        lambda x: (_ for _ in ()).throw(cuda_oom()) if engine.device.type != "cpu" else real_enc(x))
+                        lambda x, stop=None: (_ for _ in ()).throw(cuda_oom()) if engine.device.type != "cpu"
+                        else real_enc(x, stop))
     torch.testing.assert_close(engine.embed_slice(slices[0]), emb, rtol=0, atol=0)
     assert len(notices) == 2 and engine.device.type == "cpu"
     # an error that is not out of memory is never swallowed

@@ -31,12 +31,6 @@ def _read(path):
 
 
 @pytest.fixture(scope="module")
-def hippo(data_dir):
-    d = data_dir / "msd_hippocampus"
-    return _read(d / "hippocampus_003_image.nii.gz"), np.rint(_read(d / "hippocampus_003_label.nii.gz")).astype(np.int16)
-
-
-@pytest.fixture(scope="module")
 def lung(data_dir):
     d = data_dir / "lung_ct"
     return _read(d / "lung1_image.nrrd")[32:35].astype(np.float32), _read(d / "lung1_label.nrrd")[32:35] > 0

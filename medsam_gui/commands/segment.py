@@ -1,7 +1,7 @@
 """``medsam-gui segment``: segment structures in a scan with MedSAM from boxes (headless).
 
     medsam-gui segment SCAN --box Z,X0,Y0,X1,Y1 [--box ...] [--recist Z,X0,Y0,X1,Y1]
-        [--margin PX] [--label N] [--checkpoint CKPT] --out OUT.nii.gz
+        [--margin PX] [--label N] [--engine medsam|litemedsam] [--checkpoint CKPT] --out OUT.nii.gz
         [--window L,W | --window-preset NAME] [--modality CT|MR]
         [--precision fp32|auto|fast|int8] [--device cpu|cuda|auto] [--propagate [--z-range A,B]]
 
@@ -15,8 +15,9 @@ wider on each side (default 5). All boxes paint label ``--label`` (default 1). W
 
 The intensity window is ``--window`` / ``--window-preset``, else CT soft tissue (40/400) or
 the MR percentile auto window, applied to the whole volume as in MedSAM's reference.
-``--checkpoint`` may be left out once MedSAM's weights are installed
-(``medsam-gui weights download medsam_vit_b``).
+``--engine`` picks the model: ``medsam`` (MedSAM ViT-B, default) or ``litemedsam`` (LiteMedSAM:
+a TinyViT encoder at 256x256, much faster on a CPU). ``--checkpoint`` may be left out once the
+engine's weights are installed (``medsam-gui weights download medsam_vit_b`` / ``litemedsam``).
 
 MedSAM2 (``--engine medsam2``): ONE --box (or --recist line) on the key slice becomes the
 whole 3D lesion, followed forwards and backwards with MedSAM2's memory (``--propagate``),
@@ -82,7 +83,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="margin around a --recist line in pixels (default 5); with --propagate also "
                         "the margin around each propagated mask")
     p.add_argument("--label", type=int, default=1, metavar="N", help="label value to paint (default 1)")
-    p.add_argument("--checkpoint", metavar="CKPT", help="MedSAM weights (medsam_vit_b.pth); default: installed")
+    p.add_argument("--engine", choices=("medsam", "litemedsam", "medsam2"), default="medsam",
+                   help="model: medsam (MedSAM ViT-B, default), litemedsam (LiteMedSAM, fast on a CPU) or "
+                        "medsam2 (MedSAM2 with memory: one --box/--recist on the key slice -> the 3D lesion; "
+                        "needs --propagate)")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="the engine's weights (medsam_vit_b.pth / lite_medsam.pth / MedSAM2_latest.pt); "
+                        "default: installed")
     p.add_argument("--out", required=True, metavar="OUT", help="output label map (.nii.gz, .nii, .nrrd, .mha)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     win = p.add_mutually_exclusive_group()
@@ -98,9 +105,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--z-range", type=_numbers("--z-range", 2, int), metavar="A,B",
                    help="with --propagate: first and last slice (inclusive) it may reach")
     p.add_argument("--quiet", action="store_true", help="print only errors")
-    p.add_argument("--engine", choices=("medsam", "medsam2"), default="medsam",
-                   help="medsam (default): MedSAM slice by slice; medsam2: MedSAM2 with memory, from one "
-                        "--box/--recist on the key slice (needs --propagate)")
     p.set_defaults(func=run)
     return p
 
@@ -157,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "engine", "medsam") == "medsam2":
         return run_medsam2(args, out, say)
 
-    checkpoint = api.resolve_checkpoint("medsam", args.checkpoint)
+    engine_name = getattr(args, "engine", "medsam")
+    title = api.ENGINES[engine_name][1]
+    checkpoint = api.resolve_checkpoint(engine_name, args.checkpoint)
     vol = api.load_volume(args.scan)
     window = None
     if args.window:
@@ -172,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
             raise SegmentCommandError(f"--z-range {a},{b} is outside the scan (slices 0..{nz - 1}).")
 
     t0 = time.perf_counter()
-    engine = api.load_engine("medsam", checkpoint, device=args.device, precision=args.precision)
-    say(f"MedSAM loaded from {checkpoint} on {engine.device} ({engine.precision}) in {time.perf_counter() - t0:.1f} s")
+    engine = api.load_engine(engine_name, checkpoint, device=args.device, precision=args.precision)
+    say(f"{title} loaded from {checkpoint} on {engine.device} ({engine.precision}) in {time.perf_counter() - t0:.1f} s")
     dtype = np.uint8 if args.label <= 255 else np.uint16
     labels = np.zeros(vol.shape, dtype=dtype)
     if args.propagate:

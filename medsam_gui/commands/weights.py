@@ -4,9 +4,10 @@
     medsam-gui weights import NAME FILE [--no-copy]
     medsam-gui weights download NAME [--url URL] [--sha256 HEX]
 
-NAME is one of medsam_vit_b, sam_vit_b, universeg_v1 (aliases: medsam, sam, universeg), or a
-MedSAM2 checkpoint: medsam2_latest (alias medsam2; recommended), medsam2_ctlesion,
-medsam2_mri_liverlesion, medsam2_us_heart, medsam2_2411 (Hugging Face wanglab/MedSAM2).
+NAME is a model that ``medsam-gui weights list`` shows (e.g. medsam_vit_b, litemedsam, universeg_v1,
+medsam2_latest) or an alias (medsam, sam, universeg, medsam2). MedSAM2's five official checkpoints
+(Hugging Face wanglab/MedSAM2): medsam2_latest (recommended), medsam2_ctlesion,
+medsam2_mri_liverlesion, medsam2_us_heart, medsam2_2411.
 ``import`` validates the file by loading it, then copies it into the app's weights folder
 (or, with --no-copy, remembers where it is).
 """

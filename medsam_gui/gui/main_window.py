@@ -13,6 +13,7 @@ bar + Cancel button for background work (``Controller.run_worker``).
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
@@ -40,14 +41,36 @@ LABEL_DESCRIPTION_SUFFIXES = (".label", ".txt")
 _AREAS = {"right", "left", "bottom", "top"}
 
 
-class _DropFilter(QObject):
-    """Event filter taking drag-enter/drop of files away from napari's QtViewer."""
+class _WindowFilter(QObject):
+    """An event filter owned by the Qt window that refers to its MainWindow weakly: once the
+    window is closed (``detach``) or its Python side is collected (even half-way: the garbage
+    collector may clear this object's attributes while Qt still delivers events to it during
+    the Qt window's own deletion), it lets every event through untouched."""
 
     def __init__(self, window: "MainWindow") -> None:
         super().__init__(window.qt_window)
-        self._window = window
+        self._window_ref = weakref.ref(window)
+
+    def window(self) -> "MainWindow | None":
+        ref = getattr(self, "_window_ref", None)
+        return ref() if ref is not None else None
+
+    def detach(self) -> None:
+        """Stop acting on events (the window is closing for good)."""
+        self._window_ref = None
+
+
+class _DropFilter(_WindowFilter):
+    """Event filter taking drag-enter/drop of files away from napari's QtViewer."""
+
+    def _open_later(self, paths: list[str]) -> None:
+        window = self.window()
+        if window is not None:
+            window.open_paths(paths)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt naming
+        if self.window() is None:
+            return False
         etype = event.type()
         if etype in (QEvent.Type.DragEnter, QEvent.Type.DragMove):
             mime = event.mimeData()
@@ -61,47 +84,52 @@ class _DropFilter(QObject):
                 paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
                 event.acceptProposedAction()
                 # handle after the drop returns (dialogs inside a drop handler misbehave)
-                QTimer.singleShot(0, lambda p=paths: self._window.open_paths(p))
+                QTimer.singleShot(0, lambda p=paths: self._open_later(p))
                 return True
             return False
         return False
 
 
-class _CloseFilter(QObject):
+class _CloseFilter(_WindowFilter):
     """Asks about unsaved labels before the window closes; once it has closed (a Close event
     followed by the window hiding) the controller shuts down."""
 
     def __init__(self, window: "MainWindow") -> None:
-        super().__init__(window.qt_window)
-        self._window = window
+        super().__init__(window)
+        self._closing = False
+
+    def detach(self) -> None:
+        super().detach()
         self._closing = False
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802
-        if obj is not self._window.qt_window:
+        window = self.window()
+        if window is None or obj is not window.qt_window:
             return False
         etype = event.type()
         if etype == QEvent.Type.Close:
-            if not self._window.force_close and not self._window.controller.confirm_discard("quit"):
+            if not window.force_close and not window.controller.confirm_discard("quit"):
                 event.ignore()
                 return True
-            self._window.controller.cancel_all()
+            window.controller.cancel_all()
             self._closing = True
             QTimer.singleShot(0, self._after_close)
         elif etype == QEvent.Type.Hide and self._closing:
             self._closing = False
-            self._window.controller.shutdown()
+            window.controller.shutdown()
         return False
 
     def _after_close(self) -> None:
-        if not self._closing:
+        window = self.window()
+        if window is None or not getattr(self, "_closing", False):
             return
         self._closing = False
         try:
-            hidden = not self._window.qt_window.isVisible()
+            hidden = not window.qt_window.isVisible()
         except RuntimeError:  # the window is already deleted
             hidden = True
         if hidden:  # a window closed while never shown (no Hide event)
-            self._window.controller.shutdown()
+            window.controller.shutdown()
 
 
 class MainWindow:
@@ -137,14 +165,15 @@ class MainWindow:
         self.window_dock = self.add_dock(self.window_panel, "Window / level", "right")
 
         self._drop_filter = _DropFilter(self)
+        self._filtered: list[tuple[QObject, QObject]] = []  # (watched widget, filter), for close()
         for widget in (self.qt_viewer, self.qt_window):
             widget.setAcceptDrops(True)
-            widget.installEventFilter(self._drop_filter)
+            self._install_filter(widget, self._drop_filter)
         canvas = getattr(getattr(self.qt_viewer, "canvas", None), "native", None)
         if isinstance(canvas, QWidget):
-            canvas.installEventFilter(self._drop_filter)
+            self._install_filter(canvas, self._drop_filter)
         self._close_filter = _CloseFilter(self)
-        self.qt_window.installEventFilter(self._close_filter)
+        self._install_filter(self.qt_window, self._close_filter)
         controller.view_changed.connect(self._on_view_changed)
         app = QApplication.instance()
         if app is not None:
@@ -310,7 +339,7 @@ class MainWindow:
 
     def track_worker(self, handle) -> None:
         self._tracked = [h for h in self._tracked if not h.finished] + [handle]
-        handle._on_progress = lambda h: self._update_progress()
+        handle.add_progress_callback(lambda h: self._update_progress())
         handle.add_done_callback(lambda h: self._update_progress())
         self._update_progress()
 
@@ -435,9 +464,45 @@ class MainWindow:
         self.qt_window.show()
         self.qt_window.raise_()
 
+    def _install_filter(self, widget: QObject, event_filter: QObject) -> None:
+        widget.installEventFilter(event_filter)
+        self._filtered.append((widget, event_filter))
+
+    def _remove_filters(self) -> None:
+        """Take the drop and close filters off their widgets (those Qt has not deleted yet) and
+        detach them, so no later Qt event reaches this object's Python side."""
+        for widget, event_filter in self._filtered:
+            try:
+                widget.removeEventFilter(event_filter)
+            except RuntimeError:  # the widget or the filter is already deleted
+                pass
+            try:
+                event_filter.detach()
+            except RuntimeError:
+                pass
+        self._filtered.clear()
+
     def close(self, force: bool = True) -> None:
-        """Close the window (``force``: without asking about unsaved labels)."""
+        """Close the window (``force``: without asking about unsaved labels), shut the
+        controller down and take this window's event filters off the Qt widgets."""
         self.force_close = force
         self.controller.cancel_all()
-        self.viewer.close()
+        if self._qt_alive():  # not when the user closed it already (Qt has deleted its widgets)
+            self.viewer.close()
         self.controller.shutdown()
+        self._remove_filters()
+        # the Qt side is deleted: drop the wrappers so they are freed with it (a closed window
+        # stays referenced from signal connections of the controller's panels)
+        self.qt_viewer = None
+        self.qt_window = None
+
+    def _qt_alive(self) -> bool:
+        """True while Qt has not deleted the window's QMainWindow and napari's QtViewer."""
+        if self.qt_window is None or self.qt_viewer is None:  # closed by close()
+            return False
+        try:
+            self.qt_window.objectName()
+            self.qt_viewer.objectName()
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+            return False
+        return True

@@ -85,6 +85,7 @@ class MeasurementsPanel(QWidget):
         self.measurements: list = []
         self._gen = 0
         self._running = False
+        self._closed = False
         self._dirty = False
         self._thread: threading.Thread | None = None
 
@@ -157,6 +158,8 @@ class MeasurementsPanel(QWidget):
         """Measure again off the GUI thread (a snapshot of the labels is taken now)."""
         c = self.controller
         self._timer.stop()
+        if self._closed:
+            return
         if c.volume is None:
             self.measurements = []
             self._fill()
@@ -188,8 +191,17 @@ class MeasurementsPanel(QWidget):
         self._thread = threading.Thread(target=work, name="medsam-measure", daemon=True)
         self._thread.start()
 
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Measure no more and wait for a measurement in progress (the app is closing)."""
+        self._closed = True
+        self._timer.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def _on_computed(self, result, exc, gen) -> None:
         self._running = False
+        if self._closed:
+            return
         if exc is not None:
             self.info_label.setText(f"Could not measure: {exc}")
         elif gen == self._gen:

@@ -609,6 +609,7 @@ class MedSAMPanel(QWidget):
         """Stop background threads (the window is closing)."""
         self.cancel_propagation()
         self.service.shutdown()
+        self.measurements.shutdown()
 
 
 def install(controller, service: EmbeddingService | None = None) -> MedSAMPanel:

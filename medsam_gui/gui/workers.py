@@ -65,7 +65,7 @@ class WorkerHandle:
         self.progress: tuple[int, int] | None = None
         self._worker = None
         self._on_cancel: Callable[[], None] | None = None
-        self._on_progress: Callable[["WorkerHandle"], None] | None = None
+        self._on_progress: list[Callable[["WorkerHandle"], None]] = []
         self._on_finished: list[Callable[["WorkerHandle"], None]] = []
 
     def cancel(self) -> None:
@@ -89,8 +89,13 @@ class WorkerHandle:
     def set_progress(self, done: int, total: int) -> None:
         """Report progress (``done`` of ``total`` steps); shown by the controller's status bar."""
         self.progress = (int(done), int(total))
-        if self._on_progress is not None:
-            self._on_progress(self)
+        for fn in self._on_progress:
+            fn(self)
+
+    def add_progress_callback(self, fn: Callable[["WorkerHandle"], None]) -> None:
+        """Call ``fn(handle)`` on each :meth:`set_progress` until the work ends."""
+        if not self.finished:
+            self._on_progress.append(fn)
 
     @property
     def running(self) -> bool:
@@ -109,6 +114,7 @@ class WorkerHandle:
             return
         self.finished = True
         callbacks, self._on_finished = self._on_finished, []
+        self._on_progress = []  # the callbacks' owners (windows, panels) are not kept alive
         for cb in callbacks:
             try:
                 cb(self)

@@ -272,3 +272,21 @@ def file_sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     with _hash_lock:
         _hash_memo[memo_key] = digest
     return digest
+
+
+_meta_shapes: dict[Callable[[], Any], dict[str, tuple[int, ...]]] = {}
+_meta_lock = threading.Lock()
+
+
+def meta_state_dict_shapes(build: Callable[[], Any]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state dict of the ``nn.Module`` that ``build()`` returns, built on the
+    meta device (no memory, fast); computed once per ``build`` function, a fresh dict each call."""
+    with _meta_lock:
+        shapes = _meta_shapes.get(build)
+        if shapes is None:
+            import torch
+
+            with torch.device("meta"):
+                model = build()
+            shapes = _meta_shapes[build] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return dict(shapes)

@@ -131,16 +131,8 @@ def build_sam_vit_b():
     return sam
 
 
-_shapes_cache: dict[str, tuple[int, ...]] | None = None
-
-
 def vit_b_state_dict_shapes() -> dict[str, tuple[int, ...]]:
     """Key -> shape of a SAM ViT-B state dict (built on the meta device: no memory, fast)."""
-    global _shapes_cache
-    if _shapes_cache is None:
-        import torch
+    from .checkpoints import meta_state_dict_shapes
 
-        with torch.device("meta"):
-            model = build_sam_vit_b()
-        _shapes_cache = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return dict(_shapes_cache)
+    return meta_state_dict_shapes(build_sam_vit_b)

@@ -10,14 +10,23 @@ Known models (official sources):
   SHA-256 ``ec2df627...c912`` (widely published; the name's ``01ec64`` is Meta's own tag).
 - ``universeg_v1``: UniverSeg v1, ``universeg_v1_nf64_ss64_STA.pt``, GitHub release of
   JJGO/UniverSeg; no checksum is published (None): the file is validated by loading it.
+- ``litemedsam``: LiteMedSAM, ``lite_medsam.pth`` (~38 MiB, a plain state dict), on Google Drive
+  (file id ``18Zed-TUTsmr2zc5CHUWd5Tu13nb6vq6z``, linked from the README of the MedSAM
+  repository's LiteMedSAM branch). No checksum is published: the SHA-256 of the first file
+  installed (downloaded or imported) is recorded (settings key ``"weights_sha256"``), later
+  downloads must match it, and ``resolve(..., verify=True)`` refuses the file if it changed since
+  (:func:`import_weights` of a file the user chose records its checksum anew). Google Drive
+  answers large files with a "can't scan this file for viruses" page: the download follows its
+  confirmation form (``drive.usercontent.google.com/download`` with ``confirm`` / ``uuid``
+  fields) or, on the older pages, the ``confirm=`` link / ``download_warning`` cookie.
 - MedSAM2 (SAM2.1 Hiera-tiny, 512 px; the five official checkpoints of the Hugging Face
   repository wanglab/MedSAM2, ``https://huggingface.co/wanglab/MedSAM2/resolve/main/<file>``):
   ``medsam2_latest`` (``MedSAM2_latest.pt``, recommended; alias ``medsam2``),
   ``medsam2_ctlesion``, ``medsam2_mri_liverlesion``, ``medsam2_us_heart``, ``medsam2_2411``.
-  No checksum is published outside the Hub's own pages, so none is pinned: the SHA-256 of the
-  file is recorded on first install (settings key ``"weights_sha256"``, shown by
-  ``medsam-gui weights list``) and every file is validated by its structure (471 keys, the
-  Hiera-tiny shapes; ``models.medsam2.engine.load_medsam2_state_dict``).
+  No checksum is published outside the Hub's own pages, so none is pinned: like LiteMedSAM,
+  the SHA-256 of the first file installed is recorded (``record_checksum``) and every file is
+  validated by its structure (471 keys, the Hiera-tiny shapes;
+  ``models.medsam2.engine.load_medsam2_state_dict``).
 
 Downloads stream to ``<file>.part`` in ``config.weights_dir()``, are checked (length,
 checksum, and by loading the weights), and only then renamed into place; a failed or partial
@@ -29,7 +38,10 @@ environment variable ``MEDSAM_GUI_URL_<NAME>`` (e.g. ``MEDSAM_GUI_URL_MEDSAM_VIT
 from __future__ import annotations
 
 import hashlib
+import html.parser
+import http.cookiejar
 import os
+import re
 import shutil
 import socket
 import urllib.error
@@ -38,12 +50,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .. import config
 from ..errors import CheckpointError, MedsamGuiError, WeightsDownloadError
 
 SETTINGS_KEY = "weights"
+CHECKSUM_KEY = "weights_sha256"  # name -> sha256 recorded at first install (models with record_checksum)
+HTML_LIMIT = 2 << 20  # bytes of an HTML answer read to look for a confirmation form
 USER_AGENT = "medsam-gui (model download)"
 _USE_KNOWN: Any = object()
 
@@ -59,8 +73,9 @@ class KnownModel:
     md5: str | None
     size_bytes: int | None  # exact size when published (verified), else None
     approx_mib: int
-    kind: str  # "sam" (MedSAM / SAM ViT-B) or "universeg"
+    kind: str  # "sam" (MedSAM / SAM ViT-B), "universeg", "litemedsam" or "medsam2"
     note: str = ""
+    record_checksum: bool = False  # no published checksum: record the first file's SHA-256, verify later
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -104,9 +119,24 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             kind="universeg",
             note="No checksum is published; the file is validated by loading it.",
         ),
+        KnownModel(
+            name="litemedsam",
+            title="LiteMedSAM",
+            filename="lite_medsam.pth",
+            url="https://drive.usercontent.google.com/download?id=18Zed-TUTsmr2zc5CHUWd5Tu13nb6vq6z&export=download",
+            source="https://github.com/bowang-lab/MedSAM/tree/LiteMedSAM (Google Drive file linked from its README)",
+            sha256=None,
+            md5=None,
+            size_bytes=None,
+            approx_mib=38,
+            kind="litemedsam",
+            note="No checksum is published; the SHA-256 of the first file installed is recorded and verified after.",
+            record_checksum=True,
+        ),
     )
 }
-ALIASES = {"medsam": "medsam_vit_b", "sam": "sam_vit_b", "universeg": "universeg_v1"}
+ALIASES = {"medsam": "medsam_vit_b", "sam": "sam_vit_b", "universeg": "universeg_v1", "lite_medsam": "litemedsam",
+           "litemedsam_v1": "litemedsam"}
 
 # ------------------------------------------------------------------ MedSAM2 (issue 14)
 MEDSAM2_REPO = "https://huggingface.co/wanglab/MedSAM2"
@@ -127,9 +157,9 @@ for _name, (_file, _title, _note) in MEDSAM2_FILES.items():
         source=f"{MEDSAM2_REPO} (code: https://github.com/bowang-lab/MedSAM2)", sha256=None, md5=None,
         size_bytes=None, approx_mib=149, kind="medsam2",
         note=_note + " No checksum is published; the SHA-256 is recorded on first install and the file "
-                     "is validated by its structure (471 keys, SAM2.1 Hiera-tiny shapes).")
+                     "is validated by its structure (471 keys, SAM2.1 Hiera-tiny shapes).",
+        record_checksum=True)
 ALIASES["medsam2"] = "medsam2_latest"
-SHA256_SETTINGS_KEY = "weights_sha256"
 
 
 def resolve_medsam2() -> Path | None:
@@ -139,31 +169,6 @@ def resolve_medsam2() -> Path | None:
         if found is not None:
             return found
     return None
-
-
-def recorded_sha256(name: str) -> str | None:
-    """The SHA-256 recorded when the weights of ``name`` were first installed (or None)."""
-    data = config.get_setting(SHA256_SETTINGS_KEY, {})
-    value = data.get(get_model(name).name) if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _record_sha256(name: str, path: Path, digest: str | None = None) -> None:
-    """Remember the SHA-256 of an installed file of a model that has no published checksum
-    (first install only: a later, different file does not overwrite it silently)."""
-    model = get_model(name)
-    if model.sha256 is not None or model.kind != "medsam2":
-        return
-    data = config.get_setting(SHA256_SETTINGS_KEY, {})
-    data = dict(data) if isinstance(data, dict) else {}
-    if model.name in data:
-        return
-    if digest is None:
-        from .checkpoints import file_sha256
-
-        digest = file_sha256(path)
-    data[model.name] = digest
-    config.try_set_setting(SHA256_SETTINGS_KEY, data)
 
 
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -203,15 +208,50 @@ def _record(name: str, path: Path) -> None:
     config.set_setting(SETTINGS_KEY, data)
 
 
-def resolve(name: str) -> Path | None:
+def recorded_sha256(name: str) -> str | None:
+    """The SHA-256 recorded when the weights of ``name`` were first installed (None if none)."""
+    data = config.get_setting(CHECKSUM_KEY, {})
+    value = data.get(get_model(name).name) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _record_sha256(name: str, digest: str) -> None:
+    data = config.get_setting(CHECKSUM_KEY, {})
+    data = dict(data) if isinstance(data, dict) else {}
+    data[get_model(name).name] = digest
+    config.set_setting(CHECKSUM_KEY, data)
+
+
+def _sha256_of(path: Path) -> str:
+    from .checkpoints import file_sha256
+
+    return file_sha256(path)
+
+
+def resolve(name: str, *, verify: bool = False) -> Path | None:
     """Where the weights of ``name`` are: the remembered file if it still exists, else the
-    standard file in ``config.weights_dir()``, else None."""
+    standard file in ``config.weights_dir()``, else None. ``verify``: for a model whose checksum
+    was recorded at install (``record_checksum``), raise CheckpointError when the file changed
+    since (the SHA-256 is computed once per path, size and mtime; ``api.resolve_checkpoint``,
+    i.e. the CLI and the API, verify before loading)."""
     model = get_model(name)
     recorded = _recorded().get(model.name)
     if recorded and Path(recorded).is_file():
-        return Path(recorded)
-    default = config.weights_dir() / model.filename
-    return default if default.is_file() else None
+        found: Path | None = Path(recorded)
+    else:
+        default = config.weights_dir() / model.filename
+        found = default if default.is_file() else None
+    if verify and found is not None and model.record_checksum:
+        want = recorded_sha256(model.name)
+        if want is not None:
+            got = _sha256_of(found)
+            if got != want:
+                raise CheckpointError(
+                    f"the {model.title} weights {found} changed since they were installed (SHA-256 {got[:12]}..., "
+                    f"installed {want[:12]}...): the file may be damaged. Download them again with "
+                    f"`medsam-gui weights download {model.name}`, or import the file you trust with "
+                    f"`medsam-gui weights import {model.name} FILE`.")
+    return found
 
 
 def list_models() -> list[dict]:
@@ -221,7 +261,7 @@ def list_models() -> list[dict]:
         d = asdict(m)
         p = resolve(m.name)
         d["path"] = str(p) if p else None
-        d["sha256_recorded"] = recorded_sha256(m.name)
+        d["sha256_recorded"] = recorded_sha256(m.name) if m.record_checksum else None
         out.append(d)
     return out
 
@@ -240,6 +280,11 @@ def validate_file(name: str, path: str | os.PathLike) -> None:
         from .medsam import load_medsam_state_dict
 
         load_medsam_state_dict(path)
+        return
+    if model.kind == "litemedsam":
+        from .litemedsam import load_litemedsam_state_dict
+
+        load_litemedsam_state_dict(path)  # exact keys and shapes of lite_medsam.pth
         return
     # universeg: read the file safely here (file-level errors), then let the real network's
     # strict loader judge the keys when that module exists
@@ -292,8 +337,9 @@ def import_weights(name: str, file: str | os.PathLike, *, copy: bool = True) -> 
         used = dest
     else:
         used = src.resolve()
+    if model.record_checksum:  # the user chose this file: its checksum becomes the reference
+        _record_sha256(model.name, _sha256_of(used))
     _record(model.name, used)
-    _record_sha256(model.name, used)
     return used
 
 
@@ -350,21 +396,24 @@ def download(
     md = hashlib.md5(usedforsecurity=False)
     done = 0
     total: int | None = None
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     try:
-        req = urllib.request.Request(src, headers={"User-Agent": USER_AGENT})
-        try:
-            resp = urllib.request.urlopen(req, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            raise WeightsDownloadError(
-                f"the server {host} answered HTTP {exc.code} ({exc.reason}) for {src}; the file may "
-                f"have moved. {how_to[0].upper() + how_to[1:]}"
-            ) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            detail = getattr(reason, "strerror", None) or str(reason)
-            raise WeightsDownloadError(_offline_message(host, src, model, detail)) from None
-        except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-            raise WeightsDownloadError(_offline_message(host, src, model, str(exc) or type(exc).__name__)) from None
+        resp = _open(opener, src, host, model, how_to, timeout)
+        for _ in range(3):  # a "confirm the download" page (Google Drive) -> the file
+            if not _is_html(resp):
+                break
+            with resp:
+                page = resp.read(HTML_LIMIT)
+                page_url = resp.geturl()
+            nxt = confirmation_url(page.decode("utf-8", errors="replace"), page_url, _cookie_tokens(opener))
+            if nxt is None:
+                raise WeightsDownloadError(
+                    f"{host} sent a web page instead of {model.filename} ({_page_title(page)}): the file may be "
+                    f"over its download quota or no longer shared; nothing was kept. Try again later, or {how_to}")
+            resp = _open(opener, nxt, host, model, how_to, timeout)
+        else:
+            resp.close()
+            raise WeightsDownloadError(f"{host} kept answering with web pages instead of {model.filename}; {how_to}")
         with resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -408,12 +457,120 @@ def download(
                 f"{model.filename} failed its MD5 check (expected {want_md5}, got {md.hexdigest()}); "
                 f"the file was deleted. Try again, or {how_to}"
             )
+        recorded = recorded_sha256(model.name) if model.record_checksum else None
+        if recorded and not want_sha and sha.hexdigest() != recorded:
+            raise WeightsDownloadError(
+                f"{model.filename} differs from the file installed first (SHA-256 {sha.hexdigest()[:12]}..., "
+                f"recorded {recorded[:12]}...); it was deleted. If the file was updated on purpose, download it "
+                f"in a browser and import it with `medsam-gui weights import {model.name} FILE`."
+            )
         if validate:
             validate_file(model.name, part)
         os.replace(part, dest)
     except BaseException:
         _unlink(part)
         raise
+    if model.record_checksum and recorded_sha256(model.name) is None:
+        _record_sha256(model.name, sha.hexdigest())
+    elif model.record_checksum and want_sha:
+        _record_sha256(model.name, sha.hexdigest())
     _record(model.name, dest)
-    _record_sha256(model.name, dest, sha.hexdigest())
     return dest
+
+
+# ------------------------------------------------------------------ download helpers
+
+def _open(opener, url: str, host: str, model: KnownModel, how_to: str, timeout: float):
+    """``opener.open(url)`` with the download's user-facing errors."""
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        return opener.open(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        raise WeightsDownloadError(
+            f"the server {host} answered HTTP {exc.code} ({exc.reason}) for {url}; the file may "
+            f"have moved. {how_to[0].upper() + how_to[1:]}"
+        ) from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        detail = getattr(reason, "strerror", None) or str(reason)
+        raise WeightsDownloadError(_offline_message(host, url, model, detail)) from None
+    except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+        raise WeightsDownloadError(_offline_message(host, url, model, str(exc) or type(exc).__name__)) from None
+
+
+def _is_html(resp) -> bool:
+    ctype = (resp.headers.get("Content-Type") or "").lower()
+    return ctype.startswith("text/html")
+
+
+def _page_title(page: bytes) -> str:
+    m = re.search(rb"<title>(.*?)</title>", page, re.I | re.S)
+    title = m.group(1).decode("utf-8", errors="replace").strip() if m else ""
+    return f"page title {title[:80]!r}" if title else "an HTML page"
+
+
+def _cookie_tokens(opener) -> dict[str, str]:
+    """``download_warning*`` cookie values (the older Google Drive confirmation tokens)."""
+    for handler in opener.handlers:
+        jar = getattr(handler, "cookiejar", None)
+        if jar is not None:
+            return {c.name: c.value for c in jar if c.name.startswith("download_warning") and c.value}
+    return {}
+
+
+class _FormParser(html.parser.HTMLParser):
+    """Collects forms (action, method, hidden/ordinary inputs) and links of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[dict] = []
+        self.links: list[str] = []
+        self._form: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: (v or "") for k, v in attrs}
+        if tag == "form":
+            self._form = {"action": a.get("action", ""), "method": a.get("method", "get").lower(),
+                          "id": a.get("id", ""), "fields": []}
+            self.forms.append(self._form)
+        elif tag == "input" and self._form is not None and a.get("name"):
+            if a.get("type", "text").lower() not in ("submit", "button", "image", "reset"):
+                self._form["fields"].append((a["name"], a.get("value", "")))
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._form = None
+
+
+def confirmation_url(page: str, page_url: str, cookies: Mapping[str, str] | None = None) -> str | None:
+    """The URL that confirms a Google Drive "can't scan this file for viruses" page, or None.
+
+    Current pages hold a GET form (``id="download-form"``, action
+    ``https://drive.usercontent.google.com/download``) with hidden ``id``, ``export``,
+    ``confirm`` and ``uuid`` fields: the URL is the action with those fields. Older pages link
+    to ``/uc?export=download&confirm=TOKEN&id=...``, or set a ``download_warning_*`` cookie whose
+    value is the token to add as ``confirm=``."""
+    parser = _FormParser()
+    try:
+        parser.feed(page)
+    except Exception:  # noqa: BLE001 - a malformed page is simply not a confirmation page
+        return None
+    forms = [f for f in parser.forms if f["method"] == "get" and f["fields"]]
+    forms.sort(key=lambda f: (f["id"] != "download-form", "download" not in f["action"]))
+    for f in forms:
+        names = {k for k, _ in f["fields"]}
+        if "id" in names and ("confirm" in names or "uuid" in names):
+            action = urllib.parse.urljoin(page_url, f["action"] or page_url)
+            sep = "&" if urllib.parse.urlsplit(action).query else "?"
+            return action + sep + urllib.parse.urlencode(f["fields"])
+    for href in parser.links:
+        if "confirm=" in href and ("export=download" in href or "/download" in href):
+            return urllib.parse.urljoin(page_url, href)
+    token = next(iter((cookies or {}).values()), None)
+    if token:
+        parts = urllib.parse.urlsplit(page_url)
+        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "confirm"] + [("confirm", token)]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    return None

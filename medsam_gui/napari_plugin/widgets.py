@@ -138,6 +138,6 @@ def measurements_widget() -> QWidget:
     """Measurements: volume and diameters of each label."""
     from ..gui.measurements_panel import MeasurementsPanel
 
-    panel = _widget(MeasurementsPanel)
+    panel = _widget(MeasurementsPanel, background=True)
     panel.refresh()
     return panel
