@@ -122,11 +122,18 @@ def test_medsam2_box_becomes_3d_lesion_real_model_one_undo(env, qtbot):
     lo, hi = 30, 36
     _set_range(panel, lo, hi)
     painted = []
-    panel.slice_painted.connect(lambda _a, i: painted.append((i, np.array(c.display_labels()[i]) == LABEL)))
-    with qtbot.waitSignal(panel.propagation_finished, timeout=300_000) as fin:
-        qtbot.mouseClick(panel.propagation_box.propagate_button, Qt.MouseButton.LeftButton)
-        assert panel.propagating and env.win.progress_bar.isVisibleTo(env.win.qt_window)
-    c.wait_idle(30)
+
+    def on_painted(_axis, i):
+        painted.append((i, np.array(c.display_labels()[i]) == LABEL))
+
+    panel.slice_painted.connect(on_painted)
+    try:
+        with qtbot.waitSignal(panel.propagation_finished, timeout=300_000) as fin:
+            qtbot.mouseClick(panel.propagation_box.propagate_button, Qt.MouseButton.LeftButton)
+            assert panel.propagating and env.win.progress_bar.isVisibleTo(env.win.qt_window)
+        c.wait_idle(30)
+    finally:
+        panel.slice_painted.disconnect(on_painted)
     assert fin.args == ["done"]
     # slice by slice as they arrive: the key slice first, forwards, then backwards
     order = [i for i, _m in painted]
