@@ -104,5 +104,5 @@ def run_app(scan=None, labels=None, demo: bool = False, session=None) -> int:
     install_excepthook(window.controller)
     window.show()
     code = int(app.exec() or 0)
-    window.controller.shutdown()  # done already when the window closed or on aboutToQuit
+    window.close(force=True)  # done already when the window closed (the event loop has ended)
     return code

@@ -47,10 +47,10 @@ def _earlier_windows_collected(qapp):
 
 @pytest.fixture(scope="module")
 def pm():
-    """npe2's plugin manager with this checkout's manifest (what the entry point registers)."""
+    """npe2's plugin manager, which found medsam-gui through its installed entry point."""
     manager = npe2.PluginManager.instance()
-    if PLUGIN not in manager:
-        manager.register(PluginManifest.from_file(MANIFEST))
+    manager.discover()
+    assert PLUGIN in manager, "medsam-gui's napari.manifest entry point is not installed (pip install -e .)"
     return manager
 
 

@@ -92,7 +92,7 @@ class _DropFilter(_WindowFilter):
 
 class _CloseFilter(_WindowFilter):
     """Asks about unsaved labels before the window closes; once it has closed (a Close event
-    followed by the window hiding) the controller shuts down."""
+    followed by the window hiding) the window finishes closing (:meth:`MainWindow.closed`)."""
 
     def __init__(self, window: "MainWindow") -> None:
         super().__init__(window)
@@ -116,7 +116,7 @@ class _CloseFilter(_WindowFilter):
             QTimer.singleShot(0, self._after_close)
         elif etype == QEvent.Type.Hide and self._closing:
             self._closing = False
-            window.controller.shutdown()
+            window.closed()
         return False
 
     def _after_close(self) -> None:
@@ -129,7 +129,7 @@ class _CloseFilter(_WindowFilter):
         except RuntimeError:  # the window is already deleted
             hidden = True
         if hidden:  # a window closed while never shown (no Hide event)
-            window.controller.shutdown()
+            window.closed()
 
 
 class MainWindow:
@@ -481,6 +481,12 @@ class MainWindow:
             except RuntimeError:
                 pass
         self._filtered.clear()
+
+    def closed(self) -> None:
+        """The user closed the window: stop the background work now, and tear napari's window
+        down once this event has been handled (napari only hides a window closed that way)."""
+        self.controller.shutdown()
+        QTimer.singleShot(0, lambda: self.close(force=True))
 
     def close(self, force: bool = True) -> None:
         """Close the window (``force``: without asking about unsaved labels), shut the
