@@ -5,6 +5,8 @@
     mask = api.segment_box(vol, 40, (120, 96, 180, 150), checkpoint="medsam_vit_b.pth")
     lesion = api.propagate(vol, {40: (120, 96, 180, 150)}, checkpoint="medsam_vit_b.pth")
     api.save_labels(lesion.astype("uint8"), like=vol, path="lesion.nii.gz")
+    # MedSAM2: one box (or RECIST line) on a key slice -> the whole 3D lesion, with memory
+    lesion = api.segment_lesion_3d(vol, 40, box=(120, 96, 180, 150), checkpoint="MedSAM2_latest.pt")
 
 Arrays are (z, y, x) like ``Volume.array``; boxes are (x0, y0, x1, y1) voxel indices on axial
 slice z (x = column, y = row). ``engine`` is an engine name (``"medsam"``, or ``"litemedsam"``:
@@ -27,6 +29,7 @@ from .io import load_volume, save_labels
 
 __all__ = ["load_volume", "save_labels", "load_engine", "open_predictor", "segment_box", "segment_recist",
            "propagate", "segment_rest", "measure", "ENGINES"]
+__all__ += ["load_medsam2", "segment_lesion_3d"]  # MedSAM2 (issue 14)
 
 ENGINES = {  # engine name -> (model-manager weights name, display name)
     "medsam": ("medsam_vit_b", "MedSAM"),
@@ -66,7 +69,10 @@ def load_engine(engine: str = "medsam", checkpoint=None, *, device: str = "auto"
     (:class:`~medsam_gui.models.litemedsam.LiteMedSAMEngine`).
 
     ``precision``: "fp32" (the official computation bit for bit), "auto", "fast", "int8",
-    "bf16", "fp16" (see README; LiteMedSAM has no int8 path: "int8" means "fast" there)."""
+    "bf16", "fp16" (see README; LiteMedSAM has no int8 path: "int8" means "fast" there).
+    ``engine="medsam2"`` gives a MedSAM2Engine (:func:`load_medsam2`)."""
+    if engine == MEDSAM2:
+        return load_medsam2(checkpoint, device=device, precision=precision)
     if engine not in ENGINES:
         raise MedsamGuiError(f"unknown engine {engine!r}; choose one of {', '.join(sorted(ENGINES))}.")
     path = resolve_checkpoint(engine, checkpoint)
@@ -153,7 +159,14 @@ def propagate(volume: Volume, key_boxes: Mapping[int, Sequence[float]], *, z_ran
     Between key slices the boxes are interpolated; beyond them each slice's box grows from the
     previous slice's mask (MedSAM's 3D method). ``on_slice(result)`` is called with each
     :class:`~medsam_gui.core.propagation.SliceResult` as it arrives; ``cancel()`` stops early
-    (the slices done are returned)."""
+    (the slices done are returned).
+
+    ``engine="medsam2"`` (or a loaded MedSAM2Engine): MedSAM2 from the one key slice's box
+    (:func:`segment_lesion_3d`; ``margin`` is not used, ``on_slice`` gets its SliceUpdates)."""
+    if _is_medsam2(engine):
+        return _propagate_medsam2(volume, key_boxes, z_range=z_range, engine=engine, checkpoint=checkpoint,
+                                  modality=modality, window=window, device=device, precision=precision,
+                                  on_slice=on_slice, cancel=cancel)
     for z in key_boxes:
         _check_slice(volume, z)
     limits = None
@@ -252,3 +265,107 @@ def measure(volume: Volume, labels: np.ndarray, label_table=None) -> list:
     if labels.shape != tuple(volume.shape):
         raise MedsamGuiError(f"the label map's shape {labels.shape} differs from the scan's {tuple(volume.shape)}.")
     return measure_labels(labels, volume.spacing, label_table)
+
+
+# ------------------------------------------------------------------ MedSAM2 (issue 14)
+
+MEDSAM2 = "medsam2"
+
+
+def _is_medsam2(engine) -> bool:
+    if isinstance(engine, str):
+        return engine == MEDSAM2
+    return getattr(engine, "name", None) == MEDSAM2
+
+
+def medsam2_precision(precision: str) -> str:
+    """MedSAM2's precision for one of the app's choices: "auto", "bf16" and "fp16" -> "auto"
+    (bfloat16 autocast on CUDA, float32 elsewhere); every other choice -> "fp32"."""
+    return "auto" if str(precision).lower() in ("auto", "bf16", "fp16") else "fp32"
+
+
+def resolve_medsam2_checkpoint(checkpoint=None):
+    """The MedSAM2 weights file: ``checkpoint`` when given (it must exist), else the installed
+    one (MedSAM2_latest.pt first); CheckpointError says how to get it otherwise."""
+    if checkpoint is not None:
+        return resolve_path(checkpoint, "MedSAM2")
+    from .models import weights as manager
+
+    found = manager.resolve_medsam2()
+    if found is None:
+        raise CheckpointError(
+            "no MedSAM2 weights installed: pass the weights file (checkpoint=... / --checkpoint MedSAM2_latest.pt), "
+            "or install them once with `medsam-gui weights download medsam2_latest` (or `medsam-gui weights import "
+            "medsam2_latest FILE`).")
+    return found
+
+
+def load_medsam2(checkpoint=None, *, device: str = "auto", precision: str = "fp32"):
+    """A :class:`~medsam_gui.models.medsam2.engine.MedSAM2Engine` on ``checkpoint`` (default:
+    the installed MedSAM2 weights). ``precision``: "fp32" (reference) or "auto" (bfloat16 on CUDA)."""
+    from .models.medsam2.engine import MedSAM2Engine
+
+    return MedSAM2Engine(resolve_medsam2_checkpoint(checkpoint), device=device, precision=medsam2_precision(precision))
+
+
+def medsam2_uint8(volume: Volume, window=None, modality: str | None = None) -> np.ndarray:
+    """MedSAM2's input: ``volume`` (z, y, x) windowed over the whole volume to uint8
+    (``core.intensity.volume_to_uint8``, the same windowing as MedSAM)."""
+    from .core.intensity import volume_to_uint8
+
+    bounds = window_bounds_for(volume, window, modality)
+    return volume_to_uint8(volume.array, modality or volume.modality, bounds)
+
+
+def segment_lesion_3d(volume: Volume, z: int, box: Sequence[float] | None = None, recist=None, *, checkpoint=None,
+                      engine=None, window=None, modality: str | None = None,
+                      z_range: tuple[int, int] | None = None, device: str = "auto", precision: str = "fp32",
+                      on_slice: Callable[[object], None] | None = None,
+                      cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """MedSAM2: bool (z, y, x) mask of the lesion on ``volume``'s exact grid, from ONE prompt on
+    axial slice ``z``: ``box`` (x0, y0, x1, y1) voxels, or ``recist`` the RECIST long-axis
+    line ((x0, y0), (x1, y1)) (or x0, y0, x1, y1).
+
+    The slices are followed forwards and backwards with MedSAM2's memory within ``z_range``
+    (inclusive; default: the whole scan); nothing outside it is set, and slices where the model
+    reports no object stay empty. Box flow: largest 3D component of the union (as the official
+    script); RECIST flow: the official RECIST script (no component step). ``engine``: a loaded
+    MedSAM2Engine (:func:`load_medsam2`; load it once for many lesions), else ``checkpoint``,
+    else the installed weights. ``window`` / ``modality`` as for MedSAM (the whole-volume
+    windowing of :func:`medsam2_uint8`). ``on_slice(SliceUpdate)`` is called as each slice
+    arrives; ``cancel()`` stops early (the slices done are returned)."""
+    z = _check_slice(volume, z)
+    if (box is None) == (recist is None):
+        raise MedsamGuiError("give exactly one prompt for MedSAM2: box=(x0, y0, x1, y1) or recist=((x0, y0), (x1, y1)).")
+    if z_range is not None:
+        lo, hi = sorted(int(v) for v in z_range)
+        if lo < 0 or hi >= volume.shape[0]:
+            raise MedsamGuiError(f"the z-range {lo},{hi} is outside the scan (slices 0..{volume.shape[0] - 1}).")
+        if not lo <= z <= hi:
+            raise MedsamGuiError(f"the key slice {z} is outside the z-range {lo},{hi}.")
+        z_range = (lo, hi)
+    line = None
+    if recist is not None:
+        line = np.asarray(recist, dtype=np.float64).reshape(-1)
+        if line.size != 4:
+            raise MedsamGuiError(f"the RECIST line must be ((x0, y0), (x1, y1)); got {recist!r}.")
+        line = line.reshape(2, 2)
+    if engine is None or isinstance(engine, str):
+        if isinstance(engine, str) and engine != MEDSAM2:
+            raise MedsamGuiError(f"segment_lesion_3d needs MedSAM2 (engine='medsam2' or a loaded MedSAM2Engine); "
+                                 f"got {engine!r}.")
+        engine = load_medsam2(checkpoint, device=device, precision=precision)
+    elif not _is_medsam2(engine):
+        raise MedsamGuiError("segment_lesion_3d needs a MedSAM2Engine (api.load_medsam2); for MedSAM use propagate().")
+    u8 = medsam2_uint8(volume, window, modality)
+    return engine.segment_volume(u8, z, None if box is None else tuple(float(v) for v in box), recist=line,
+                                 z_range=z_range, cancel=cancel, on_slice=on_slice)
+
+
+def _propagate_medsam2(volume: Volume, key_boxes: Mapping[int, Sequence[float]], **kw) -> np.ndarray:
+    if len(key_boxes) != 1:
+        raise MedsamGuiError(f"MedSAM2 starts from ONE key slice; got boxes on {len(key_boxes)} slices "
+                             f"({', '.join(map(str, sorted(key_boxes)))}).")
+    (z, box), = key_boxes.items()
+    engine = kw.pop("engine")
+    return segment_lesion_3d(volume, z, box, engine=None if isinstance(engine, str) else engine, **kw)

@@ -18,6 +18,13 @@ the MR percentile auto window, applied to the whole volume as in MedSAM's refere
 ``--engine`` picks the model: ``medsam`` (MedSAM ViT-B, default) or ``litemedsam`` (LiteMedSAM:
 a TinyViT encoder at 256x256, much faster on a CPU). ``--checkpoint`` may be left out once the
 engine's weights are installed (``medsam-gui weights download medsam_vit_b`` / ``litemedsam``).
+
+MedSAM2 (``--engine medsam2``): ONE --box (or --recist line) on the key slice becomes the
+whole 3D lesion, followed forwards and backwards with MedSAM2's memory (``--propagate``),
+within ``--z-range`` if given; slices where the model sees no object stay empty:
+
+    medsam-gui segment SCAN --engine medsam2 --box Z,X0,Y0,X1,Y1 --propagate [--z-range A,B]
+        [--checkpoint MedSAM2_latest.pt] --out OUT.nii.gz
 """
 
 from __future__ import annotations
@@ -76,10 +83,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="margin around a --recist line in pixels (default 5); with --propagate also "
                         "the margin around each propagated mask")
     p.add_argument("--label", type=int, default=1, metavar="N", help="label value to paint (default 1)")
-    p.add_argument("--engine", choices=("medsam", "litemedsam"), default="medsam",
-                   help="model: medsam (MedSAM ViT-B, default) or litemedsam (LiteMedSAM, fast on a CPU)")
+    p.add_argument("--engine", choices=("medsam", "litemedsam", "medsam2"), default="medsam",
+                   help="model: medsam (MedSAM ViT-B, default), litemedsam (LiteMedSAM, fast on a CPU) or "
+                        "medsam2 (MedSAM2 with memory: one --box/--recist on the key slice -> the 3D lesion; "
+                        "needs --propagate)")
     p.add_argument("--checkpoint", metavar="CKPT",
-                   help="the engine's weights (medsam_vit_b.pth / lite_medsam.pth); default: installed")
+                   help="the engine's weights (medsam_vit_b.pth / lite_medsam.pth / MedSAM2_latest.pt); "
+                        "default: installed")
     p.add_argument("--out", required=True, metavar="OUT", help="output label map (.nii.gz, .nii, .nrrd, .mha)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     win = p.add_mutually_exclusive_group()
@@ -148,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:
         raise SegmentCommandError(f"{out} already exists; choose another --out or add --overwrite.")
+    if getattr(args, "engine", "medsam") == "medsam2":
+        return run_medsam2(args, out, say)
 
     engine_name = getattr(args, "engine", "medsam")
     title = api.ENGINES[engine_name][1]
@@ -194,4 +206,63 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{path}: label {args.label}, {n} voxels ({ml:.2f} mL) on {slices} slices "
               f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def run_medsam2(args: argparse.Namespace, out: Path, say) -> int:
+    """``--engine medsam2``: one --box or --recist on the key slice -> the 3D lesion (MedSAM2)."""
+    from .. import api
+    from ..core.intensity import WINDOW_PRESETS, window_bounds
+
+    prompts = [("box", b) for b in args.box] + [("recist", r) for r in args.recist]
+    if len(prompts) != 1:
+        raise SegmentCommandError(f"--engine medsam2 starts from ONE prompt on the key slice: give one --box or "
+                                  f"one --recist (got {len(prompts)}).")
+    if not args.propagate:
+        raise SegmentCommandError("--engine medsam2 segments the lesion in 3D: add --propagate (and --z-range A,B "
+                                  "to limit the slices).")
+    checkpoint = api.resolve_medsam2_checkpoint(args.checkpoint)
+    vol = api.load_volume(args.scan)
+    nz, h, w = (int(v) for v in vol.shape)
+    kind, (z, x0, y0, x1, y1) = prompts[0]
+    if not 0 <= z < nz:
+        raise SegmentCommandError(f"--{kind} slice {z} is outside the scan (slices 0..{nz - 1}).")
+    if max(x0, x1) < 0 or max(y0, y1) < 0 or min(x0, x1) > w - 1 or min(y0, y1) > h - 1:
+        raise SegmentCommandError(f"--{kind} {z},{x0:g},{y0:g},{x1:g},{y1:g} lies outside slice {z} "
+                                  f"(columns 0..{w - 1}, rows 0..{h - 1}).")
+    if kind == "box" and (x1 < x0 or y1 < y0):
+        raise SegmentCommandError(f"--box needs X0 <= X1 and Y0 <= Y1; got {x0:g},{y0:g},{x1:g},{y1:g}.")
+    z_range = None
+    if args.z_range:
+        a, b = sorted(args.z_range)
+        if a < 0 or b >= nz:
+            raise SegmentCommandError(f"--z-range {a},{b} is outside the scan (slices 0..{nz - 1}).")
+        if not a <= z <= b:
+            raise SegmentCommandError(f"the key slice {z} is outside --z-range {a},{b}.")
+        z_range = (a, b)
+    window = None
+    if args.window:
+        window = window_bounds(*args.window)
+    elif args.window_preset:
+        window = window_bounds(*WINDOW_PRESETS[args.window_preset])
+
+    t0 = time.perf_counter()
+    engine = api.load_medsam2(checkpoint, device=args.device, precision=args.precision)
+    say(f"MedSAM2 loaded from {checkpoint} on {engine.device} ({engine.precision}) in "
+        f"{time.perf_counter() - t0:.1f} s")
+
+    def on_slice(upd) -> None:
+        say(f"  slice {upd.index}: {upd.direction}, {upd.area} voxels" + ("" if upd.present else " (no object)"))
+
+    prompt = {"box": (x0, y0, x1, y1)} if kind == "box" else {"recist": ((x0, y0), (x1, y1))}
+    mask = api.segment_lesion_3d(vol, z, **prompt, engine=engine, window=window, modality=args.modality,
+                                 z_range=z_range, on_slice=on_slice)
+    labels = np.zeros(vol.shape, dtype=np.uint8 if args.label <= 255 else np.uint16)
+    labels[mask] = args.label
+    path = api.save_labels(labels, vol, out, overwrite=args.overwrite)
+    n = int(np.count_nonzero(labels))
+    slices = int(np.count_nonzero(labels.reshape(nz, -1).any(axis=1)))
+    if not args.quiet:
+        print(f"{path}: label {args.label}, {n} voxels ({n * vol.voxel_volume_mm3 / 1000.0:.2f} mL) on {slices} "
+              f"slices (MedSAM2) in {time.perf_counter() - t0:.1f} s")
     return 0

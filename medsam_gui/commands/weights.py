@@ -4,8 +4,10 @@
     medsam-gui weights import NAME FILE [--no-copy]
     medsam-gui weights download NAME [--url URL] [--sha256 HEX]
 
-NAME is a model that ``medsam-gui weights list`` shows (e.g. medsam_vit_b, litemedsam, universeg_v1)
-or an alias (medsam, sam, universeg).
+NAME is a model that ``medsam-gui weights list`` shows (e.g. medsam_vit_b, litemedsam, universeg_v1,
+medsam2_latest) or an alias (medsam, sam, universeg, medsam2). MedSAM2's five official checkpoints
+(Hugging Face wanglab/MedSAM2): medsam2_latest (recommended), medsam2_ctlesion,
+medsam2_mri_liverlesion, medsam2_us_heart, medsam2_2411.
 ``import`` validates the file by loading it, then copies it into the app's weights folder
 (or, with --no-copy, remembers where it is).
 """
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             check = "sha256" if m["sha256"] else ("md5" if m["md5"] else "no checksum published")
             print(f"{m['name']:<14} {m['title']:<24} {m['filename']:<32} {status}")
             print(f"{'':<14} source: {m['url']}  ({check}, ~{m['approx_mib']} MiB)")
+            if m.get("sha256_recorded"):
+                print(f"{'':<14} sha256 recorded on first install: {m['sha256_recorded']}")
         return 0
     if args.action == "import":
         model = manager.get_model(args.name)

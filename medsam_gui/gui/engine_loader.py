@@ -19,7 +19,13 @@ MODEL_NAME = "medsam_vit_b"
 class EngineLoader(QObject):
     """``options()`` gives the (device, precision) to load with. Signals: ``loading(str)`` (file
     name), ``loaded(engine)``, ``failed()``. ``dialog``: the last weights dialog (or None);
-    ``busy``: a load is running."""
+    ``busy``: a load is running.
+
+    Subclasses load another model: override ``MODEL_NAME`` / ``TITLE`` (dialog and messages),
+    :meth:`installed_weights` and :meth:`build` (see ``gui.medsam2_run.MedSAM2Loader``)."""
+
+    MODEL_NAME = MODEL_NAME
+    TITLE = "MedSAM"
 
     loading = Signal(str)
     loaded = Signal(object)
@@ -50,7 +56,7 @@ class EngineLoader(QObject):
             return
         path = self.installed_weights()
         if path is None:
-            self.show_dialog(reason or "No MedSAM weights were found on this computer.")
+            self.show_dialog(reason or f"No {self.TITLE} weights were found on this computer.")
         else:
             self.load(path)
 
@@ -59,27 +65,33 @@ class EngineLoader(QObject):
         ``options()``; returns the WorkerHandle (None when there are no weights)."""
         path = Path(path) if path is not None else self.installed_weights()
         if path is None:
-            self.show_dialog("No MedSAM weights were found on this computer.")
+            self.show_dialog(f"No {self.TITLE} weights were found on this computer.")
             return None
         device, precision = self.options()
         self.loading.emit(path.name)
+        build = self.build
 
         def work():
-            from ..models.medsam import MedSAMEngine
-
-            return MedSAMEngine(path, device=device, precision=precision)
+            return build(path, device, precision)
 
         def failed(exc):
             self.failed.emit()
             if isinstance(exc, CheckpointError):
-                self.show_dialog(f"The MedSAM weights could not be used: {exc}")
+                self.show_dialog(f"The {self.TITLE} weights could not be used: {exc}")
             else:
-                self.controller.show_error(exc, title="Could not load MedSAM")
+                self.controller.show_error(exc, title=f"Could not load {self.TITLE}")
 
         self._handle = self.controller.run_worker(
-            work, on_done=self.loaded.emit, on_error=failed, description=f"Loading MedSAM ({path.name})…",
+            work, on_done=self.loaded.emit, on_error=failed, description=f"Loading {self.TITLE} ({path.name})…",
             cancellable=False)
         return self._handle
+
+    @staticmethod
+    def build(path: Path, device: str, precision: str):
+        """The engine on ``path`` (runs on the worker thread)."""
+        from ..models.medsam import MedSAMEngine
+
+        return MedSAMEngine(path, device=device, precision=precision)
 
     def show_dialog(self, reason: str = ""):
         """Open the weights dialog (non-blocking); accepted weights are loaded at once."""
@@ -92,7 +104,7 @@ class EngineLoader(QObject):
                     return self.dialog
             except RuntimeError:  # the dialog was deleted
                 pass
-        dlg = WeightsDialog(self.dialog_parent(), MODEL_NAME, reason)
+        dlg = WeightsDialog(self.dialog_parent(), self.MODEL_NAME, reason)
         dlg.weights_ready.connect(lambda p: self.load(p))
         self.dialog = dlg
         dlg.open()

@@ -15,16 +15,27 @@ MR/unknown: the percentile auto window), embedded off the GUI thread by
 :class:`~medsam_gui.gui.embedding_service.EmbeddingService` (the slice on screen first, then
 its neighbours, optionally all slices; moving the slider re-prioritises).
 
-3D propagation (``propagate``, :mod:`.propagation_run`): the prompts of the active label on the
-current view's axis are the key boxes; each finished slice is written as it arrives, Cancel
-keeps what is done, and the whole run is ONE undo step that leaves the user's own edits made
-meanwhile alone.
+3D propagation (``propagate``, :mod:`.propagation_run`), with a method choice (remembered in
+the settings, key ``"prop_method"``):
+
+- "Slice by slice (MedSAM)": the prompts of the active label on the current view's axis are
+  the key boxes, each slice is segmented by MedSAM from the previous slice's mask;
+- "MedSAM2 (memory)" (:mod:`.medsam2_run`): the box or RECIST line of the active label on the
+  key slice (the current slice, or the nearest slice with a prompt) becomes the whole 3D
+  lesion within the slice range, followed with MedSAM2's memory (its engine loaded off the GUI
+  thread by ``medsam2_loader``, with a weights dialog when missing; it runs in a worker).
+
+Either way each finished slice is written as it arrives, Cancel keeps what is done, the whole
+run is ONE undo step that leaves the user's own edits made meanwhile alone, and the
+measurements are refreshed when it ends.
 
 The prompts are saved in sessions and autosave (state provider ``"medsam_prompts"``).
 
 Scripting/tests: ``set_engine(engine)`` injects a MedSAMEngine; ``set_segmenter(fn)`` injects
 any 2D box segmenter ``fn(index, box_xyxy) -> bool (H, W)`` for display slice
-``np.take(display_volume, index, axis)`` (used instead of MedSAM by the tools and propagation).
+``np.take(display_volume, index, axis)`` (used instead of MedSAM by the tools and propagation);
+``set_medsam2_engine(engine)`` injects a MedSAM2Engine (or any object with its
+``segmentation`` method) for the MedSAM2 method.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from ..errors import MedsamGuiError
 from .embedding_service import EmbeddingService
 from .engine_loader import EngineLoader
 from .measurements_panel import MeasurementsPanel
+from .medsam2_run import METHOD_MEDSAM2, MedSAM2Loader, key_prompt, start_medsam2
 from .model_box import ModelBox
 from .prompt_layers import PromptLayers
 from .propagation_run import AXIS_NAMES, PropagationBox, start_propagation
@@ -67,6 +79,7 @@ DEFAULTS = {
     "neighbours": 2,
     "prefetch_all": False,
     "background": True,
+    "prop_method": "slices",  # "slices" (MedSAM slice by slice) or "medsam2" (MedSAM2 with memory)
 }
 
 
@@ -109,6 +122,10 @@ class MedSAMPanel(QWidget):
                                               self._result_wanted, parent=self)
         self.loader = EngineLoader(controller, self._dialog_parent,
                                    lambda: (self.model_box.device, self.model_box.precision), parent=self)
+        self._medsam2_engine = None
+        self._medsam2_pending: dict | None = None  # a MedSAM2 propagation waiting for its engine
+        self.medsam2_loader = MedSAM2Loader(controller, self._dialog_parent,
+                                            lambda: (self.model_box.device, self.model_box.precision), parent=self)
         self.measurements = MeasurementsPanel(controller)
         self._connect()
         if controller.volume is not None:  # made after the scan was shown (napari plugin)
@@ -160,7 +177,7 @@ class MedSAMPanel(QWidget):
         tl.addWidget(self.clear_button)
         layout.addWidget(tools)
 
-        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]))
+        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]), method=str(s["prop_method"]))
         layout.addWidget(self.propagation_box)
 
         self.model_box = ModelBox(s, self._save)
@@ -183,7 +200,13 @@ class MedSAMPanel(QWidget):
         for spin in (pb.from_spin, pb.to_spin):
             spin.valueChanged.connect(lambda _v: c.notify_state_changed())
         pb.slice_painted.connect(self.slice_painted)
-        pb.finished.connect(self.propagation_finished)
+        pb.finished.connect(self._on_propagation_finished)
+        pb.method_changed.connect(lambda m: self._save("prop_method", str(m)))
+        pb.medsam2_weights_button.clicked.connect(lambda _=False: self.show_medsam2_weights_dialog())
+        ml = self.medsam2_loader
+        ml.loading.connect(lambda name: c.status(f"Loading MedSAM2 from {name}…", 0))
+        ml.loaded.connect(self.set_medsam2_engine)
+        ml.failed.connect(lambda: setattr(self, "_medsam2_pending", None))
         self.weights_button.clicked.connect(lambda _=False: self.show_weights_dialog())
         self.recist_margin_spin.valueChanged.connect(lambda v: self._save("recist_margin", float(v)))
         self.recist_margin_spin.valueChanged.connect(lambda _v: self.prompts.update_recist_boxes())
@@ -288,6 +311,9 @@ class MedSAMPanel(QWidget):
         path = getattr(self._engine, "checkpoint_path", None)
         if self._engine is not None and path is not None:
             self.load_engine(path)
+        path2 = getattr(self._medsam2_engine, "checkpoint_path", None)
+        if path2 is not None and not self.propagating:
+            self.load_medsam2(path2)  # MedSAM2 follows the device / precision too
 
     # ------------------------------------------------------------------ scan / view events
     def _axis(self) -> int:
@@ -318,6 +344,7 @@ class MedSAMPanel(QWidget):
         self._configure(axis)
 
     def _on_volume_changed(self, _volume) -> None:
+        self._medsam2_pending = None
         self.segmentation.reset()
         self.prompts.reset()
         self.propagation_box.update_limits()
@@ -454,10 +481,12 @@ class MedSAMPanel(QWidget):
         return self.propagation_box.running
 
     def propagate(self, axis: int | None = None, limits: tuple[int, int] | None = None,
-                  margin: int | None = None, label: int | None = None):
+                  margin: int | None = None, label: int | None = None, method: str | None = None):
         """Propagate ``label`` (default: active) from its key boxes on display ``axis`` (default:
         the current view's) within ``limits`` (inclusive display slice numbers; default: the
-        panel's spin boxes). Returns the WorkerHandle, or None when it could not start."""
+        panel's spin boxes) with ``method`` ("slices" or "medsam2"; default: the group's choice).
+        Returns the WorkerHandle, or None when it could not start (for MedSAM2 also while its
+        weights load: the run then starts by itself once they are loaded)."""
         c = self.controller
         if c.volume is None:
             c.show_error("Open a scan first (File > Open scan…).")
@@ -467,6 +496,8 @@ class MedSAMPanel(QWidget):
             return None
         axis = self._axis() if axis is None else int(axis)
         label = int(c.active_label if label is None else label)
+        if (method or self.propagation_box.method) == METHOD_MEDSAM2:
+            return self.propagate_medsam2(axis, limits, label)
         keys = self.key_boxes(axis, label)
         if not keys:
             c.show_error(MedsamGuiError(
@@ -496,7 +527,73 @@ class MedSAMPanel(QWidget):
 
     def cancel_propagation(self) -> None:
         """Stop the running propagation; the slices already written stay (one undo step)."""
+        self._medsam2_pending = None
         self.propagation_box.cancel()
+
+    def _on_propagation_finished(self, state: str) -> None:
+        self.measurements.refresh()
+        self.propagation_finished.emit(state)
+
+    # ------------------------------------------------------------------ MedSAM2 (issue 14)
+    @property
+    def medsam2_engine(self):
+        return self._medsam2_engine
+
+    def set_medsam2_engine(self, engine) -> None:
+        """Use ``engine`` (a MedSAM2Engine, or a stand-in with its ``segmentation`` method; None
+        unloads) for the MedSAM2 method; a propagation waiting for it starts now."""
+        self._medsam2_engine = engine
+        if engine is not None:
+            dev = getattr(engine, "device", "?")
+            self.controller.status(f"MedSAM2 ready on {dev} ({getattr(engine, 'precision', 'fp32')})", 8000)
+        pending, self._medsam2_pending = self._medsam2_pending, None
+        if engine is not None and pending is not None and self.controller.volume is not None:
+            self.propagate_medsam2(**pending)
+
+    def load_medsam2(self, path: str | Path | None = None):
+        """Load MedSAM2 from ``path`` (default: the installed weights) off the GUI thread."""
+        return self.medsam2_loader.load(path)
+
+    def show_medsam2_weights_dialog(self, reason: str = ""):
+        """Open MedSAM2's weights dialog (non-blocking); accepted weights are loaded at once."""
+        return self.medsam2_loader.show_dialog(reason)
+
+    def propagate_medsam2(self, axis: int | None = None, limits: tuple[int, int] | None = None,
+                          label: int | None = None):
+        """MedSAM2 from the key slice's box or RECIST line of ``label`` (default: active) on display
+        ``axis`` within ``limits`` (default: the group's range); see :mod:`.medsam2_run`.
+        Returns the WorkerHandle, or None (not started; while the weights load it starts later)."""
+        c = self.controller
+        if c.volume is None:
+            c.show_error("Open a scan first (File > Open scan…).")
+            return None
+        if self.propagating:
+            c.status("A propagation is already running.")
+            return None
+        axis = self._axis() if axis is None else int(axis)
+        label = int(c.active_label if label is None else label)
+        pb = self.propagation_box
+        limits = pb.limits if limits is None else tuple(int(v) for v in limits)
+        try:
+            key = key_prompt(self.prompts, axis, label, self._current_index(axis))
+        except MedsamGuiError as exc:
+            c.show_error(exc)
+            return None
+        if self._medsam2_engine is None:
+            self._medsam2_pending = {"axis": axis, "limits": limits, "label": label}
+            if not self.medsam2_loader.busy:
+                self.medsam2_loader.ensure("MedSAM2's weights are needed to segment the lesion in 3D.")
+            c.status("Loading MedSAM2; the lesion is segmented as soon as it is ready.", 8000)
+            return None
+        try:
+            run = start_medsam2(c, self._medsam2_engine, key, label=label, limits=limits, bounds=self._bounds(),
+                                overwrite_other=self.overwrite_check.isChecked(), parent=self)
+        except MedsamGuiError as exc:
+            c.show_error(exc)
+            return None
+        self.last_propagation = run.results
+        pb.show_run(run, [key.index])
+        return run.handle
 
     # ------------------------------------------------------------------ session state, lifecycle
     def get_state(self) -> dict:
@@ -531,6 +628,9 @@ def install(controller, service: EmbeddingService | None = None) -> MedSAMPanel:
         window.add_action("models", "load_medsam_weights", "Load MedSAM weights…",
                           lambda: panel.show_weights_dialog(),
                           tip="Download MedSAM's weights or choose the medsam_vit_b.pth file")
+        window.add_action("models", "load_medsam2_weights", "Load MedSAM2 weights…",
+                          lambda: panel.show_medsam2_weights_dialog(),
+                          tip="Download MedSAM2's weights or choose a MedSAM2 .pt file (3D lesions with memory)")
         window.add_action("models", "export_measurements", "Export measurements (CSV)…",
                           lambda: panel.measurements.export_csv())
     return panel

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 
 from .run_history import RunHistory
 
@@ -178,21 +178,42 @@ def start_propagation(controller, keys: dict, *, axis: int, label: int, limits: 
     return run
 
 
-class PropagationBox(QGroupBox):
-    """The "Propagate in 3D" group: slice range (``from_spin`` / ``to_spin``, "Current" buttons),
-    ``margin_spin``, ``propagate_button`` / ``cancel_button`` and a status line; shows one
-    :class:`PropagationRun` at a time (``run``).
+PROPAGATION_METHODS = {"medsam2": "MedSAM2 (memory)", "slices": "Slice by slice (MedSAM)"}
 
-    Signals: ``slice_painted(axis, index)``, ``finished(state)`` (see PropagationRun)."""
+
+class PropagationBox(QGroupBox):
+    """The "Propagate in 3D" group: the method (``method_combo``: "medsam2" = MedSAM2 with
+    memory from one key slice, "slices" = MedSAM slice by slice; ``method``), the MedSAM2
+    ``medsam2_weights_button``, slice range (``from_spin`` / ``to_spin``, "Current" buttons),
+    ``margin_spin`` (slice by slice only), ``propagate_button`` / ``cancel_button`` and a status
+    line; shows one :class:`PropagationRun` at a time (``run``).
+
+    Signals: ``slice_painted(axis, index)``, ``finished(state)`` (see PropagationRun),
+    ``method_changed(str)``."""
 
     slice_painted = Signal(int, int)
     finished = Signal(str)
+    method_changed = Signal(str)
 
-    def __init__(self, controller, margin: int, parent: QWidget | None = None) -> None:
+    def __init__(self, controller, margin: int, parent: QWidget | None = None, method: str = "slices") -> None:
         super().__init__("Propagate in 3D", parent)
         self.controller = controller
         self.run: PropagationRun | None = None
         pl = QFormLayout(self)
+        self.method_combo = QComboBox()
+        for key, text in PROPAGATION_METHODS.items():
+            self.method_combo.addItem(text, key)
+        self.method_combo.setToolTip(
+            "MedSAM2 (memory): one box or RECIST line on the key slice becomes the whole 3D lesion, followed "
+            "with MedSAM2's memory (needs MedSAM2's weights).\n"
+            "Slice by slice (MedSAM): each slice is segmented by MedSAM from the previous slice's mask "
+            "(several key slices: interpolated boxes between them).")
+        self.medsam2_weights_button = QPushButton("Weights…")
+        self.medsam2_weights_button.setToolTip("Download MedSAM2's weights or choose a MedSAM2 .pt file")
+        row = QHBoxLayout()
+        row.addWidget(self.method_combo, 1)
+        row.addWidget(self.medsam2_weights_button)
+        pl.addRow("Method", row)
         self.axis_label = QLabel("axial")
         pl.addRow("Along", self.axis_label)
         self.from_spin, self.to_spin = QSpinBox(), QSpinBox()
@@ -225,6 +246,27 @@ class PropagationBox(QGroupBox):
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         pl.addRow(self.status_label)
+        self.set_method(method)
+        self.method_combo.currentIndexChanged.connect(self._on_method)
+
+    @property
+    def method(self) -> str:
+        """"medsam2" or "slices"."""
+        return str(self.method_combo.currentData() or "slices")
+
+    def set_method(self, method: str) -> None:
+        i = self.method_combo.findData(method if method in PROPAGATION_METHODS else "slices")
+        self.method_combo.setCurrentIndex(max(0, i))
+        self._update_method_widgets()
+
+    def _update_method_widgets(self) -> None:
+        medsam2 = self.method == "medsam2"
+        self.margin_spin.setEnabled(not medsam2)
+        self.medsam2_weights_button.setVisible(medsam2)
+
+    def _on_method(self, _i: int) -> None:
+        self._update_method_widgets()
+        self.method_changed.emit(self.method)
 
     @property
     def running(self) -> bool:

@@ -19,6 +19,14 @@ Known models (official sources):
   answers large files with a "can't scan this file for viruses" page: the download follows its
   confirmation form (``drive.usercontent.google.com/download`` with ``confirm`` / ``uuid``
   fields) or, on the older pages, the ``confirm=`` link / ``download_warning`` cookie.
+- MedSAM2 (SAM2.1 Hiera-tiny, 512 px; the five official checkpoints of the Hugging Face
+  repository wanglab/MedSAM2, ``https://huggingface.co/wanglab/MedSAM2/resolve/main/<file>``):
+  ``medsam2_latest`` (``MedSAM2_latest.pt``, recommended; alias ``medsam2``),
+  ``medsam2_ctlesion``, ``medsam2_mri_liverlesion``, ``medsam2_us_heart``, ``medsam2_2411``.
+  No checksum is published outside the Hub's own pages, so none is pinned: like LiteMedSAM,
+  the SHA-256 of the first file installed is recorded (``record_checksum``) and every file is
+  validated by its structure (471 keys, the Hiera-tiny shapes;
+  ``models.medsam2.engine.load_medsam2_state_dict``).
 
 Downloads stream to ``<file>.part`` in ``config.weights_dir()``, are checked (length,
 checksum, and by loading the weights), and only then renamed into place; a failed or partial
@@ -65,7 +73,7 @@ class KnownModel:
     md5: str | None
     size_bytes: int | None  # exact size when published (verified), else None
     approx_mib: int
-    kind: str  # "sam" (MedSAM / SAM ViT-B), "universeg" or "litemedsam"
+    kind: str  # "sam" (MedSAM / SAM ViT-B), "universeg", "litemedsam" or "medsam2"
     note: str = ""
     record_checksum: bool = False  # no published checksum: record the first file's SHA-256, verify later
 
@@ -129,6 +137,39 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 }
 ALIASES = {"medsam": "medsam_vit_b", "sam": "sam_vit_b", "universeg": "universeg_v1", "lite_medsam": "litemedsam",
            "litemedsam_v1": "litemedsam"}
+
+# ------------------------------------------------------------------ MedSAM2 (issue 14)
+MEDSAM2_REPO = "https://huggingface.co/wanglab/MedSAM2"
+MEDSAM2_FILES = {  # name -> (file, title, note)
+    "medsam2_latest": ("MedSAM2_latest.pt", "MedSAM2 (latest)",
+                       "Recommended: the latest general MedSAM2 (CT, MRI, PET, ultrasound, video)."),
+    "medsam2_ctlesion": ("MedSAM2_CTLesion.pt", "MedSAM2 CT lesion", "Fine-tuned for CT lesions."),
+    "medsam2_mri_liverlesion": ("MedSAM2_MRI_LiverLesion.pt", "MedSAM2 MRI liver lesion",
+                                "Fine-tuned for liver lesions on MRI."),
+    "medsam2_us_heart": ("MedSAM2_US_Heart.pt", "MedSAM2 ultrasound heart",
+                         "Fine-tuned for echocardiography (heart ultrasound)."),
+    "medsam2_2411": ("MedSAM2_2411.pt", "MedSAM2 (2024-11)", "The first MedSAM2 release (November 2024)."),
+}
+MEDSAM2_NAMES = tuple(MEDSAM2_FILES)
+for _name, (_file, _title, _note) in MEDSAM2_FILES.items():
+    KNOWN_MODELS[_name] = KnownModel(
+        name=_name, title=_title, filename=_file, url=f"{MEDSAM2_REPO}/resolve/main/{_file}",
+        source=f"{MEDSAM2_REPO} (code: https://github.com/bowang-lab/MedSAM2)", sha256=None, md5=None,
+        size_bytes=None, approx_mib=149, kind="medsam2",
+        note=_note + " No checksum is published; the SHA-256 is recorded on first install and the file "
+                     "is validated by its structure (471 keys, SAM2.1 Hiera-tiny shapes).",
+        record_checksum=True)
+ALIASES["medsam2"] = "medsam2_latest"
+
+
+def resolve_medsam2() -> Path | None:
+    """The MedSAM2 weights to use: the first installed of ``MEDSAM2_NAMES`` (latest first)."""
+    for name in MEDSAM2_NAMES:
+        found = resolve(name)
+        if found is not None:
+            return found
+    return None
+
 
 ProgressCallback = Callable[[int, "int | None"], None]
 
@@ -220,6 +261,7 @@ def list_models() -> list[dict]:
         d = asdict(m)
         p = resolve(m.name)
         d["path"] = str(p) if p else None
+        d["sha256_recorded"] = recorded_sha256(m.name) if m.record_checksum else None
         out.append(d)
     return out
 
@@ -229,6 +271,11 @@ def list_models() -> list[dict]:
 def validate_file(name: str, path: str | os.PathLike) -> None:
     """Load ``path`` as weights of ``name`` (strictly); raises CheckpointError if unusable."""
     model = get_model(name)
+    if model.kind == "medsam2":
+        from .medsam2.engine import load_medsam2_state_dict
+
+        load_medsam2_state_dict(path)
+        return
     if model.kind == "sam":
         from .medsam import load_medsam_state_dict
 
