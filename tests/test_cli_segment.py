@@ -9,7 +9,6 @@ import torch
 
 from medsam_gui import api
 from medsam_gui.cli import main
-from medsam_gui.commands import segment as segment_cmd
 from medsam_gui.core.intensity import WINDOW_PRESETS, volume_to_uint8, window_bounds
 from medsam_gui.io import load_volume
 from medsam_gui.models.embedding_cache import embedding_key

@@ -4,7 +4,6 @@ of float64 temporaries a 512 x 512 x 300 CT used to cost when opened."""
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsam_gui.core.labels import LabelInfo, default_table
+from medsam_gui.core.labels import default_table
 from medsam_gui.errors import ExportError, GeometryMismatchError, ScanReadError
 from medsam_gui.io import load_labels, load_volume, read_label_description, save_labels
 from medsam_gui.io.readers import lps_geometry_to_ras_affine

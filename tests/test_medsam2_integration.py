@@ -7,11 +7,8 @@ real lung CT, and ``medsam-gui segment --engine medsam2`` (output on the scan's 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
-import socket
-import threading
 
 import numpy as np
 import pytest
@@ -23,6 +20,7 @@ from medsam_gui import api, config
 from medsam_gui.cli import main
 from medsam_gui.errors import CheckpointError, MedsamGuiError, WeightsDownloadError
 from medsam_gui.models import weights as manager
+from weights_server import serve_files
 
 KEY, BOX = 33, (206, 347, 229, 368)
 NAMES = ["medsam2_latest", "medsam2_ctlesion", "medsam2_mri_liverlesion", "medsam2_us_heart", "medsam2_2411"]
@@ -32,40 +30,10 @@ FILES = ["MedSAM2_latest.pt", "MedSAM2_CTLesion.pt", "MedSAM2_MRI_LiverLesion.pt
 
 # ---------------------------------------------------------------- model manager
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict = {}
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        entry = self.files.get(self.path)
-        if entry is None:
-            self.send_error(404, "Not Found")
-            return
-        data, mode = entry
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if mode == "truncate":
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        for i in range(0, len(data), 1 << 20):
-            self.wfile.write(data[i:i + (1 << 20)])
-
-
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler.files
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_files() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -4,52 +4,20 @@ resolve, URL overrides."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import socket
-import threading
-from pathlib import Path
 
 import pytest
 
 from medsam_gui import config
 from medsam_gui.errors import CheckpointError, MedsamGuiError, WeightsDownloadError
 from medsam_gui.models import weights as manager
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict = {}
-
-    def log_message(self, *a):  # keep test output quiet
-        pass
-
-    def do_GET(self):
-        entry = self.files.get(self.path)
-        if entry is None:
-            self.send_error(404, "Not Found")
-            return
-        data, mode = entry
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if mode == "truncate":
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        for i in range(0, len(data), 4096):
-            self.wfile.write(data[i:i + 4096])
+from weights_server import serve_files
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler.files
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_files() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -488,11 +488,7 @@ class MedSAMPanel(QWidget):
         Returns the WorkerHandle, or None when it could not start (for MedSAM2 also while its
         weights load: the run then starts by itself once they are loaded)."""
         c = self.controller
-        if c.volume is None:
-            c.show_error("Open a scan first (File > Open scan…).")
-            return None
-        if self.propagating:
-            c.status("A propagation is already running.")
+        if not self._can_propagate():
             return None
         axis = self._axis() if axis is None else int(axis)
         label = int(c.active_label if label is None else label)
@@ -558,17 +554,24 @@ class MedSAMPanel(QWidget):
         """Open MedSAM2's weights dialog (non-blocking); accepted weights are loaded at once."""
         return self.medsam2_loader.show_dialog(reason)
 
+    def _can_propagate(self) -> bool:
+        """True with a scan open and no propagation running (else the user is told why)."""
+        c = self.controller
+        if c.volume is None:
+            c.show_error("Open a scan first (File > Open scan…).")
+            return False
+        if self.propagating:
+            c.status("A propagation is already running.")
+            return False
+        return True
+
     def propagate_medsam2(self, axis: int | None = None, limits: tuple[int, int] | None = None,
                           label: int | None = None):
         """MedSAM2 from the key slice's box or RECIST line of ``label`` (default: active) on display
         ``axis`` within ``limits`` (default: the group's range); see :mod:`.medsam2_run`.
         Returns the WorkerHandle, or None (not started; while the weights load it starts later)."""
         c = self.controller
-        if c.volume is None:
-            c.show_error("Open a scan first (File > Open scan…).")
-            return None
-        if self.propagating:
-            c.status("A propagation is already running.")
+        if not self._can_propagate():
             return None
         axis = self._axis() if axis is None else int(axis)
         label = int(c.active_label if label is None else label)
