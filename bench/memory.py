@@ -361,11 +361,11 @@ def run(args, tmp: Path, place: dict) -> int:
     # (e) ------------------------------------------------------------------ 3D propagation
     r = int(args.radius)
     n = int(c.display_labels().shape[0])
-    panel.from_spin.setValue(max(0, k - r))
-    panel.to_spin.setValue(min(n - 1, k + r))
+    panel.propagation_box.from_spin.setValue(max(0, k - r))
+    panel.propagation_box.to_spin.setValue(min(n - 1, k + r))
     finished = []
     panel.propagation_finished.connect(lambda s: finished.append(s))
-    panel.propagate_button.click()
+    panel.propagation_box.propagate_button.click()
     wait_until(app, lambda: bool(finished), 120 * (2 * r + 1) + 120, "the propagation")
     stage("e. propagate 3D", f"{finished[-1]}: {len(panel.last_propagation)} slices")
 
