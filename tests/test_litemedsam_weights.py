@@ -16,6 +16,7 @@ import torch
 from medsam_gui import config
 from medsam_gui.errors import CheckpointError, WeightsDownloadError
 from medsam_gui.models import weights as manager
+from medsam_gui.models.download_pages import confirmation_url
 
 import litemedsam_helpers as H
 
@@ -132,15 +133,15 @@ def test_confirmation_url_forms():
             '<input type="submit" value="Download anyway"><input type="hidden" name="id" value="ABC">'
             '<input type="hidden" name="export" value="download"><input type="hidden" name="confirm" value="t">'
             '<input type="hidden" name="uuid" value="u-1"></form>')
-    assert manager.confirmation_url(page, "https://drive.google.com/uc?id=ABC") == (
+    assert confirmation_url(page, "https://drive.google.com/uc?id=ABC") == (
         "https://drive.usercontent.google.com/download?id=ABC&export=download&confirm=t&uuid=u-1")
     old = '<a href="/uc?export=download&amp;confirm=TOK&amp;id=ABC">Download anyway</a>'
-    assert manager.confirmation_url(old, "https://drive.google.com/uc?export=download&id=ABC") == (
+    assert confirmation_url(old, "https://drive.google.com/uc?export=download&id=ABC") == (
         "https://drive.google.com/uc?export=download&confirm=TOK&id=ABC")
-    assert manager.confirmation_url("<p>no</p>", "https://drive.google.com/uc?export=download&id=ABC",
+    assert confirmation_url("<p>no</p>", "https://drive.google.com/uc?export=download&id=ABC",
                                     {"download_warning_x": "C00K"}) == (
         "https://drive.google.com/uc?export=download&id=ABC&confirm=C00K")
-    assert manager.confirmation_url("<html><title>Quota exceeded</title></html>", "https://x/y") is None
+    assert confirmation_url("<html><title>Quota exceeded</title></html>", "https://x/y") is None
 
 
 def test_drive_download_via_confirmation_page_records_checksum(drive, lite_bytes, monkeypatch):
