@@ -27,7 +27,6 @@ a freshly embedded slice decodes exactly like ``engine.decode(engine.embed_slice
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -39,13 +38,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, MedsamGuiError
+from .box_decoder_thread import NO_ENGINE, BoxDecoderThread
 from .engine import EmbeddingCancelled
 
 log = logging.getLogger(__name__)
 
 KEEP_FLOAT32 = 16
-WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared
-NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
 
 
 class PredictorListener:
@@ -147,16 +145,8 @@ class VolumePredictor:
         self.embed_seconds: list[tuple[int, float]] = []
         self.last_message = ""
         self.device_notice = ""
-        # decoder thread
-        self._dcond = threading.Condition()
-        self._djobs: OrderedDict[Any, tuple] = OrderedDict()
-        self._latest: dict[Any, int] = {}
-        self._gen = itertools.count(1)
-        self._dthread: threading.Thread | None = None
-        self._dstop = False
         self._closed = False
-        self._warm: tuple[int, float] | None = None  # (index, monotonic time due)
-        self.prepared: list[int] = []  # slices whose decoder work was done ahead (newest last)
+        self._decoder = BoxDecoderThread(self)
         if engine is not None:
             self.set_engine(engine)
 
@@ -386,12 +376,7 @@ class VolumePredictor:
         end = time.monotonic() + timeout
         self._closed = True
         self._stop_scheduler(wait=True, timeout=timeout)
-        with self._dcond:
-            self._dstop = True
-            self._djobs.clear()
-            self._warm = None
-            self._dcond.notify_all()
-            threads = [self._dthread] if self._dthread is not None else []
+        threads = self._decoder.stop()
         with self._lock:
             threads += self._threads
         for t in threads:
@@ -565,117 +550,19 @@ class VolumePredictor:
         """Decode ``box`` on slice ``index`` on the decoder thread; ``listener.mask_ready`` (or
         ``mask_failed``) follows. A newer request with the same ``token`` supersedes an older one
         still queued. Returns the request's generation number."""
-        gen = next(self._gen)
-        scan = self._scan
-        axis = None if scan is None else scan.axis
-        with self._dcond:
-            self._latest[token] = gen
-            self._djobs.pop(token, None)
-            self._djobs[token] = (token, int(index), tuple(float(v) for v in box), gen, axis)
-            self._ensure_decoder_thread()
-            self._dcond.notify_all()
-        return gen
+        return self._decoder.submit(token, index, box, self.axis)
 
     def warm_decoder(self, index: int, delay: float | None = None) -> None:
         """Do the decoder's box-independent work for slice ``index`` on the decoder thread once
-        its embedding exists, so the first box there is answered at the cached speed.
-
-        Runs only while no box waits, ``delay`` seconds (default :data:`WARM_DELAY_S`) after
-        the request (only the newest slice asked for is prepared)."""
-        wait = WARM_DELAY_S if delay is None else max(0.0, float(delay))
-        with self._dcond:
-            if self._closed:
-                return
-            self._warm = (int(index), time.monotonic() + wait)
-            self._ensure_decoder_thread()
-            self._dcond.notify_all()
+        its embedding exists, so the first box there is answered at the cached speed (only while
+        no box waits, ``delay`` seconds after the request; only the newest slice is prepared)."""
+        if not self._closed:
+            self._decoder.warm(index, delay)
 
     def is_latest(self, token, gen: int) -> bool:
-        with self._dcond:
-            return self._latest.get(token) == gen
+        return self._decoder.is_latest(token, gen)
 
-    def _ensure_decoder_thread(self) -> None:  # caller holds self._dcond
-        if self._closed:
-            return
-        self._dstop = False
-        if self._dthread is None or not self._dthread.is_alive():
-            self._dthread = threading.Thread(target=self._decode_loop, name="medsam-decoder", daemon=True)
-            self._dthread.start()
-
-    def _run_warm(self, index: int) -> None:
-        """Decoder thread: the work of :meth:`warm_decoder` (errors are only logged: the box
-        that follows reports them)."""
-        scan = self._scan
-        if scan is None or scan.engine is None or not self._ready.is_set():
-            return
-        try:
-            emb = self.cached(index)
-            if emb is not None and scan.engine.prepare_decoder(emb):
-                self.prepared.append(int(index))
-                del self.prepared[:-64]
-        except Exception:  # noqa: BLE001 - a warm-up must never disturb the user
-            log.debug("decoder warm-up for slice %s failed", index, exc_info=True)
-
-    def _next_decoder_job(self):
-        """Wait for a box (returns the job) or a due warm-up (returns its index as an int);
-        None when stopped. Caller holds nothing."""
-        with self._dcond:
-            while not self._djobs and not self._dstop:
-                if self._warm is not None:
-                    due = self._warm[1] - time.monotonic()
-                    if due <= 0:
-                        index, self._warm = self._warm[0], None
-                        return index
-                    self._dcond.wait(due)
-                else:
-                    self._dcond.wait()
-            if self._dstop:
-                return None
-            return self._djobs.popitem(last=False)[1]
-
-    def _decode_loop(self) -> None:
-        while True:
-            job = self._next_decoder_job()
-            if job is None:
-                return
-            if isinstance(job, int):
-                self._run_warm(job)
-                continue
-            token, index, box, gen, axis = job
-            if not self.is_latest(token, gen):
-                continue
-            try:
-                scan = self._scan  # the window may have changed since: the box (pixels) still holds
-                if scan is None or scan.axis != axis:
-                    raise MedsamGuiError("The scan or view changed before the box could be segmented; draw it again.")
-                if scan.engine is None:
-                    raise CheckpointError(NO_ENGINE)
-                emb = self.cached(index) if self._ready.is_set() else None
-                if emb is None:
-                    fut = self.request(index)
-                    self.listener.waiting(token, index)
-                    fut.add_done_callback(lambda f, job=job: self._requeue(job, f))
-                    continue
-                t0 = time.perf_counter()
-                mask = np.asarray(scan.engine.decode(emb, box, scan.hw), dtype=bool)
-                ms = (time.perf_counter() - t0) * 1000.0
-            except BaseException as exc:  # noqa: BLE001 - reported to the listener
-                self.listener.mask_failed(token, exc)
-                continue
-            self.listener.mask_ready(token, index, box, mask, ms, gen)
-
-    def _requeue(self, job, fut: Future) -> None:
-        token, index, box, gen, axis = job
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None and not isinstance(exc, EmbeddingCancelled):
-            if self.is_latest(token, gen):
-                self.listener.mask_failed(token, exc)
-            return
-        # done, or cancelled because the scheduler was replaced (new window): decode again
-        with self._dcond:
-            if self._latest.get(token) != gen or token in self._djobs or self._dstop:
-                return
-            self._djobs[token] = job
-            self._dcond.notify_all()
+    @property
+    def prepared(self) -> list[int]:
+        """Slices whose decoder work was done ahead (newest last)."""
+        return self._decoder.prepared

@@ -1,0 +1,162 @@
+"""The volume predictor's decoder thread: interactive boxes answered off the GUI thread.
+
+Boxes are queued per ``token`` (a newer box with the same token replaces a queued older one) and
+decoded as soon as their slice's embedding exists; a box whose slice is not embedded yet asks
+the predictor for it, reports ``listener.waiting`` and is decoded when it arrives. While no box
+waits, the slice on screen gets its box-independent decoder work done ahead (``warm``), so its
+first box is answered at the cached speed. Results go to the predictor's listener.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, MedsamGuiError
+from .engine import EmbeddingCancelled
+
+log = logging.getLogger(__name__)
+
+WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared
+NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
+
+
+class BoxDecoderThread:
+    """One decoder thread for a :class:`~medsam_gui.models.volume_predictor.VolumePredictor`
+    (started on the first box or warm-up; :meth:`stop` ends it)."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor = predictor
+        self._cond = threading.Condition()
+        self._jobs: OrderedDict[Any, tuple] = OrderedDict()
+        self._latest: dict[Any, int] = {}
+        self._gen = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._warm: tuple[int, float] | None = None  # (index, monotonic time due)
+        self.prepared: list[int] = []  # slices whose decoder work was done ahead (newest last)
+
+    def submit(self, token, index: int, box, axis: int | None) -> int:
+        """Queue ``box`` on slice ``index`` (of ``axis``); returns the request's generation."""
+        gen = next(self._gen)
+        with self._cond:
+            self._latest[token] = gen
+            self._jobs.pop(token, None)
+            self._jobs[token] = (token, int(index), tuple(float(v) for v in box), gen, axis)
+            self._ensure_thread()
+            self._cond.notify_all()
+        return gen
+
+    def warm(self, index: int, delay: float | None = None) -> None:
+        """Prepare slice ``index`` ``delay`` s from now (default :data:`WARM_DELAY_S`) if no box
+        waits then; a newer call replaces an older one."""
+        wait = WARM_DELAY_S if delay is None else max(0.0, float(delay))
+        with self._cond:
+            if self._stopped:
+                return
+            self._warm = (int(index), time.monotonic() + wait)
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def is_latest(self, token, gen: int) -> bool:
+        with self._cond:
+            return self._latest.get(token) == gen
+
+    def stop(self) -> list[threading.Thread]:
+        """Drop the queue and end the thread; returns the thread to join (if any)."""
+        with self._cond:
+            self._stopped = True
+            self._jobs.clear()
+            self._warm = None
+            self._cond.notify_all()
+            return [self._thread] if self._thread is not None else []
+
+    def _ensure_thread(self) -> None:  # caller holds self._cond
+        if self._stopped:
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="medsam-decoder", daemon=True)
+            self._thread.start()
+
+    def _next_job(self):
+        """Wait for a box (returns the job) or a due warm-up (returns its index as an int);
+        None when stopped."""
+        with self._cond:
+            while not self._jobs and not self._stopped:
+                if self._warm is not None:
+                    due = self._warm[1] - time.monotonic()
+                    if due <= 0:
+                        index, self._warm = self._warm[0], None
+                        return index
+                    self._cond.wait(due)
+                else:
+                    self._cond.wait()
+            if self._stopped:
+                return None
+            return self._jobs.popitem(last=False)[1]
+
+    def _prepare(self, index: int) -> None:
+        """The work of :meth:`warm` (errors are only logged: the box that follows reports them)."""
+        engine = self.predictor.engine
+        try:
+            emb = self.predictor.cached(index)
+            if engine is not None and emb is not None and engine.prepare_decoder(emb):
+                self.prepared.append(int(index))
+                del self.prepared[:-64]
+        except Exception:  # noqa: BLE001 - a warm-up must never disturb the user
+            log.debug("decoder warm-up for slice %s failed", index, exc_info=True)
+
+    def _loop(self) -> None:
+        p = self.predictor
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            if isinstance(job, int):
+                self._prepare(job)
+                continue
+            token, index, box, gen, axis = job
+            if not self.is_latest(token, gen):
+                continue
+            try:
+                hw = p.slice_hw()  # the window may have changed since: the box (pixels) still holds
+                if hw is None or p.axis != axis:
+                    raise MedsamGuiError("The scan or view changed before the box could be segmented; draw it again.")
+                if p.engine is None:
+                    raise CheckpointError(NO_ENGINE)
+                emb = p.cached(index)
+                if emb is None:
+                    fut = p.request(index)
+                    p.listener.waiting(token, index)
+                    fut.add_done_callback(lambda f, job=job: self._requeue(job, f))
+                    continue
+                t0 = time.perf_counter()
+                mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
+                ms = (time.perf_counter() - t0) * 1000.0
+            except BaseException as exc:  # noqa: BLE001 - reported to the listener
+                p.listener.mask_failed(token, exc)
+                continue
+            p.listener.mask_ready(token, index, box, mask, ms, gen)
+
+    def _requeue(self, job, fut: Future) -> None:
+        token, index, box, gen, axis = job
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and not isinstance(exc, EmbeddingCancelled):
+            if self.is_latest(token, gen):
+                self.predictor.listener.mask_failed(token, exc)
+            return
+        # done, or cancelled because the scheduler was replaced (new window): decode again
+        with self._cond:
+            if self._latest.get(token) != gen or token in self._jobs or self._stopped:
+                return
+            self._jobs[token] = job
+            self._cond.notify_all()
