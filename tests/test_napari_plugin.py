@@ -32,19 +32,6 @@ CT_NRRD = "dcmqi_ct3slice_liver/ct_3slice.nrrd"
 PERMUTED = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _earlier_windows_collected(qapp):
-    """make_napari_viewer fails when a QtViewer of an earlier test is still in memory, and checks
-    after a young-generation collection only: app windows closed by earlier modules are cyclic
-    garbage that may sit in the oldest generation, so collect it all before this module."""
-    import gc
-
-    from qtpy.QtCore import QCoreApplication, QEvent
-
-    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
-    gc.collect()
-
-
 @pytest.fixture(scope="module")
 def pm():
     """npe2's plugin manager, which found medsam-gui through its installed entry point."""

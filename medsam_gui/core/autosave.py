@@ -60,7 +60,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..errors import ExportError, MedsamGuiError, SessionError
 from .atomic import describe_os_error
-from .session import SESSION_JSON, SESSION_SUFFIX, Session, load_session, read_session_summary, save_session
+from .session import SESSION_SUFFIX, Session, load_session, read_session_summary, save_session
 
 try:  # POSIX
     import fcntl
