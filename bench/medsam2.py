@@ -1,7 +1,10 @@
 """MedSAM2 on this machine: per-slice encoder, one propagation step (memory attention +
 decoder + memory encoder, encoder excluded), and a crop of the lung CT end to end (box on
 the lesion's largest slice, forward + backward passes, union, largest component), with the
-peak memory of the process.
+peak memory of the process. In the same run, the baseline: the slice-by-slice method (core
+propagation: each slice re-prompted with a box grown from the previous mask) with LiteMedSAM's
+fast path over the same z-range, and MedSAM ViT-B's per-slice encoder time for scale (its full
+run is that time times the slices visited; ``--vit-b-slices 0`` skips it).
 
 Without ``--checkpoint`` the golden rule weights (crc32-randn-v1, seed 2024, object-score
 bias +1 as in tests/golden) are used: timings are the real model's, masks are noise.
@@ -44,6 +47,7 @@ def main():
     ap.add_argument("--encoder-slices", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6, help="propagation steps timed alone")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--vit-b-slices", type=int, default=1, help="MedSAM ViT-B encoder passes timed (0: none)")
     args = ap.parse_args()
     torch = C.setup_torch(args.threads)
     from medsam_gui.io import load_volume
@@ -107,6 +111,46 @@ def main():
           f"first slice shown after {first:.1f} s; lesion mask {int(job.result.sum())} voxels on "
           f"{int(job.result.any(axis=(1, 2)).sum())} slices")
     print(f"peak RSS during the run: {rss.peak:.0f} MiB (process), load average now {C.load()}")
+    baseline(torch, hu, label, key, box, (z0, z1), job.result, args.vit_b_slices, wall)
+
+
+def baseline(torch, hu, label, key, box, z_range, medsam2_mask, vit_b_slices, medsam2_wall):
+    """The slice-by-slice method on the same lesion and z-range (LiteMedSAM fast path, random
+    weights seed 0), and MedSAM ViT-B's encoder per slice."""
+    from medsam_gui.core.intensity import volume_to_uint8
+    from medsam_gui.core.propagation import propagate
+    from medsam_gui.models.agreement import dice
+    from medsam_gui.models.litemedsam import LiteMedSAMEngine, build_litemedsam
+    from medsam_gui.models.medsam import MedSAMEngine
+
+    u8 = volume_to_uint8(hu, "CT", (-160.0, 240.0))
+    torch.manual_seed(0)
+    lite = LiteMedSAMEngine({k: v.detach().clone() for k, v in build_litemedsam().state_dict().items()},
+                            device="cpu", precision="fast")
+    lite.embed([np.ascontiguousarray(u8[key])])  # build + warm-up, excluded
+    out = np.zeros(u8.shape, bool)
+    embs = {}
+
+    def segment(i, b):
+        if i not in embs:
+            embs[i] = lite.embed([np.ascontiguousarray(u8[i])])[0]
+        return lite.decode(embs[i], b, u8[i].shape)
+
+    t = time.perf_counter()
+    for r in propagate(u8.shape, {key: box}, segment, limits=z_range):
+        out[r.index] = r.mask
+    wall = time.perf_counter() - t
+    print(f"baseline, slice by slice with LiteMedSAM (fast path, random weights): {wall:.1f} s for "
+          f"{len(embs)} slices visited ({wall / max(len(embs), 1):.2f} s/slice); MedSAM2 end to end took "
+          f"{medsam2_wall:.1f} s ({medsam2_wall / max(wall, 1e-9):.2f}x the baseline); "
+          f"3D Dice between the two (noise weights, for orientation only): {dice(out, medsam2_mask):.3f}")
+    if vit_b_slices:
+        sd, _ = C.checkpoint_state_dict(None)
+        vit = MedSAMEngine(sd, device="cpu", precision="fp32")
+        times = [C.timed(vit.embed_slice, np.ascontiguousarray(u8[key + i]))[0] for i in range(vit_b_slices)]
+        per = float(np.median(times))
+        print(f"baseline, MedSAM ViT-B (fp32, the reference path): encoder {per:.2f} s/slice, so about "
+              f"{per * len(embs):.0f} s for the {len(embs)} slices the slice-by-slice method visits")
 
 
 if __name__ == "__main__":

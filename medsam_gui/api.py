@@ -26,15 +26,13 @@ import numpy as np
 from .core.volume import Volume
 from .errors import CheckpointError, MedsamGuiError
 from .io import load_volume, save_labels
+from .models.box_engines import BOX_ENGINES
 
 __all__ = ["load_volume", "save_labels", "load_engine", "open_predictor", "segment_box", "segment_recist",
            "propagate", "segment_rest", "measure", "ENGINES"]
 __all__ += ["load_medsam2", "segment_lesion_3d"]  # MedSAM2 (issue 14)
 
-ENGINES = {  # engine name -> (model-manager weights name, display name)
-    "medsam": ("medsam_vit_b", "MedSAM"),
-    "litemedsam": ("litemedsam", "LiteMedSAM"),
-}
+ENGINES = {name: (info.weights, info.title) for name, info in BOX_ENGINES.items()}  # name -> (weights, title)
 
 
 def resolve_path(path, what: str):

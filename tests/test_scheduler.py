@@ -217,3 +217,61 @@ def test_real_engine_in_background():
     m32 = eng.decode(emb, g["box_xyxy"], hw)
     m16 = eng.decode(emb16, g["box_xyxy"], hw)
     assert m32.shape == hw and (m32 != m16).mean() < 0.02
+
+
+def test_background_slice_yields_to_a_request_and_is_done_later():
+    """A background pass is abandoned at a stop point when a slice is requested: the request is
+    answered first, the abandoned slice is queued again, nothing is reported as failed."""
+    from medsam_gui.models.engine import EncoderInterrupted
+
+    holder, calls, started = [], [], threading.Event()
+    errors = []
+
+    def embed(index):
+        calls.append(index)
+        if index == 0:
+            started.set()
+        for _ in range(200):  # 200 "encoder blocks" of 5 ms, a stop point before each
+            if holder[0].should_yield():
+                raise EncoderInterrupted("stopped")
+            time.sleep(0.005)
+        return torch.full((1, 256, 64, 64), float(index))
+
+    s = EmbeddingScheduler(embed, key_fn, 6, _cache(), focus=0, neighbours=1, autostart=False,
+                           on_error=errors.append)
+    holder.append(s)
+    s.start()
+    try:
+        assert started.wait(5)
+        fut = s.request(5)
+        assert float(fut.result(10)[0, 0, 0, 0]) == 5.0
+        assert s.yielded == [0]
+        assert s.wait_idle(20)
+    finally:
+        s.stop()
+    assert calls[:3] == [0, 5, 0] and sorted(set(calls)) == [0, 1, 5]
+    assert errors == [] and not s.errors
+    assert s.progress() == (3, 0)
+
+
+def test_requested_slice_never_yields():
+    from medsam_gui.models.engine import EncoderInterrupted
+
+    holder, gate = [], threading.Event()
+
+    def embed(index):
+        gate.wait(5)
+        if holder[0].should_yield():
+            raise EncoderInterrupted("stopped")
+        return torch.full((1, 256, 64, 64), float(index))
+
+    s = EmbeddingScheduler(embed, key_fn, 10, _cache(), focus=None, autostart=False)
+    holder.append(s)
+    s.start()
+    try:
+        first, second = s.request(3), s.request(7)  # 3 is in the encoder when 7 is asked for
+        gate.set()
+        assert float(first.result(10)[0, 0, 0, 0]) == 3.0 and float(second.result(10)[0, 0, 0, 0]) == 7.0
+    finally:
+        s.stop()
+    assert s.yielded == []

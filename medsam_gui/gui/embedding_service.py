@@ -128,6 +128,9 @@ class EmbeddingService(QObject):
     def slice_hw(self) -> tuple[int, int] | None:
         return self.predictor.slice_hw()
 
+    def embedding_progress(self):
+        return self.predictor.embedding_progress()
+
     # ------------------------------------------------------------------ configuration
     def set_engine(self, engine) -> None:
         self.predictor.set_engine(engine)

@@ -1,6 +1,8 @@
-"""Loading MedSAM's weights for the MedSAM dock: find them with the model manager, build the
-:class:`~medsam_gui.models.medsam.MedSAMEngine` off the GUI thread (``controller.run_worker``),
-and open the weights dialog when there are none or they cannot be used.
+"""Loading a box-prompt engine's weights for the MedSAM dock: find them with the model manager,
+build the engine off the GUI thread (``controller.run_worker``), and open the weights dialog
+when there are none or they cannot be used. :class:`EngineLoader` loads MedSAM ViT-B,
+:class:`LiteMedSAMLoader` LiteMedSAM; ``LOADERS`` maps the engine names of
+``models.box_engines`` to them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class EngineLoader(QObject):
 
     MODEL_NAME = MODEL_NAME
     TITLE = "MedSAM"
+    ENGINE = "medsam"
 
     loading = Signal(str)
     loaded = Signal(object)
@@ -44,11 +47,11 @@ class EngineLoader(QObject):
     def busy(self) -> bool:
         return self._handle is not None and not self._handle.finished
 
-    @staticmethod
-    def installed_weights() -> Path | None:
+    @classmethod
+    def installed_weights(cls) -> Path | None:
         from ..models import weights as manager
 
-        return manager.resolve(MODEL_NAME)
+        return manager.resolve(cls.MODEL_NAME)
 
     def ensure(self, reason: str = "") -> None:
         """Start loading the installed weights, or ask for them when there are none."""
@@ -109,3 +112,20 @@ class EngineLoader(QObject):
         self.dialog = dlg
         dlg.open()
         return dlg
+
+
+class LiteMedSAMLoader(EngineLoader):
+    """:class:`EngineLoader` for LiteMedSAM (weights dialog of ``litemedsam``)."""
+
+    MODEL_NAME = "litemedsam"
+    TITLE = "LiteMedSAM"
+    ENGINE = "litemedsam"
+
+    @staticmethod
+    def build(path: Path, device: str, precision: str):
+        from ..models.litemedsam import LiteMedSAMEngine
+
+        return LiteMedSAMEngine(path, device=device, precision=precision)
+
+
+LOADERS = {loader.ENGINE: loader for loader in (EngineLoader, LiteMedSAMLoader)}

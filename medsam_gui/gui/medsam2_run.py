@@ -46,6 +46,7 @@ class MedSAM2Loader(EngineLoader):
 
     MODEL_NAME = "medsam2_latest"
     TITLE = "MedSAM2"
+    ENGINE = "medsam2"
 
     @staticmethod
     def installed_weights() -> Path | None:

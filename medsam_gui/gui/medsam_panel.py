@@ -58,8 +58,9 @@ from qtpy.QtWidgets import (
 
 from .. import config
 from ..errors import MedsamGuiError
+from ..models.box_engines import BOX_ENGINES
 from .embedding_service import EmbeddingService
-from .engine_loader import EngineLoader
+from .engine_choice import PanelEngineChoiceMixin
 from .measurements_panel import MeasurementsPanel
 from .medsam2_run import MedSAM2Loader
 from .panel_propagation import PanelPropagationMixin
@@ -79,19 +80,23 @@ DEFAULTS = {
     "device": "auto",
     "neighbours": 2,
     "prefetch_all": False,
+    "prefetch_all_lite": True,  # LiteMedSAM embeds the whole scan in the background
+    "engine": "",  # "" = the default (models.box_engines.default_box_engine)
     "background": True,
-    "prop_method": "slices",  # "slices" (MedSAM slice by slice) or "medsam2" (MedSAM2 with memory)
+    # "slices" (MedSAM slice by slice), "medsam2" (MedSAM2 with memory) or "" (MedSAM2 when installed)
+    "prop_method": "",
 }
 
 
-class MedSAMPanel(PanelPropagationMixin, QWidget):
+class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
     """The MedSAM dock widget (see the module docstring).
 
     Signals: ``slice_painted(axis, index)`` after a model result is written;
     ``propagation_finished(str)`` ("done", "cancelled" or "failed"); ``engine_changed(object)``.
     Attributes: ``service`` (EmbeddingService), ``prompts`` (PromptLayers), ``measurements``
     (the MeasurementsPanel it owns), ``segmentation`` (SliceSegmentation; ``timings``),
-    ``loader`` (EngineLoader), ``last_propagation`` (list of (index, kind, box) written by the
+    ``engine_name`` (the chosen box engine: "medsam" or "litemedsam"), ``loaders`` (an
+    EngineLoader per engine) and ``loader`` (the chosen one's), ``last_propagation`` (list of (index, kind, box) written by the
     last propagation).
     """
 
@@ -117,12 +122,12 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         self._waiting_engine: list[int] = []
         self.last_propagation: list[tuple] = []
         self._auto_load_tried = False
+        self.engine_name = self._initial_engine()
         self._build()
         self.prompts = PromptLayers(controller, self.recist_margin_spin.value, parent=self)
         self.segmentation = SliceSegmentation(controller, self.service, self.overwrite_check.isChecked,
                                               self._result_wanted, parent=self)
-        self.loader = EngineLoader(controller, self._dialog_parent,
-                                   lambda: (self.model_box.device, self.model_box.precision), parent=self)
+        self.loaders = self._make_loaders()
         self._medsam2_engine = None
         self._medsam2_pending: dict | None = None  # a MedSAM2 propagation waiting for its engine
         self.medsam2_loader = MedSAM2Loader(controller, self._dialog_parent,
@@ -178,10 +183,10 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         tl.addWidget(self.clear_button)
         layout.addWidget(tools)
 
-        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]), method=str(s["prop_method"]))
+        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]), method=self._initial_prop_method())
         layout.addWidget(self.propagation_box)
 
-        self.model_box = ModelBox(s, self._save)
+        self.model_box = ModelBox(s, self._save, self.engine_name)
         mb = self.model_box
         self.precision_combo, self.device_combo, self.weights_button = mb.precision_combo, mb.device_combo, mb.weights_button
         self.background_check, self.neighbours_spin = mb.background_check, mb.neighbours_spin
@@ -213,6 +218,7 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         self.recist_margin_spin.valueChanged.connect(lambda _v: self.prompts.update_recist_boxes())
         self.overwrite_check.toggled.connect(lambda v: self._save("overwrite_other", bool(v)))
         self.model_box.engine_settings_changed.connect(self._on_model_settings)
+        self.model_box.engine_chosen.connect(self.choose_engine)
         self.model_box.embed_settings_changed.connect(
             lambda: self.service.apply_settings(**self.model_box.embed_settings()))
 
@@ -221,9 +227,6 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         self.prompts.removed.connect(self.segmentation.keep_only)
         self.prompts.edited.connect(c.notify_state_changed)
         self.segmentation.painted.connect(self.slice_painted)
-        self.loader.loading.connect(lambda name: self.model_label.setText(f"Loading MedSAM from {name}…"))
-        self.loader.loaded.connect(self.set_engine)
-        self.loader.failed.connect(lambda: self.model_label.setText("MedSAM: weights not loaded"))
 
         c.volume_changed.connect(self._on_volume_changed)
         c.view_changed.connect(self._on_view_changed)
@@ -265,8 +268,14 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         return self.segmentation.timings
 
     def set_engine(self, engine) -> None:
-        """Use ``engine`` (a MedSAMEngine; None unloads). Starts background embedding."""
+        """Use ``engine`` (a MedSAMEngine or LiteMedSAMEngine; None unloads). Starts background
+        embedding (the whole scan for LiteMedSAM unless "Then all slices" is unticked)."""
         self._engine = engine
+        name = getattr(engine, "name", None)
+        if name in BOX_ENGINES and name != self.engine_name:  # injected (scripts, tests)
+            self.engine_name = name
+            self.model_box.show_engine(name)
+            self.service.apply_settings(**self.model_box.embed_settings())
         self.service.set_engine(engine)
         self._reconfigure()
         if engine is not None:
@@ -274,10 +283,11 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
 
             self.model_box.fill_devices(gpu=torch.cuda.is_available())
             dev = getattr(engine, "device", "?")
-            self.model_label.setText(f"MedSAM ready on {dev} ({getattr(engine, 'precision', 'fp32')})")
+            title = BOX_ENGINES[engine.name].title if getattr(engine, "name", None) in BOX_ENGINES else "MedSAM"
+            self.model_label.setText(f"{title} ready on {dev} ({getattr(engine, 'precision', 'fp32')})")
             self._segment_waiting()
         else:
-            self.model_label.setText("MedSAM: weights not loaded")
+            self.model_label.setText(f"{self.loader.TITLE}: weights not loaded")
         self.engine_changed.emit(engine)
 
     def set_segmenter(self, fn: Callable | None) -> None:
@@ -352,12 +362,13 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         self._reconfigure()
         if self._engine is None and self.segmentation.segmenter is None and not self._auto_load_tried:
             self._auto_load_tried = True
-            if EngineLoader.installed_weights() is not None:
+            if self.loader.installed_weights() is not None:
                 self.load_engine()
 
     def _on_view_changed(self, _view: str) -> None:
+        # the embeddings stay on their axis: a prompt drawn in the new view switches them
         self.propagation_box.update_limits()
-        self._reconfigure()
+        self._update_embed_label()
 
     def _on_window_changed(self, _lo: float, _hi: float) -> None:
         if self.controller.volume is not None and self.controller.volume.modality == "CT":
@@ -384,8 +395,14 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         except Exception:
             return
         state = "ready" if sv.has_embedding(idx) else "not embedded yet"
-        extra = f" — {sv.last_message}" if sv.last_message else ""
-        self.embed_label.setText(f"Slice {idx}: {state}{extra}")
+        names = ("axial", "coronal", "sagittal")
+        lines = [f"{names[sv.axis].capitalize()} slice {idx}: {state}"]
+        progress = sv.embedding_progress()
+        if progress is not None:
+            lines.append(progress.describe())
+        if sv.device_notice:
+            lines.append(sv.device_notice)
+        self.embed_label.setText("\n".join(lines))
 
     def _on_embed_started(self, index: int) -> None:
         self.controller.status(f"MedSAM: embedding slice {index}…", 0)

@@ -16,6 +16,16 @@ class PanelPropagationMixin:
     """Propagation methods of the MedSAM panel (uses its prompts, engines and groups)."""
 
     # ------------------------------------------------------------------ 3D propagation
+    def _initial_prop_method(self) -> str:
+        """The saved method, else MedSAM2 (memory) when its weights are installed, else slice
+        by slice."""
+        saved = str(self.settings["prop_method"])
+        if saved:
+            return saved
+        from ..models import weights as manager
+
+        return METHOD_MEDSAM2 if manager.resolve_medsam2() is not None else "slices"
+
     @property
     def propagating(self) -> bool:
         return self.propagation_box.running

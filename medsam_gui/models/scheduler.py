@@ -11,7 +11,10 @@ One worker thread computes embeddings one slice at a time, in this priority orde
 Finished embeddings go into an :class:`~medsam_gui.models.embedding_cache.EmbeddingCache`;
 a slice whose key is already cached is never recomputed, and one key is never computed twice
 at the same time. ``set_focus`` re-prioritises at once (the slice being computed finishes
-first: the cancel flag is checked between slices). Event hooks run on the worker thread:
+first: the cancel flag is checked between slices). A background slice yields to a request:
+``should_yield()`` turns true while one waits, the ``embed_fn`` passes it to the engine as a
+stop point, and the abandoned slice (:class:`~medsam_gui.models.engine.EncoderInterrupted`)
+goes back in the queue instead of failing. Event hooks run on the worker thread:
 ``on_started(index)``, ``on_done(index, seconds)``, ``on_error(exc)`` (the exception also
 has ``slice_index`` set and is stored in ``errors``). The GUI wraps these in Qt signals.
 """
@@ -22,13 +25,46 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import Future
 from typing import Callable, Iterator
 
 
 from .embedding_cache import EmbeddingCache
+from .engine import EncoderInterrupted
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddingProgress:
+    """Background embedding of one axis: ``done`` of ``total`` slices embedded, ``left`` planned
+    ones not yet, ``running`` the slice in the encoder (or None), ``seconds_per_slice`` recent."""
+
+    done: int
+    total: int
+    left: int
+    running: int | None
+    seconds_per_slice: float | None
+
+    @property
+    def seconds_left(self) -> float | None:
+        return None if self.seconds_per_slice is None else self.left * self.seconds_per_slice
+
+    def describe(self) -> str:
+        """E.g. "Embedded 40 / 120 slices · slice 57 running · about 1 min 10 s left"."""
+        parts = [f"Embedded {self.done} / {self.total} slices"]
+        if self.running is not None:
+            parts.append(f"slice {self.running} running")
+        secs = self.seconds_left
+        if self.left and secs is not None:
+            parts.append(f"about {_duration(secs)} left")
+        return " · ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
 
 
 def outward_order(focus: int, n: int, radius: int | None = None) -> Iterator[int]:
@@ -82,6 +118,7 @@ class EmbeddingScheduler:
         self.on_error = on_error
         self.errors: dict[int, BaseException] = {}
         self.computed: list[int] = []  # indices computed by this scheduler, in order
+        self.yielded: list[int] = []  # background slices abandoned for a request, in order
         self._cond = threading.Condition()
         self._focus: int | None = None if focus is None else int(focus)
         self._requests: deque[int] = deque()
@@ -89,6 +126,7 @@ class EmbeddingScheduler:
         self._done: set[int] = set()
         self._failed: set[int] = set()
         self._inflight: int | None = None
+        self._inflight_background = False
         self._stop = False
         self._thread: threading.Thread | None = None
         if autostart:
@@ -119,6 +157,11 @@ class EmbeddingScheduler:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop
+
+    @property
+    def running_index(self) -> int | None:
+        """The slice in the encoder now (None when idle)."""
+        return self._inflight
 
     @property
     def cancelled(self) -> bool:
@@ -163,6 +206,21 @@ class EmbeddingScheduler:
                 self._requests.append(index)
             self._cond.notify_all()
         return fut
+
+    def should_yield(self) -> bool:
+        """True while a background slice is embedded and a requested slice waits for it."""
+        with self._cond:
+            return self._inflight is not None and self._inflight_background and bool(self._requests)
+
+    def progress(self) -> tuple[int, int]:
+        """(slices embedded, slices planned and not embedded yet): the planned ones are the
+        requests and the focus's neighbourhood (the whole scan with ``prefetch_all``)."""
+        with self._cond:
+            focus, radius, requests = self._focus, (None if self.prefetch_all else self.neighbours), set(self._requests)
+        planned = requests | (set() if focus is None else set(outward_order(focus, self.n_slices, radius)))
+        done = sum(1 for i in range(self.n_slices) if self.cache.contains(self.key_fn(i)))
+        left = sum(1 for i in planned if not self.cache.contains(self.key_fn(i)))
+        return done, left
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is left to do (or timeout); True when idle."""
@@ -211,11 +269,25 @@ class EmbeddingScheduler:
             else:
                 f.set_result(result)
 
+    def _yield_back(self, index: int, background: bool) -> bool:
+        """After an interrupted pass: True when it was a background slice yielding to a
+        request (it is queued again if someone now waits for it)."""
+        with self._cond:
+            if self._stop or not background:
+                return False
+            self._inflight = None
+            self.yielded.append(index)
+            if self._futures.get(index) and index not in self._requests:
+                self._requests.append(index)
+            self._cond.notify_all()
+        return True
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 index = None
                 while not self._stop:
+                    background = not self._requests
                     index = self._next_index_locked()
                     if index is not None:
                         break
@@ -225,6 +297,7 @@ class EmbeddingScheduler:
                     self._cond.notify_all()
                     return
                 self._inflight = index
+                self._inflight_background = background
             key = self.key_fn(index)
             cached = self.cache.get(key)
             if cached is not None:
@@ -239,6 +312,8 @@ class EmbeddingScheduler:
                 emb = self.embed_fn(index)
                 self.cache.put(key, emb)
             except Exception as exc:  # noqa: BLE001 - reported to the listener and the futures
+                if isinstance(exc, EncoderInterrupted) and self._yield_back(index, background):
+                    continue
                 try:
                     exc.slice_index = index  # type: ignore[attr-defined]
                 except Exception:

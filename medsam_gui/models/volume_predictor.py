@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import CheckpointError, MedsamGuiError
 from .box_decoder_thread import NO_ENGINE, BoxDecoderThread
 from .engine import EmbeddingCancelled
+from .scheduler import EmbeddingProgress
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +294,8 @@ class VolumePredictor:
 
         scheduler = []
 
-        def stop() -> bool:  # abandon the pass when the scan changes or the app closes
-            return self._closed or (bool(scheduler) and scheduler[0].cancelled)
+        def stop() -> bool:  # the scan changed, the app closes, or a requested slice goes first
+            return self._closed or (bool(scheduler) and (scheduler[0].cancelled or scheduler[0].should_yield()))
 
         def embed_fn(index: int):
             emb = scan.engine.embed([scan.slice_uint8(index)], stop=stop)
@@ -363,6 +364,18 @@ class VolumePredictor:
             sched.set_focus(self._focus if self.background else None)
         if self._focus is not None:
             self.warm_decoder(self._focus)
+
+    def embedding_progress(self) -> "EmbeddingProgress | None":
+        """Where background embedding stands on the configured axis (None before the scan is
+        prepared or without an engine); the time left uses the median of the last slices."""
+        sched = self._scheduler
+        if sched is None:
+            return None
+        done, left = sched.progress()
+        recent = [s for _, s in self.embed_seconds[-9:]]
+        per = float(np.median(recent)) if recent else None
+        running = sched.running_index
+        return EmbeddingProgress(done, sched.n_slices, left, running, per)
 
     def pause_background(self, paused: bool) -> None:
         """Stop (True) / resume (False) background embedding; requests still run."""

@@ -1,0 +1,154 @@
+"""LiteMedSAM in the real app on a 512x512x300 CT (issue 13's session targets), in one run:
+
+- the whole scan embedded in the background (LiteMedSAM's default: slice on screen first, then
+  outward) while a 5 ms QTimer heartbeat measures the longest GUI-thread stall; the idle
+  heartbeat of the same run is the baseline;
+- box -> mask shown: p50/p90 of the panel's own timings (decode, paint, total) over ``--boxes``
+  boxes jittered around the lesion, drawn once the scan is embedded;
+- a 30-slice lesion propagated end to end through ``medsam_gui.api.propagate`` (fresh cache:
+  every slice embedded, then decoded), LiteMedSAM fast path;
+- peak RSS of the process over the whole session;
+- baseline: MedSAM ViT-B's reference encoder on one slice of the same scan (the time the same
+  background embedding would take with it is 300 x that).
+
+The scan is the lung CT tiled to ``--slices`` slices (bench/memory.py's ``prepare``). Random
+LiteMedSAM weights (seed 0) unless ``--checkpoint``; timings do not depend on them. Run under a
+display: ``xvfb-run -a python3 bench/litemedsam_app.py [--slices 300]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+import numpy as np
+from gui_stall_app import Heartbeat, spin
+from memory import prepare
+
+
+def lite_state_dict(torch, checkpoint):
+    from medsam_gui.models.litemedsam import build_litemedsam, load_litemedsam_state_dict
+
+    if checkpoint:
+        return load_litemedsam_state_dict(checkpoint), f"checkpoint {checkpoint}"
+    torch.manual_seed(0)
+    return {k: v.detach().clone() for k, v in build_litemedsam().state_dict().items()}, "random (seed 0)"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--boxes", type=int, default=20)
+    ap.add_argument("--propagate", type=int, default=30, help="slices of the propagated lesion")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    os.environ.setdefault("MEDSAM_GUI_HUGE_PAGES", "0")  # the GUI app's memory settings
+    torch = C.setup_torch(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lite-"))
+    os.environ["MEDSAM_GUI_HOME"] = str(tmp / "home")
+    place = prepare(tmp, args.slices)
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    from medsam_gui.app import build_app
+    from medsam_gui.gui import dialogs
+    from medsam_gui.models.litemedsam import LiteMedSAMEngine
+
+    dialogs.ask_unsaved = lambda parent, what: "discard"  # noqa: ARG005 - no modal dialogs here
+    print(f"# LiteMedSAM in the real app, {place['shape']} CT\nmachine: {C.machine()}\n")
+    with C.PeakRSS() as rss:
+        win = build_app(show=True)
+        win.qt_window.resize(1400, 900)
+        c, panel = win.controller, win.panels.medsam
+        c.open_scan(tmp / "scan.nii.gz", confirm=False)
+        c.wait_idle(120)
+        hb = Heartbeat()
+        hb.start()
+        t_end = time.perf_counter() + 2.0
+        spin(app, lambda: time.perf_counter() > t_end, 10)
+        hb.stop()
+        idle = hb.stall()
+        sd, what = lite_state_dict(torch, args.checkpoint)
+        engine = LiteMedSAMEngine(sd, device="cpu", precision="fast")
+        engine.embed([np.zeros((512, 512), np.uint8)])  # one-off build of the fast path, excluded
+        z_src, (x0, y0, x1, y1) = place["slice"], place["box"]
+        d0 = c.orientation.index_to_display([z_src, y0, x0])
+        d1 = c.orientation.index_to_display([z_src, y1, x1])
+        z = int(round(d0[0]))
+        box = (min(d0[2], d1[2]), min(d0[1], d1[1]), max(d0[2], d1[2]), max(d0[1], d1[1]))
+        c.set_current_slice(0, z)
+        hb.start()
+        t0 = time.perf_counter()
+        panel.set_engine(engine)  # LiteMedSAM: the whole scan in the background
+        n = c.volume.shape[0]
+        spin(app, lambda: (p := panel.service.embedding_progress()) is not None and p.done == n, 3600)
+        t_embed = time.perf_counter() - t0
+        hb.stop()
+        stall = hb.stall()
+        status = panel.embed_label.text().replace("\n", " | ")
+        rng = np.random.default_rng(0)
+        for _ in range(args.boxes):
+            jitter = rng.integers(-3, 4, 4)
+            done = []
+            panel.slice_painted.connect(lambda *a: done.append(a))
+            panel.segment_box(0, z, tuple(float(v) for v in np.asarray(box) + jitter), 1)
+            spin(app, lambda: bool(done), 60)
+            panel.slice_painted.disconnect()
+        t = panel.timings[-args.boxes:]
+        session_peak = rss.peak
+        win.close(force=True)
+
+    rows = [["idle heartbeat (baseline)", "2.0", f"{idle[0]:.1f}", f"{idle[1]:.1f}"],
+            [f"whole scan embedded in the background ({n} slices)", f"{t_embed:.1f}", f"{stall[0]:.1f}",
+             f"{stall[1]:.1f}"]]
+    print(f"weights: LiteMedSAM {what}\n")
+    print(C.table(["GUI-thread work", "s", "longest stall ms", "p99 beat gap ms"], rows))
+    print(f"\nembedding: {t_embed / n:.2f} s per slice; the dock said: {status}")
+    ms = {k: np.array([r[k] for r in t]) for k in ("decode_ms", "paint_ms", "total_ms")}
+    print("box -> mask shown over {} boxes: ".format(len(t)) + ", ".join(
+        f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
+    print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB")
+    propagate_end_to_end(sd, args.propagate)
+    vit_b_baseline(tmp, z_src, n, t_embed)
+    print(f"load average at the end: {C.load()}")
+
+
+def propagate_end_to_end(sd, n_slices: int) -> None:
+    from medsam_gui import api
+    from medsam_gui.models.litemedsam import LiteMedSAMEngine
+
+    vol = api.load_volume(C.LUNG_CT)
+    label = np.asarray(api.load_volume(C.LUNG_LABEL).array) > 0
+    key = int(np.argmax(label.sum(axis=(1, 2))))
+    z0 = max(0, key - n_slices // 2)
+    z_range = (z0, min(vol.shape[0] - 1, z0 + n_slices - 1))
+    engine = LiteMedSAMEngine(sd, device="cpu", precision="fast")
+    engine.embed([np.zeros((512, 512), np.uint8)])  # build, excluded
+    t = time.perf_counter()
+    mask = api.propagate(vol, {key: C.bbox(label[key])}, z_range=z_range, engine=engine)
+    wall = time.perf_counter() - t
+    print(f"3D propagation end to end (api.propagate, z {z_range[0]}..{z_range[1]}, fresh cache): {wall:.1f} s, "
+          f"{int(mask.any(axis=(1, 2)).sum())} slices with mask")
+
+
+def vit_b_baseline(tmp: Path, z: int, n: int, t_embed: float) -> None:
+    from medsam_gui.core.intensity import default_bounds, volume_to_uint8
+    from medsam_gui.io import load_volume
+    from medsam_gui.models.medsam import MedSAMEngine
+
+    vol = load_volume(tmp / "scan.nii.gz")
+    u8 = volume_to_uint8(vol.array[z:z + 1], "CT", default_bounds(vol.array, "CT"))
+    sd, _ = C.checkpoint_state_dict(None)
+    engine = MedSAMEngine(sd, device="cpu", precision="fp32")
+    secs, _ = C.timed(engine.embed_slice, np.ascontiguousarray(u8[0]))
+    print(f"baseline, MedSAM ViT-B reference encoder: {secs:.2f} s per slice -> {n} slices in about "
+          f"{secs * n / 60:.0f} min ({secs * n / max(t_embed, 1e-9):.1f}x LiteMedSAM's background run)")
+
+
+if __name__ == "__main__":
+    main()
