@@ -49,6 +49,7 @@ def main(argv=None) -> int:
         c.set_view(args.view)
     if args.three_views:
         window.linked_views.set_enabled(True)
+        window.cursor_readout.show_display_point(window.linked_views.point)  # as if the mouse were there
         app.processEvents()
     window.viewer.reset_view()
     end = time.monotonic() + 1.0  # let the canvas draw

@@ -74,9 +74,12 @@ def test_ctrl4_switches_between_one_and_three_views(win, qtbot):
     full_width = win.qt_viewer.width()
     win.qt_window.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is win.qt_window, timeout=3000)
+    labels_layer = win.controller.labels_layer
+    win.viewer.layers.selection.active = labels_layer
+    mode = labels_layer.mode
     qtbot.keyClick(win.qt_viewer.canvas.native, Qt.Key.Key_4, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: lv.container.isVisible() and lv.crosshair.segments is not None, timeout=3000)
-    assert act.isChecked() and lv.enabled
+    assert act.isChecked() and lv.enabled and labels_layer.mode == mode  # not napari's key "4"
     assert [p.view for p in lv.panes] == ["coronal", "sagittal"]
     qtbot.waitUntil(lambda: win.qt_viewer.width() < 0.8 * full_width, timeout=3000)
     shot = win.viewer.screenshot(canvas_only=True, flash=False)
