@@ -192,6 +192,10 @@ def test_label_edits_and_view_switch_reach_the_panes(win, linked, qtbot):
     c.write_slice_mask(0, z, mask, c.active_label)
     qtbot.waitUntil(lambda: (cor.screen_rgb()[row, 2:8, 0] != cor.screen_rgb()[row, 2:8, 1]).all(), timeout=2000)
     c.undo()
+    # hiding the labels layer (its eye in the layer list) hides them in the panes too
+    c.labels_layer.visible = False
+    qtbot.waitUntil(lambda: np.array_equal(cor.screen_rgb()[..., 0], cor.screen_rgb()[..., 1]), timeout=2000)
+    c.labels_layer.visible = True
     # Ctrl+2: the main view goes coronal (at the crosshair's coronal slice), the panes show the others
     c.set_view("coronal")
     assert [p.view for p in linked.panes] == ["axial", "sagittal"]

@@ -8,7 +8,8 @@ The crosshair point (display voxel coordinates, see :mod:`medsam_gui.core.orient
 with a click on the main canvas (not with drags: those paint, draw boxes or pan) and with a
 click or drag in a pane; the main view's slice follows the point and the point follows the
 main view's slider. Panes redraw, throttled, on crosshair moves, label edits
-(``labels_changed``), window/level and label table changes; nothing runs while the layout is off.
+(``labels_changed``), window/level, label table and labels layer opacity/visibility changes;
+nothing runs while the layout is off.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class LinkedViews(QObject):
         self._viewer = window.viewer
         self.enabled = False
         self.point: list[int] | None = None
+        self._watched_labels = None  # the labels layer whose opacity/visibility the panes follow
         self.panes = [SlicePane(), SlicePane()]
         self.container = QWidget()
         self.container.setObjectName("medsam_linked_views")
@@ -129,6 +131,11 @@ class LinkedViews(QObject):
         self.point[axis] = self._controller.current_slice(axis)
 
     def _on_volume(self, _volume) -> None:
+        labels = self._controller.labels_layer
+        if labels is not self._watched_labels:  # the controller re-uses its layers for a new scan
+            labels.events.opacity.connect(self._on_layer_event)
+            labels.events.visible.connect(self._on_layer_event)
+            self._watched_labels = labels
         shape = self._controller.image_layer.data.shape
         self.point = [n // 2 for n in shape]
         if self.enabled:
@@ -143,6 +150,9 @@ class LinkedViews(QObject):
         if self._controller.current_slice(axis) != self.point[axis]:
             self._controller.set_current_slice(axis, self.point[axis])
         self._assign_panes()
+        self.schedule()
+
+    def _on_layer_event(self, _event=None) -> None:
         self.schedule()
 
     def _on_dims_point(self, _event=None) -> None:
@@ -194,7 +204,7 @@ class LinkedViews(QObject):
         for pane in self.panes:
             s, r, col = pane.axes
             rgb = render_plane(np.take(scan, self.point[s], axis=s), np.take(lab, self.point[s], axis=s),
-                               c.window_bounds, c.label_table, labels.opacity)
+                               c.window_bounds, c.label_table, labels.opacity if labels.visible else 0.0)
             pane.set_content(rgb, (scale[r], scale[col]), self.point, scan.shape)
         if self._viewer.dims.ndisplay == 2:
             self.crosshair.show(crosshair_segments(self.point, VIEW_ORDERS[c.view], scan.shape, scale,
