@@ -10,6 +10,7 @@ from qtpy.QtCore import QPoint, QPointF, Qt
 from qtpy.QtGui import QImage, QKeySequence, QWheelEvent
 from qtpy.QtWidgets import QApplication
 
+from medsam_gui.core.volume import Volume
 from medsam_gui.gui.linked_views_pane import CROSSHAIR_RGB
 
 pytestmark = pytest.mark.gui
@@ -201,3 +202,19 @@ def test_label_edits_and_view_switch_reach_the_panes(win, linked, qtbot):
     assert [p.view for p in linked.panes] == ["axial", "sagittal"]
     assert c.current_slice(1) == y
     assert linked.crosshair.segments is not None
+
+
+def test_oblique_scan_panes_in_voxel_order(win, linked, qtbot):
+    c = win.controller
+    a = np.deg2rad(40)  # rotated 40 degrees about z: oblique, shown in voxel order
+    direction = (np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0, 0, 0, 1)
+    arr = np.arange(6 * 8 * 10, dtype=np.int16).reshape(6, 8, 10)
+    c.set_volume(Volume(arr, spacing=(1.0, 2.0, 3.0), origin=(0.0, 0.0, 0.0), direction=direction,
+                        modality="CT", name="oblique"))
+    assert c.orientation.oblique
+    linked.move_to((3, 4, 5))
+    _settle(linked)
+    cor = _pane(linked, "coronal").screen_rgb()
+    # voxel order: rows = array z growing downwards, columns = array x growing rightwards
+    assert np.array_equal(cor[..., 1], _windowed(arr[:, 4, :], c.window_bounds))
+    assert _pane(linked, "sagittal").screen_rgb().shape[:2] == (6, 8)

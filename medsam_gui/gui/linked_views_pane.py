@@ -169,10 +169,10 @@ class SlicePane(QWidget):
         p.drawText(full.adjusted(0, 0, 0, -1), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, bottom)
         p.drawText(full.adjusted(3, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, left)
         p.drawText(full.adjusted(0, 0, -3, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, right)
-        s = self.axes[0]
+        s = self.axes[0]  # slice index and last index, as napari's slider shows them
         p.setPen(QColor(230, 230, 230))
         p.drawText(full.adjusted(4, 1, 0, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop,
-                   f"{self.view.capitalize()} {int(round(self._point[s])) + 1}/{self._shape[s]}")
+                   f"{self.view.capitalize()} {int(round(self._point[s]))} / {self._shape[s] - 1}")
         p.end()
 
     # ------------------------------------------------------------------ mouse
