@@ -2,6 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python3 scripts/screenshot.py --out demo.png
     python3 scripts/screenshot.py SCAN [--labels LABELS] [--view coronal] [--size 1600x1000] --out x.png
+    python3 scripts/screenshot.py --three-views --out linked.png   (View > Three views)
 
 Starts the app under the current DISPLAY, waits until the scan is loaded and drawn, grabs the
 main window (QWidget.grab) and exits. Exit status 0 on success, 1 on a load error.
@@ -22,6 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("scan", nargs="?", help="scan to open (default: the demo CT)")
     p.add_argument("--labels", help="label map to open on the scan")
     p.add_argument("--view", choices=("axial", "coronal", "sagittal"), default="axial")
+    p.add_argument("--three-views", action="store_true",
+                   help="show the three linked views (axial, coronal, sagittal) with the crosshair")
     p.add_argument("--size", default="1600x1000", help="window size WxH (default 1600x1000)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for loading")
@@ -44,6 +47,10 @@ def main(argv=None) -> int:
         return 1
     if args.view != "axial":
         c.set_view(args.view)
+    if args.three_views:
+        window.linked_views.set_enabled(True)
+        window.cursor_readout.show_display_point(window.linked_views.point)  # as if the mouse were there
+        app.processEvents()
     window.viewer.reset_view()
     end = time.monotonic() + 1.0  # let the canvas draw
     while time.monotonic() < end:

@@ -216,3 +216,28 @@ class DisplayOrientation:
 def _opposite(letter: str) -> str:
     pairs = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
     return pairs.get(letter, "?")
+
+
+def source_voxel(orientation: DisplayOrientation, display_point: Sequence[float],
+                 shape_zyx: Sequence[int] | None = None) -> tuple[int, int, int] | None:
+    """The scan's own voxel index (i, j, k) = (x, y, z index) nearest a display coordinate
+    point (display axes 0, 1, 2; floats), or None when that voxel is outside the scan.
+
+    ``shape_zyx`` defaults to the orientation's own shape (needed: the bounds check uses it).
+    """
+    shape = shape_zyx if shape_zyx is not None else orientation.shape_zyx
+    if shape is None:
+        raise ValueError("source_voxel needs the array shape: pass shape_zyx")
+    zyx = np.rint(orientation.display_to_index(np.asarray(display_point, dtype=float), shape)).astype(int)
+    if np.any(zyx < 0) or np.any(zyx >= np.asarray(shape)):
+        return None
+    return int(zyx[2]), int(zyx[1]), int(zyx[0])
+
+
+def nearest_display_index(display_point: Sequence[float], display_shape: Sequence[int]) -> tuple[int, int, int] | None:
+    """The display voxel (integer display axes 0, 1, 2) nearest a display coordinate point, or
+    None outside ``display_shape``. Voxel centres are at integer coordinates."""
+    idx = np.rint(np.asarray(display_point, dtype=float)).astype(int)
+    if idx.shape != (3,) or np.any(idx < 0) or np.any(idx >= np.asarray(display_shape)):
+        return None
+    return int(idx[0]), int(idx[1]), int(idx[2])

@@ -31,7 +31,9 @@ from qtpy.QtWidgets import (
 
 from .. import __version__
 from . import dialogs
+from .cursor_readout import CursorReadout
 from .labels_panel import LabelsPanel
+from .linked_views import LinkedViews
 from .panels import Panels
 from .window_panel import WindowPanel
 from .workers import set_bar_value
@@ -163,6 +165,8 @@ class MainWindow:
         self.window_panel = WindowPanel(controller)
         self.labels_dock = self.add_dock(self.labels_panel, "Labels", "right")
         self.window_dock = self.add_dock(self.window_panel, "Window / level", "right")
+        self.cursor_readout = CursorReadout(self)
+        self.linked_views = LinkedViews(self, self.cursor_readout)
 
         self._drop_filter = _DropFilter(self)
         self._filtered: list[tuple[QObject, QObject]] = []  # (watched widget, filter), for close()
