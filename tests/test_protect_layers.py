@@ -4,6 +4,7 @@ undo and save never work on a layer that is gone."""
 
 from __future__ import annotations
 
+import napari
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -53,13 +54,14 @@ def _answer_next_question(button: QMessageBox.StandardButton, tries: int = 200) 
     return asked
 
 
-def _set_padlock(win, layer, locked: bool) -> None:
-    """What a click on the layer list's padlock does: the layer list model's LockedRole."""
-    from napari._qt.containers._base_item_view import index_of
-    from napari._qt.containers.qt_layer_model import LockedRole
+def _toggle_lock(win, layer) -> None:
+    """The layer list's context menu entry "Toggle lock" (napari's command) on ``layer`` alone."""
+    from napari._app_model import get_app_model
 
-    model = win.qt_viewer.layers.model().sourceModel()  # the view shows it through a reversing proxy
-    assert model.setData(index_of(model, layer), locked, LockedRole)
+    _select(win, layer)
+    assert napari.current_viewer() is win.viewer
+    get_app_model().commands.execute_command("napari.layer.toggle_lock").result()
+    QApplication.processEvents()
 
 
 def test_delete_keys_keep_scan_and_labels(win, qtbot):
@@ -95,17 +97,17 @@ def test_bin_button_keeps_labels(win, qtbot):
     assert labels.locked & LayerLock.DELETION
 
 
-def test_scan_padlock_closes_again(win):
+def test_scan_lock_closes_again(win):
     image = win.controller.image_layer
-    _set_padlock(win, image, False)
+    _toggle_lock(win, image)
     assert image.locked & LayerLock.DELETION
     assert "scan layer stays locked" in win.status_text()
 
 
-def test_labels_padlock_asks_and_no_keeps_it_locked(win):
+def test_unlocking_labels_asks_and_no_keeps_it_locked(win):
     labels = win.controller.labels_layer
     asked = _answer_next_question(QMessageBox.StandardButton.No)
-    _set_padlock(win, labels, False)
+    _toggle_lock(win, labels)
     assert asked and "400 labelled voxels" in asked[0]
     assert labels.locked & LayerLock.DELETION
 
@@ -116,7 +118,7 @@ def test_confirmed_deletion_leaves_undo_and_save_on_a_new_layer(win, qtbot, tmp_
     old = c.labels_layer
     before = old.data.copy()
     _answer_next_question(QMessageBox.StandardButton.Yes)
-    _set_padlock(win, old, False)
+    _toggle_lock(win, old)
     assert not old.locked & LayerLock.DELETION
     _select(win, old)
     qtbot.mouseClick(win.qt_viewer.layerButtons.deleteButton, Qt.MouseButton.LeftButton)

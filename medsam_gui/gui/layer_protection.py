@@ -2,10 +2,9 @@
 
 napari deletes the selected layers on Ctrl+Backspace / Ctrl+Delete, on the layer list's bin
 button and on Delete in the layer list. The scan and labels layers carry napari's deletion lock
-(``LayerLock.DELETION``, the padlock in the layer list), so every one of those paths leaves them
-in place; the keys and the bin button also say why in the status bar. Opening the labels
-layer's padlock asks first (its labels and undo history go with the layer); the scan's padlock
-closes again at once.
+(``LayerLock.DELETION``, a padlock in the layer list), so every one of those paths leaves them
+in place; the keys and the bin button also say why in the status bar. Unlocking the labels layer (the layer list's context menu, "Toggle lock") asks
+first, as its labels and undo history go with the layer; the scan layer locks itself again.
 
 When the labels layer is removed all the same (after that question, or by a script), an empty
 labels layer on the same grid takes its place as soon as the removal is over: undo, save,
@@ -27,7 +26,7 @@ DELETE_KEYS = ("Control-Backspace", "Control-Delete")  # napari's "delete select
 
 
 def deletion_locked(layer) -> bool:
-    """True when napari refuses to delete ``layer`` from the UI (its padlock is closed)."""
+    """True when napari refuses to delete ``layer`` from the UI (it shows a padlock)."""
     return bool(layer.locked & LayerLock.DELETION)
 
 
@@ -113,7 +112,7 @@ class LayerProtectionMixin:
                         "Open another scan (File > Open scan…) to replace it.", 10000)
         elif self._labels_layer in kept:
             self.status("The labels layer was not deleted: it holds your segmentation. To delete it anyway, "
-                        "click its padlock in the layer list first.", 10000)
+                        "unlock it first (right-click it in the layer list: Toggle lock).", 10000)
         elif kept:
             self.status(f"Locked layers were not deleted: {', '.join(la.name for la in kept)}.", 10000)
 
