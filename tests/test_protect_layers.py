@@ -83,6 +83,10 @@ def test_delete_keys_keep_scan_and_labels(win, qtbot):
     win.viewer.layers.selection.update({extra, labels})
     _press(win, qtbot, Qt.Key.Key_Backspace)
     assert list(win.viewer.layers) == [image, labels]
+    # Delete in the layer list itself (napari's own refusal of locked layers)
+    _select(win, labels)
+    qtbot.keyClick(win.qt_viewer.layers, Qt.Key.Key_Delete)
+    assert list(win.viewer.layers) == [image, labels]
     assert int(np.count_nonzero(labels.data)) == voxels
 
 
@@ -128,6 +132,7 @@ def test_confirmed_deletion_leaves_undo_and_save_on_a_new_layer(win, qtbot, tmp_
     assert new.locked & LayerLock.DELETION
     assert new.data.shape == before.shape and not new.data.any()
     assert c.labels_path is None and not c.has_unsaved_labels()
+    assert np.shares_memory(c.source_labels(), new.data)  # what autosave and Save read
     assert "empty labels layer took its place" in win.status_text()
     # Ctrl+Z touches neither the deleted layer nor the new one
     _select(win, new)

@@ -3,8 +3,9 @@
 napari deletes the selected layers on Ctrl+Backspace / Ctrl+Delete, on the layer list's bin
 button and on Delete in the layer list. The scan and labels layers carry napari's deletion lock
 (``LayerLock.DELETION``, a padlock in the layer list), so every one of those paths leaves them
-in place; the keys and the bin button also say why in the status bar. Unlocking the labels layer (the layer list's context menu, "Toggle lock") asks
-first, as its labels and undo history go with the layer; the scan layer locks itself again.
+in place; the keys and the bin button also say why in the status bar. Unlocking the labels
+layer (the layer list's context menu, "Toggle lock") asks first, as its labels and undo history
+go with the layer; the scan layer locks itself again.
 
 When the labels layer is removed all the same (after that question, or by a script), an empty
 labels layer on the same grid takes its place as soon as the removal is over: undo, save,
