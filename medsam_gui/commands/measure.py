@@ -6,13 +6,15 @@ label, name, volume (mL), voxels, slices (first..last array z index), long axis 
 short axis (mm) on the slice where the label is largest. ``--csv OUT`` also saves all columns
 of :data:`medsam_gui.core.measurements.CSV_COLUMNS`. Names come from ``--names`` (an
 ITK-SNAP label description file) or ``<labels stem>.label`` beside LABELS when present.
-Loads no Qt and no torch.
+Every path is checked before the scan is read. Loads no Qt and no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from . import validation
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -69,8 +71,15 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ExportError
     from ..io import load_labels, load_volume
 
-    volume = load_volume(args.scan, series_uid=args.series)
-    labels = load_labels(args.labels, like=volume)
+    scan = validation.check_input(args.scan, "the scan")
+    labels_path = validation.check_input(args.labels, "the label map")
+    if args.names:
+        validation.check_input(args.names, "--names")
+    if args.csv:
+        validation.check_output(args.csv, overwrite=True, what="--csv", suffixes=(".csv",),
+                                inputs=[scan, labels_path])
+    volume = load_volume(scan, series_uid=args.series)
+    labels = load_labels(labels_path, like=volume)
     table = _label_table(args)
     measurements = measure_labels(labels, volume.spacing, table)
     if not measurements:

@@ -1,7 +1,7 @@
 """``medsam-gui segment``: segment structures in a scan with MedSAM from boxes (headless).
 
     medsam-gui segment SCAN --box Z,X0,Y0,X1,Y1 [--box ...] [--recist Z,X0,Y0,X1,Y1]
-        [--margin PX] [--label N] [--engine medsam|litemedsam] [--checkpoint CKPT] --out OUT.nii.gz
+        [--margin PX] [--label N] [--name NAME] [--engine medsam|litemedsam] [--checkpoint CKPT] --out OUT.nii.gz
         [--window L,W | --window-preset NAME] [--modality CT|MR]
         [--precision fp32|auto|fast|int8] [--device cpu|cuda|auto] [--propagate [--z-range A,B]]
 
@@ -12,6 +12,11 @@ wider on each side (default 5). All boxes paint label ``--label`` (default 1). W
 ``--propagate`` the structure is followed from the boxed (key) slices through the volume
 (between key slices with interpolated boxes, beyond them from each slice's mask), limited to
 ``--z-range`` if given. The output label map lies on the scan's exact grid.
+
+Beside OUT an ITK-SNAP label description ``<OUT stem>.label`` names the label (``--name``,
+default "label N"), as the app writes with its labels. Every argument is checked (the scan
+and weights exist, OUT's format, folder and permissions, the boxes and slices lie in the scan)
+before the model is loaded, so a mistake costs no model time.
 
 The intensity window is ``--window`` / ``--window-preset``, else CT soft tissue (40/400) or
 the MR percentile auto window, applied to the whole volume as in MedSAM's reference.
@@ -38,6 +43,7 @@ import numpy as np
 
 from ..errors import MedsamGuiError
 from ..models.device import PRECISION_CHOICES
+from . import validation
 
 DEFAULT_RECIST_MARGIN = 5.0
 
@@ -83,6 +89,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="margin around a --recist line in pixels (default 5); with --propagate also "
                         "the margin around each propagated mask")
     p.add_argument("--label", type=int, default=1, metavar="N", help="label value to paint (default 1)")
+    p.add_argument("--name", metavar="NAME",
+                   help='name of the label in the ITK-SNAP OUT.label written beside OUT (default "label N")')
     p.add_argument("--engine", choices=("medsam", "litemedsam", "medsam2"), default="medsam",
                    help="model: medsam (MedSAM ViT-B, default), litemedsam (LiteMedSAM, fast on a CPU) or "
                         "medsam2 (MedSAM2 with memory: one --box/--recist on the key slice -> the 3D lesion; "
@@ -144,38 +152,65 @@ def collect_boxes(shape_zyx, boxes, recists, margin: float) -> list[tuple[int, t
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> tuple[Path, Path, Path, tuple[float, float] | None]:
+    """Every check that needs no scan and no model: (scan, out, checkpoint, window)."""
     from .. import api
-    from ..core.intensity import WINDOW_PRESETS, window_bounds
 
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     if not args.box and not args.recist:
         raise SegmentCommandError("give at least one --box Z,X0,Y0,X1,Y1 (or --recist).")
     if not 1 <= args.label <= 65535:
         raise SegmentCommandError(f"--label must be between 1 and 65535, got {args.label}.")
     if args.z_range and not args.propagate:
         raise SegmentCommandError("--z-range only applies with --propagate.")
-    out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise SegmentCommandError(f"{out} already exists; choose another --out or add --overwrite.")
-    if getattr(args, "engine", "medsam") == "medsam2":
-        return run_medsam2(args, out, say)
+    if args.margin < 0:
+        raise SegmentCommandError("--margin must be 0 or more.")
+    if args.engine == "medsam2":
+        count = len(args.box) + len(args.recist)
+        if count != 1:
+            raise SegmentCommandError(f"--engine medsam2 starts from ONE prompt on the key slice: give one --box "
+                                      f"or one --recist (got {count}).")
+        if not args.propagate:
+            raise SegmentCommandError("--engine medsam2 segments the lesion in 3D: add --propagate (and --z-range "
+                                      "A,B to limit the slices).")
+    scan = validation.check_input(args.scan, "the scan")
+    out = validation.check_output(args.out, overwrite=args.overwrite, inputs=[scan], label_description=True)
+    if args.engine == "medsam2":
+        checkpoint = api.resolve_medsam2_checkpoint(args.checkpoint)
+    else:
+        checkpoint = api.resolve_checkpoint(args.engine, args.checkpoint)
+    return scan, out, checkpoint, validation.check_window(args.window, args.window_preset)
 
-    engine_name = getattr(args, "engine", "medsam")
+
+def label_table(args: argparse.Namespace):
+    """The one-entry label table written as ``OUT.label`` (ITK-SNAP), as the app writes its labels."""
+    from ..core.labels import LabelTable
+
+    table = LabelTable()
+    table.add(args.label, args.name)
+    return table
+
+
+def save_result(args: argparse.Namespace, labels: np.ndarray, vol, out: Path) -> Path:
+    """Write the label map on the scan's grid and ``<stem>.label`` with its name beside it."""
+    from .. import api
+
+    return api.save_labels(labels, vol, out, label_table=label_table(args), overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import api
+
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    scan, out, checkpoint, window = check_arguments(args)
+    if args.engine == "medsam2":
+        return run_medsam2(args, scan, out, checkpoint, window, say)
+
+    engine_name = args.engine
     title = api.ENGINES[engine_name][1]
-    checkpoint = api.resolve_checkpoint(engine_name, args.checkpoint)
-    vol = api.load_volume(args.scan)
-    window = None
-    if args.window:
-        window = window_bounds(*args.window)
-    elif args.window_preset:
-        window = window_bounds(*WINDOW_PRESETS[args.window_preset])
+    vol = api.load_volume(scan)
     prompts = collect_boxes(vol.shape, args.box, args.recist, args.margin)
     nz = vol.shape[0]
-    if args.z_range:
-        a, b = sorted(args.z_range)
-        if a < 0 or b >= nz:
-            raise SegmentCommandError(f"--z-range {a},{b} is outside the scan (slices 0..{nz - 1}).")
+    z_range = validation.check_range(args.z_range, nz)
 
     t0 = time.perf_counter()
     engine = api.load_engine(engine_name, checkpoint, device=args.device, precision=args.precision)
@@ -189,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
             kinds[res.kind] = kinds.get(res.kind, 0) + 1
             say(f"  slice {res.index}: {res.kind}")
 
-        mask = api.propagate(vol, key_boxes(prompts), z_range=args.z_range, margin=args.margin, engine=engine,
+        mask = api.propagate(vol, key_boxes(prompts), z_range=z_range, margin=args.margin, engine=engine,
                              modality=args.modality, window=window, on_slice=on_slice)
         labels[mask] = args.label
         say("  propagated: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
@@ -199,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                 t = time.perf_counter()
                 labels[z][predictor.segment_box(z, box)] = args.label
                 say(f"  slice {z}: {time.perf_counter() - t:.1f} s")
-    path = api.save_labels(labels, vol, out, overwrite=args.overwrite)
+    path = save_result(args, labels, vol, out)
     n = int(np.count_nonzero(labels))
     slices = int(np.count_nonzero(labels.reshape(nz, -1).any(axis=1)))
     ml = n * vol.voxel_volume_mm3 / 1000.0
@@ -209,22 +244,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_medsam2(args: argparse.Namespace, out: Path, say) -> int:
+def run_medsam2(args: argparse.Namespace, scan: Path, out: Path, checkpoint: Path, window, say) -> int:
     """``--engine medsam2``: one --box or --recist on the key slice -> the 3D lesion (MedSAM2)."""
     from .. import api
-    from ..core.intensity import WINDOW_PRESETS, window_bounds
 
-    prompts = [("box", b) for b in args.box] + [("recist", r) for r in args.recist]
-    if len(prompts) != 1:
-        raise SegmentCommandError(f"--engine medsam2 starts from ONE prompt on the key slice: give one --box or "
-                                  f"one --recist (got {len(prompts)}).")
-    if not args.propagate:
-        raise SegmentCommandError("--engine medsam2 segments the lesion in 3D: add --propagate (and --z-range A,B "
-                                  "to limit the slices).")
-    checkpoint = api.resolve_medsam2_checkpoint(args.checkpoint)
-    vol = api.load_volume(args.scan)
+    vol = api.load_volume(scan)
     nz, h, w = (int(v) for v in vol.shape)
-    kind, (z, x0, y0, x1, y1) = prompts[0]
+    (kind, (z, x0, y0, x1, y1)), = [("box", b) for b in args.box] + [("recist", r) for r in args.recist]
     if not 0 <= z < nz:
         raise SegmentCommandError(f"--{kind} slice {z} is outside the scan (slices 0..{nz - 1}).")
     if max(x0, x1) < 0 or max(y0, y1) < 0 or min(x0, x1) > w - 1 or min(y0, y1) > h - 1:
@@ -232,19 +258,9 @@ def run_medsam2(args: argparse.Namespace, out: Path, say) -> int:
                                   f"(columns 0..{w - 1}, rows 0..{h - 1}).")
     if kind == "box" and (x1 < x0 or y1 < y0):
         raise SegmentCommandError(f"--box needs X0 <= X1 and Y0 <= Y1; got {x0:g},{y0:g},{x1:g},{y1:g}.")
-    z_range = None
-    if args.z_range:
-        a, b = sorted(args.z_range)
-        if a < 0 or b >= nz:
-            raise SegmentCommandError(f"--z-range {a},{b} is outside the scan (slices 0..{nz - 1}).")
-        if not a <= z <= b:
-            raise SegmentCommandError(f"the key slice {z} is outside --z-range {a},{b}.")
-        z_range = (a, b)
-    window = None
-    if args.window:
-        window = window_bounds(*args.window)
-    elif args.window_preset:
-        window = window_bounds(*WINDOW_PRESETS[args.window_preset])
+    z_range = validation.check_range(args.z_range, nz)
+    if z_range is not None and not z_range[0] <= z <= z_range[1]:
+        raise SegmentCommandError(f"the key slice {z} is outside --z-range {z_range[0]},{z_range[1]}.")
 
     t0 = time.perf_counter()
     engine = api.load_medsam2(checkpoint, device=args.device, precision=args.precision)
@@ -259,7 +275,7 @@ def run_medsam2(args: argparse.Namespace, out: Path, say) -> int:
                                  z_range=z_range, on_slice=on_slice)
     labels = np.zeros(vol.shape, dtype=np.uint8 if args.label <= 255 else np.uint16)
     labels[mask] = args.label
-    path = api.save_labels(labels, vol, out, overwrite=args.overwrite)
+    path = save_result(args, labels, vol, out)
     n = int(np.count_nonzero(labels))
     slices = int(np.count_nonzero(labels.reshape(nz, -1).any(axis=1)))
     if not args.quiet:

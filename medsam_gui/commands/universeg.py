@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedsamGuiError
+from . import validation
 
 
 class UniversegCommandError(MedsamGuiError):
@@ -90,17 +91,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _window(args):
-    from ..core.intensity import WINDOW_PRESETS, window_bounds
-
-    if args.window is not None:
-        try:
-            return window_bounds(*args.window)
-        except ValueError as exc:
-            raise UniversegCommandError(f"--window: {exc}") from None
-    if args.window_preset:
-        return window_bounds(*WINDOW_PRESETS[args.window_preset])
-    return None
+def _support_values(support, label: int | None, save_example_set: bool) -> list[int]:
+    """The label values a partial label map supports; errors when ``label`` is not drawn in it,
+    when it is empty, or when an example set to save would need one label and there are several."""
+    present = [int(v) for v in np.unique(support) if v > 0]
+    if label is not None and label not in present:
+        raise UniversegCommandError(f"label {label} is not drawn in the support label map (labels present: "
+                                    f"{', '.join(map(str, present)) or 'none'}).")
+    if not present:
+        raise UniversegCommandError("the support label map is empty: draw the structure on a few slices first.")
+    if save_example_set and label is None and len(present) > 1:
+        raise UniversegCommandError("--save-example-set saves one label: add --label N "
+                                    f"(labels present: {', '.join(map(str, present))}).")
+    return present
 
 
 def run(args) -> int:
@@ -111,15 +114,25 @@ def run(args) -> int:
     from ..models import incontext as ic
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise UniversegCommandError(f"{out} already exists; choose another --out or add --overwrite.")
-    model = api.load_universeg(args.checkpoint)
+    # every argument is checked before the network is loaded
+    scan = validation.check_input(args.scan, "the scan")
+    source = validation.check_input(args.support_labels or args.example_set,
+                                    "--support-labels" if args.support_labels else "--example-set")
+    out = validation.check_output(args.out, overwrite=args.overwrite, inputs=[scan, source])
+    if args.save_example_set:
+        validation.check_output(args.save_example_set, overwrite=True, what="--save-example-set",
+                                suffixes=(".npz",), inputs=[scan, source, out])
+    checkpoint = validation.universeg_checkpoint(args.checkpoint)
+    window = validation.check_window(args.window, args.window_preset)
+    volume = api.load_volume(scan)
+    z_range = validation.check_range(args.z_range, volume.shape[args.axis], axis_name=f"indices along axis {args.axis}")
+    example_set = load_example_set(source) if args.example_set else None
+    support = example_set if example_set is not None else load_labels(source, like=volume)
+    if example_set is None:
+        present = _support_values(support, args.label, bool(args.save_example_set))
+    model = api.load_universeg(checkpoint)
     device = ic.resolve_device(args.device)
-    volume = api.load_volume(args.scan)
-    example_set = load_example_set(args.example_set) if args.example_set else None
-    support = example_set if example_set is not None else load_labels(args.support_labels, like=volume)
-    bounds = api.universeg_window(volume, support, _window(args))
+    bounds = api.universeg_window(volume, support, window)
     S = args.support_size or ic.default_support_size(device)
     if example_set is not None:
         if example_set.axis != args.axis:
@@ -127,10 +140,6 @@ def run(args) -> int:
         what = f"label {args.label or int(example_set.label_value) or 1} from example set {args.example_set} " \
                f"({len(example_set)} slices"
     else:
-        present = [int(v) for v in np.unique(support) if v > 0]
-        if args.save_example_set and args.label is None and len(present) > 1:
-            raise UniversegCommandError("--save-example-set saves one label: add --label N "
-                                        f"(labels present: {', '.join(map(str, present))}).")
         what = f"label(s) {args.label or ', '.join(map(str, present))} ("
     say(f"UniverSeg: {what}, S={S}, window {bounds[0]:g}..{bounds[1]:g}, {device})")
     t0 = time.perf_counter()
@@ -140,7 +149,7 @@ def run(args) -> int:
 
     try:
         output = api.segment_rest(volume, support, model=model, label=args.label, window=bounds, device=device,
-                                  z_range=args.z_range, support_size=S, axis=args.axis, ensemble=args.ensemble,
+                                  z_range=z_range, support_size=S, axis=args.axis, ensemble=args.ensemble,
                                   batch_size=args.batch_size, progress=progress)
     except UniversegCommandError:
         raise

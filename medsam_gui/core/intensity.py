@@ -19,6 +19,14 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 DEFAULT_CT_WINDOW = WINDOW_PRESETS["soft tissue"]
 MR_PERCENTILES = (0.5, 99.5)
+# MR intensities have no absolute unit (unlike HU), so MR presets are (low, high) percentiles
+# of the scan's voxels > 0; "auto" is the default MR window
+MR_PRESETS: dict[str, tuple[float, float]] = {
+    "auto": MR_PERCENTILES,
+    "contrast": (2.0, 98.0),
+    "full range": (0.0, 100.0),
+    "bright detail": (50.0, 99.9),
+}
 
 
 def window_bounds(level: float, width: float) -> tuple[float, float]:
@@ -31,18 +39,35 @@ def bounds_to_window(lo: float, hi: float) -> tuple[float, float]:
     return ((float(lo) + float(hi)) / 2.0, float(hi) - float(lo))
 
 
-def mr_auto_bounds(array: np.ndarray) -> tuple[float, float]:
-    """MR auto window: the 0.5 and 99.5 percentiles of the voxels > 0 (all finite voxels if none)."""
+def _mr_sample(array: np.ndarray) -> np.ndarray:
+    """The voxels MR percentiles are taken over: finite voxels > 0 (all finite ones if none)."""
     data = np.asarray(array)
     finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data.ravel()
     positive = finite[finite > 0]
-    sample = positive if positive.size else finite
+    return positive if positive.size else finite
+
+
+def _ordered(lo: float, hi: float) -> tuple[float, float]:
+    return (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+
+
+def mr_auto_bounds(array: np.ndarray) -> tuple[float, float]:
+    """MR auto window: the 0.5 and 99.5 percentiles of the voxels > 0 (all finite voxels if none)."""
+    sample = _mr_sample(array)
     if sample.size == 0:
         return (0.0, 1.0)
-    lo, hi = np.percentile(sample, MR_PERCENTILES)
-    if hi <= lo:
-        hi = lo + 1.0
-    return (float(lo), float(hi))
+    return _ordered(*np.percentile(sample, MR_PERCENTILES))
+
+
+def mr_preset_bounds(array: np.ndarray) -> dict[str, tuple[float, float]]:
+    """{MR preset name: (lo, hi)}: each preset's percentiles of the voxels > 0 (one pass over
+    the scan for all presets; "auto" equals :func:`mr_auto_bounds`)."""
+    sample = _mr_sample(array)
+    if sample.size == 0:
+        return {name: (0.0, 1.0) for name in MR_PRESETS}
+    qs = [q for pair in MR_PRESETS.values() for q in pair]
+    values = np.percentile(sample, qs)
+    return {name: _ordered(values[2 * i], values[2 * i + 1]) for i, name in enumerate(MR_PRESETS)}
 
 
 def default_bounds(array: np.ndarray, modality: str) -> tuple[float, float]:

@@ -84,9 +84,9 @@ from . import dialogs
 from .display import DisplayMixin
 from .label_edits import LabelEditsMixin, table_for_values
 from .layer_adoption import LayerAdoptionMixin
+from .layer_protection import LayerProtectionMixin
 from .layers import (
     IMAGE_LAYER_NAME,
-    LABELS_LAYER_NAME,
     VIEW_ORDERS,
     display_orientation,
     display_scale,
@@ -108,7 +108,8 @@ def background_threads() -> list[threading.Thread]:
             if t is not current and t.name.startswith(THREAD_PREFIX) and t.is_alive()]
 
 
-class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMixin, QObject):
+class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMixin, LayerProtectionMixin,
+                 QObject):
     volume_changed = Signal(object)
     labels_changed = Signal()
     active_label_changed = Signal(int)
@@ -144,6 +145,7 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
         self._state_providers: dict[str, tuple[Callable[[], dict], Callable[[dict], None]]] = {}
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._shut_down = False
+        self._deletion_guarded = False  # layer_protection watches the viewer's deletions
 
     # ------------------------------------------------------------------ properties
     @property
@@ -291,23 +293,13 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
                 self._syncing = False
             labels_layer._reset_history()
         else:
-            for layer in (labels_layer, image):
-                if layer is not None and layer in viewer.layers:
-                    viewer.layers.remove(layer)
+            self._remove_followed_layers()
             image = viewer.add_image(
                 disp, name=IMAGE_LAYER_NAME, scale=scale, colormap="gray",
                 contrast_limits=self._range_for(bounds), blending="opaque", units="mm",
             )
-            labels_layer = viewer.add_labels(
-                orientation.to_display(lab), name=LABELS_LAYER_NAME, scale=scale, opacity=0.6, units="mm",
-            )
-            labels_layer.events.paint.connect(self._on_layer_paint)
-            labels_layer.events.selected_label.connect(self._on_layer_selected_label)
-            # napari's own Ctrl+Z / Ctrl+Shift+Z on the layer go through the controller, so
-            # every undo/redo announces labels_changed (autosave, measurements follow).
-            labels_layer.bind_key("Control-z", lambda _layer: self.undo(), overwrite=True)
-            labels_layer.bind_key("Control-Shift-z", lambda _layer: self.redo(), overwrite=True)
-            image.events.contrast_limits.connect(self._on_contrast_limits)
+            self._follow_image_layer(image)
+            labels_layer = self._add_labels_layer(orientation.to_display(lab), scale)
         self._image_layer, self._labels_layer = image, labels_layer
         self._set_contrast(bounds)
         self._apply_colormap()

@@ -223,14 +223,18 @@ class LabelEditsMixin:
                 self._group_dirty = False
                 self.labels_changed.emit()
 
+    def _labels_layer_shown(self) -> bool:
+        """The labels layer exists and is in the viewer (not deleted, not yet replaced)."""
+        return self._labels_layer is not None and self._labels_layer in self._viewer.layers
+
     def undo(self) -> None:
-        if self._labels_layer is not None:
+        if self._labels_layer_shown():
             self._labels_layer.undo()
             self._sync_deleted_entries()
             self.labels_changed.emit()
 
     def redo(self) -> None:
-        if self._labels_layer is not None:
+        if self._labels_layer_shown():
             self._labels_layer.redo()
             self._sync_deleted_entries()
             self.labels_changed.emit()

@@ -17,8 +17,8 @@ class LayerAdoptionMixin:
         ``image_layer.metadata["medsam_gui"]["volume"]`` is its scan (a Volume) and its data the
         scan in display order. ``labels_layer`` (display order, the same grid) holds the label
         map; without one a labels layer on the image's grid is added. Afterwards the layers
-        behave as those ``set_volume`` makes (undo, paint events, window); the layers this
-        controller had before are left in the viewer but no longer followed.
+        behave as those ``set_volume`` makes (undo, paint events, window, protected from deletion);
+        the layers this controller had before are left in the viewer but no longer followed.
         Raises MedsamGuiError for an image layer the reader did not make.
         """
         source = source_of(image_layer.metadata)
@@ -37,21 +37,15 @@ class LayerAdoptionMixin:
                 metadata={METADATA_KEY: dict(source)})
         else:
             labels = orientation.from_display(np.asarray(labels_layer.data))
-        # follow these layers instead of the current ones (which stay in the viewer)
+        # follow (and protect) these layers instead of the current ones, which stay in the viewer
         old_image, old_labels = self._image_layer, self._labels_layer
         if old_labels is not None and old_labels is not labels_layer:
-            old_labels.events.paint.disconnect(self._on_layer_paint)
-            old_labels.events.selected_label.disconnect(self._on_layer_selected_label)
-            old_labels.bind_key("Control-z", None)
-            old_labels.bind_key("Control-Shift-z", None)
+            self._unfollow_labels_layer(old_labels)
         if old_image is not None and old_image is not image_layer:
-            old_image.events.contrast_limits.disconnect(self._on_contrast_limits)
+            self._unfollow_image_layer(old_image)
         if labels_layer is not old_labels:
-            labels_layer.events.paint.connect(self._on_layer_paint)
-            labels_layer.events.selected_label.connect(self._on_layer_selected_label)
-            labels_layer.bind_key("Control-z", lambda _layer: self.undo(), overwrite=True)
-            labels_layer.bind_key("Control-Shift-z", lambda _layer: self.redo(), overwrite=True)
+            self._follow_labels_layer(labels_layer)
         if image_layer is not old_image:
-            image_layer.events.contrast_limits.connect(self._on_contrast_limits)
+            self._follow_image_layer(image_layer)
         self._image_layer, self._labels_layer = image_layer, labels_layer
         self.set_volume(volume, labels, labels_path=None)

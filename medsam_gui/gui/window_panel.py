@@ -1,9 +1,12 @@
-"""Window/level panel: CT presets, MR auto window, manual level and width.
+"""Window/level panel: CT presets, MR presets, manual level and width.
 
-Each user action calls one controller method (``apply_preset``, ``auto_window``,
-``set_level_width``); the panel follows ``controller.window_changed`` so the spin boxes
-always show the window as displayed (also after napari's own contrast slider moved).
-Only the image layer's contrast limits change; the scan data never do.
+The presets follow the scan's modality: a CT shows the CT presets (level / width in HU), an MR
+the MR presets (percentiles of its voxels > 0: HU windows mean nothing there, "Lung" would
+turn a brain white), a scan of unknown modality both. Each user action calls one controller
+method (``apply_preset``, ``auto_window``, ``set_window``, ``set_level_width``); the panel
+follows ``controller.window_changed`` so the spin boxes always show the window as displayed
+(also after napari's own contrast slider moved). Only the image layer's contrast limits
+change; the scan data never do.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from ..core import intensity
 
 
 class WindowPanel(QWidget):
-    """Dock widget. ``preset_buttons``: {preset name: QPushButton}; ``auto_button``;
-    ``level_spin`` / ``width_spin`` (QDoubleSpinBox, scan units)."""
+    """Dock widget. ``ct_presets`` / ``mr_presets``: the two preset groups; ``preset_buttons``:
+    {CT preset name: QPushButton}; ``mr_preset_buttons``: {MR preset name: QPushButton};
+    ``auto_button`` (the MR "auto" preset); ``level_spin`` / ``width_spin`` (QDoubleSpinBox, scan units)."""
 
     def __init__(self, controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -34,8 +38,8 @@ class WindowPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
 
-        presets = QGroupBox("CT presets (level / width HU)")
-        grid = QGridLayout(presets)
+        self.ct_presets = QGroupBox("CT presets (level / width HU)")
+        grid = QGridLayout(self.ct_presets)
         self.preset_buttons: dict[str, QPushButton] = {}
         for i, (name, (level, width)) in enumerate(intensity.WINDOW_PRESETS.items()):
             btn = QPushButton(f"{name.capitalize()}  {level:g}/{width:g}")
@@ -43,12 +47,23 @@ class WindowPanel(QWidget):
             btn.clicked.connect(lambda _=False, n=name: self.controller.apply_preset(n))
             grid.addWidget(btn, i // 2, i % 2)
             self.preset_buttons[name] = btn
-        self.auto_button = QPushButton("MR auto (0.5–99.5 %)")
-        self.auto_button.setToolTip("Window from the 0.5 and 99.5 percentiles of the voxels above 0")
-        self.auto_button.clicked.connect(lambda _=False: self.controller.auto_window())
-        n = len(self.preset_buttons)
-        grid.addWidget(self.auto_button, n // 2, n % 2)
-        layout.addWidget(presets)
+        layout.addWidget(self.ct_presets)
+
+        self.mr_presets = QGroupBox("MR presets (percentiles of the voxels above 0)")
+        grid = QGridLayout(self.mr_presets)
+        self.mr_preset_buttons: dict[str, QPushButton] = {}
+        for i, (name, (low, high)) in enumerate(intensity.MR_PRESETS.items()):
+            btn = QPushButton(f"{name.capitalize()}  {low:g}–{high:g} %")
+            btn.setToolTip(f"Window from the {low:g} to the {high:g} percentile of the scan's voxels above 0")
+            if name == "auto":
+                btn.clicked.connect(lambda _=False: self.controller.auto_window())
+            else:
+                btn.clicked.connect(lambda _=False, n=name: self._apply_mr_preset(n))
+            grid.addWidget(btn, i // 2, i % 2)
+            self.mr_preset_buttons[name] = btn
+        self.auto_button = self.mr_preset_buttons["auto"]
+        layout.addWidget(self.mr_presets)
+        self._mr_bounds: dict[str, tuple[float, float]] | None = None  # of the scan shown
 
         form = QFormLayout()
         self.level_spin = QDoubleSpinBox()
@@ -74,6 +89,8 @@ class WindowPanel(QWidget):
         controller.window_changed.connect(self._on_window_changed)
         controller.volume_changed.connect(self._on_volume)
         self.setEnabled(controller.volume is not None)
+        if controller.volume is not None:
+            self._show_presets(controller.volume.modality)
 
     def _on_spin(self, _value: float = 0.0) -> None:
         if self._updating or self.controller.volume is None:
@@ -82,6 +99,20 @@ class WindowPanel(QWidget):
 
     def _on_volume(self, volume) -> None:
         self.setEnabled(True)
+        self._mr_bounds = None
+        self._show_presets(volume.modality)
+
+    def _show_presets(self, modality: str) -> None:
+        """CT presets for a CT, MR presets for an MR, both when the modality is unknown; hidden
+        ones are disabled too."""
+        for box, shown in ((self.ct_presets, modality != "MR"), (self.mr_presets, modality != "CT")):
+            box.setVisible(shown)
+            box.setEnabled(shown)
+
+    def _apply_mr_preset(self, name: str) -> None:
+        if self._mr_bounds is None:  # all MR presets from one pass over the scan
+            self._mr_bounds = intensity.mr_preset_bounds(self.controller.volume.array)
+        self.controller.set_window(*self._mr_bounds[name])
 
     def _on_window_changed(self, lo: float, hi: float) -> None:
         level, width = intensity.bounds_to_window(lo, hi)
