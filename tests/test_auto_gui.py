@@ -71,6 +71,12 @@ def test_panel_lists_and_filters_structures(window, panel, qtbot):
     assert panel.selection_label.text() == "0 ticked of 4 (2 shown)."
     panel.filter_edit.clear()
     assert not panel.run_button.isEnabled()
+    _tick(qtbot, lst, ["Bone", "Body"])
+    panel.modality_combo.setCurrentText("MR")  # the user corrects the modality
+    assert panel.selection_label.text() == "2 ticked of 4 (4 shown). Not learnt on MR: Bone."
+    assert panel.run_button.isEnabled()
+    _tick(qtbot, lst, ["Bone", "Body"])
+    panel.modality_combo.setCurrentText("CT")
     assert [panel.quality_combo.itemData(i) for i in range(3)] == [0.5, 0.25, 0.0]
 
 

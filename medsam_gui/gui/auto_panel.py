@@ -98,6 +98,7 @@ class AutoPanel(AutoRunMixin, AutoProposalMixin, QWidget):
         self.modality_combo = QComboBox()
         self.modality_combo.addItems(MODALITIES)
         self.modality_combo.setToolTip("The scan's modality (read from the scan; change it if it is wrong).")
+        self.modality_combo.currentTextChanged.connect(lambda _t: self._update_selection_label())
         form.addRow("Modality", self.modality_combo)
         self.quality_combo = QComboBox()
         self.quality_combo.setToolTip("Sliding-window overlap: as published gives the published accuracy; less "
@@ -245,9 +246,15 @@ class AutoPanel(AutoRunMixin, AutoProposalMixin, QWidget):
         self._update_buttons()
 
     def _update_selection_label(self) -> None:
-        n = len(self.checked_structures())
+        from ..models.auto_models import modality_mismatches
+
+        chosen = self.checked_structures()
         shown = sum(not self.structure_list.item(r).isHidden() for r in range(self.structure_list.count()))
-        self.selection_label.setText(f"{n} ticked of {len(self._structures or ())} ({shown} shown).")
+        text = f"{len(chosen)} ticked of {len(self._structures or ())} ({shown} shown)."
+        odd = modality_mismatches(chosen, self.modality)
+        if odd:
+            text += f" Not learnt on {self.modality}: {', '.join(s.title for s in odd)}."
+        self.selection_label.setText(text)
 
     def set_checked(self, keys, checked: bool = True) -> None:
         """Tick (or untick) the structures ``keys`` of the current model, like clicking them."""

@@ -28,6 +28,19 @@ Known models (official sources):
   validated by its structure (471 keys, the Hiera-tiny shapes;
   ``models.medsam2.engine.load_medsam2_state_dict``).
 
+- Automatic models (issue 15): ``hermes_r`` (alias ``hermes``), Hermes-R, the Google Drive file
+  ``1s3Rc5zpgNz9FA2eqKBExaXQ_nsbAPMT8`` linked from the README of
+  yhygao/universal-medical-image-segmentation (no checksum published: recorded on first install;
+  the repository states no licence); ``universal_model`` (alias ``universal``), the CLIP-Driven
+  Universal Model's ``clip_driven_universal_swin_unetr.pth`` on Hugging Face
+  (ljwztc/CLIP-Driven-Universal-Model; checksum recorded on first install) and
+  ``universal_text_embedding``, its ``pretrained_weights/txt_encoding.pth`` from the GitHub
+  repository (SHA-256 ``9de46b0b...7145``); both CC BY-NC-ND 4.0. Their files are checked by
+  structure (:mod:`.auto_weights`: the exact keys and shapes of the official layouts).
+  ``KnownModel.licence`` is shown by the weights dialog, which asks the user to accept it before
+  the first download (:func:`licence_accepted` / :func:`accept_licence`, settings key
+  ``"weights_licences_accepted"``).
+
 Downloads stream to ``<file>.part`` in ``config.weights_dir()``, are checked (length,
 checksum, and by loading the weights), and only then renamed into place; a failed or partial
 download never leaves a usable file. The URL of a model can be overridden with the
