@@ -120,8 +120,17 @@ def test_run_review_accept_one_undo_step(window, panel, qtbot):
     np.testing.assert_array_equal(got == dense_info.value, dense & ~kept)
     np.testing.assert_array_equal(got == bone_info.value, bone & ~dense & ~kept)
 
+    get_state, set_state = c.state_providers["auto_segment"]  # saved with the autosave / session
+    state = get_state()
+    assert [(a["key"], a["value"], a["overlap"]) for a in state["accepted"]] == [
+        ("bone", bone_info.value, 0.25), ("dense_bone", dense_info.value, 0.25)]
+    assert state["ticked"]["hermes"] == ["bone", "dense_bone", "soft_tissue"]
+
     window.actions["undo"].trigger()  # ONE step takes both structures away
     np.testing.assert_array_equal(c.source_labels(), before)
+    set_state({**state, "ticked": {"hermes": ["body"]}, "overlap": 0.0})
+    assert [s.key for s in panel.checked_structures()] == ["body"] and panel.overlap == 0.0
+    assert panel.accepted == state["accepted"]
 
 
 def test_cancel_stops_between_windows(window, panel, qtbot):

@@ -42,6 +42,7 @@ from .auto_proposal import AutoProposalMixin
 from .auto_run import AutoRunMixin
 
 DOCK_NAME = "Auto-segment"
+STATE_NAME = "auto_segment"
 KEY_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -72,6 +73,7 @@ class AutoPanel(AutoRunMixin, AutoProposalMixin, QWidget):
         self._proposal = None
         self._layer = None
         self.last_run: dict = {}
+        self.accepted: list[dict] = []  # provenance of the labels accepted on this scan (saved in sessions)
         self._build()
         controller.volume_changed.connect(self._on_volume_changed)
         self._progress_sig.connect(self._on_progress)
@@ -281,7 +283,23 @@ class AutoPanel(AutoRunMixin, AutoProposalMixin, QWidget):
     def _on_volume_changed(self, volume) -> None:
         if volume.modality in MODALITIES:
             self.modality_combo.setCurrentText(volume.modality)
+        self.accepted = []
         self._discard_proposal()
+
+    # ------------------------------------------------------------------ sessions
+    def get_state(self) -> dict:
+        """The choices (model, ticked structures, overlap) and the provenance of the accepted labels
+        (``accepted``: [{"model", "key", "title", "value", "modality", "overlap"}])."""
+        return {"model": self.model_name, "ticked": {m: sorted(k) for m, k in self._ticked.items()},
+                "overlap": self.overlap, "accepted": [dict(a) for a in self.accepted]}
+
+    def set_state(self, state: dict) -> None:
+        self._ticked = {str(m): set(keys) for m, keys in dict(state.get("ticked", {})).items()}
+        self.accepted = [dict(a) for a in state.get("accepted", [])]
+        self.set_model(state.get("model", self.model_name))  # lists the model's structures, ticked as saved
+        index = self.quality_combo.findData(state.get("overlap"))
+        if index >= 0:
+            self.quality_combo.setCurrentIndex(index)
 
     def _update_buttons(self) -> None:
         c = self.controller
@@ -297,7 +315,7 @@ class AutoPanel(AutoRunMixin, AutoProposalMixin, QWidget):
 
 def install(controller) -> AutoPanel:
     """Create the Auto-segment dock (tabbed with the docks on the right), its Models menu entry
-    (with a main window) and shutdown hook; returns the panel."""
+    (with a main window), its session state provider and shutdown hook; returns the panel."""
     panel = AutoPanel(controller)
     controller.add_dock(panel, DOCK_NAME, "right", tabify=True)
     if controller.window is not None:
@@ -305,5 +323,6 @@ def install(controller) -> AutoPanel:
             "models", "load_auto_weights", "Load automatic model weights…",
             lambda _checked=False: panel.show_weights_dialog(),
             tip="Download or choose the weights of the model chosen in the Auto-segment dock")
+    controller.register_state_provider(STATE_NAME, panel.get_state, panel.set_state)
     controller.add_shutdown_hook(panel.shutdown)
     return panel

@@ -183,6 +183,11 @@ class AutoProposalMixin:
         except Exception as exc:  # noqa: BLE001 - shown to the user; the proposal stays for another try
             c.show_error(exc, title="Could not write the auto-segmentation")
             return written
+        run = self.last_run
+        self.accepted += [{"model": s.model, "key": s.key, "title": s.title, "value": written[s.key],
+                           "modality": run.get("modality"), "overlap": run.get("overlap")}
+                          for s in chosen if s.key in written]
+        c.notify_state_changed()
         self._drop(set(s.key for s in chosen))
         c.status(f"Auto-segment: accepted {len(written)} structure(s) as new labels "
                  f"(Edit > Undo removes them at once).", 8000)
