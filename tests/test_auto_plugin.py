@@ -26,9 +26,15 @@ def _run_and_accept(viewer, demo_scan, qtbot):
     widget.set_checked(["dense_bone"])
     with qtbot.waitSignal(widget.run_finished, timeout=20000):
         widget.run()
-    (value,) = widget.accept().values()
     c = widget.controller
     _, _, _, lo, hi = RULES["dense_bone"]
     arr = c.volume.array
+    dense = c.orientation.to_display((arr >= lo) & (arr < hi))
+    k = int(np.argmax(dense.sum(axis=(1, 2))))
+    old = c.add_label("drawn before")
+    c.write_slice_mask(0, k, dense[k], old.value)
+    widget.overwrite_check.setChecked(True)  # the user allows overwriting
+    (value,) = widget.accept().values()
     np.testing.assert_array_equal(c.source_labels() == value, (arr >= lo) & (arr < hi))
+    assert not (c.source_labels() == old.value).any()
     assert c.labels_layer in viewer.layers and c.label_table[value].name == "Dense bone"

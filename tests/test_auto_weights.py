@@ -71,6 +71,26 @@ def test_import_validates_official_layouts(tmp_path):
     assert manager.resolve("universal_text_embedding") is None
 
 
+def test_downloads_checked_against_official_layout_and_checksum(tmp_path):
+    from medsam_gui import config
+    from medsam_gui.errors import WeightsDownloadError
+
+    emb = tmp_path / "txt_encoding.pth"
+    torch.save(torch.zeros(32, 512, dtype=torch.float16), emb)
+    with serve_files() as (base, files):
+        files["/u.pth"] = (universal_file(tmp_path / "u.pth").read_bytes(), "ok")
+        files["/txt.pth"] = (emb.read_bytes(), "ok")
+        files["/h.pth"] = (files["/u.pth"][0], "ok")
+        path = manager.download("universal", url=f"{base}/u.pth")
+        assert path == config.weights_dir() / "clip_driven_universal_swin_unetr.pth"
+        assert manager.recorded_sha256("universal_model") == hashlib.sha256(path.read_bytes()).hexdigest()
+        with pytest.raises(WeightsDownloadError, match="failed its SHA-256 check.*9de46b0be0fd"):
+            manager.download("universal_text_embedding", url=f"{base}/txt.pth")  # not the official file
+        with pytest.raises(CheckpointError, match="no 'ema_model_state_dict'"):
+            manager.download("hermes", url=f"{base}/h.pth")  # a Universal Model file offered as Hermes-R
+    assert sorted(p.name for p in config.weights_dir().iterdir()) == ["clip_driven_universal_swin_unetr.pth"]
+
+
 @pytest.mark.gui
 def test_dialog_shows_licence_and_needs_acceptance(qtbot, tmp_path, monkeypatch):
     from qtpy.QtCore import QPoint, Qt

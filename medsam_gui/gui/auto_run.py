@@ -4,11 +4,11 @@ left", Cancel (the model stops between two windows)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from qtpy.QtCore import QTimer
 
-from ..errors import CheckpointError
 from ..models.auto_model import AutoSegmentationCancelled
 from .workers import set_bar_value
 
@@ -80,16 +80,14 @@ class AutoRunMixin:
             self.show_weights_dialog(missing, f"The {model} model needs this file before it can segment.")
             return False
         segmenter = self._segmenters.get(model)
-        try:
-            files = None if segmenter is not None else installed_weights(model)
-        except CheckpointError as exc:
-            c.show_error(exc, title="Auto-segment")
-            return False
-        volume, modality, overlap, stop = c.volume, self.modality, self.overlap, self._stop
-        stop.clear()
+        volume, modality, overlap = c.volume, self.modality, self.overlap
+        stop = self._stop = threading.Event()  # one per run: a cancelled run stops even when another starts
 
         def work():
-            seg = segmenter or load_auto_model(model, files[0], text_embedding=files[1])
+            seg = segmenter
+            if seg is None:  # the files' recorded checksums are verified here, off the GUI thread
+                checkpoint, text = installed_weights(model)
+                seg = load_auto_model(model, checkpoint, text_embedding=text)
             masks = seg.segment(volume, chosen, modality=modality, overlap=overlap,
                                 progress=self._progress_sig.emit, stop=stop.is_set)
             return seg, volume, chosen, masks
@@ -103,7 +101,7 @@ class AutoRunMixin:
         self.progress_label.setText("Loading the model…" if segmenter is None else "Segmenting…")
         self._handle = handle = c.run_worker(work, on_done=self._on_done, on_error=self._on_error,
                                              description=f"Auto-segment: {len(chosen)} structure(s) with {model}…")
-        handle.add_done_callback(self._on_handle_finished)
+        handle.add_done_callback(lambda h: self._on_handle_finished(h, stop))
         self._update_buttons()
         return True
 
@@ -132,10 +130,11 @@ class AutoRunMixin:
         if not cancelled:
             self.controller.show_error(exc, title="Auto-segment failed")
 
-    def _on_handle_finished(self, handle) -> None:
-        if handle.cancelled:  # the status bar's Cancel: stop the model at its next window
-            self._stop.set()
-            self._finish_run("cancelled")
+    def _on_handle_finished(self, handle, stop: threading.Event) -> None:
+        if handle.cancelled:  # also the status bar's Cancel: stop the model at its next window
+            stop.set()
+            if self._handle is handle:
+                self._finish_run("cancelled")
 
     def cancel(self) -> None:
         """Stop the run at the model's next window; nothing is proposed."""
