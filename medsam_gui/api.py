@@ -393,7 +393,7 @@ def auto_segment(volume: Volume, model, structures: Sequence[str | int], checkpo
     ``progress(windows done, total)``; ``stop()`` cancels between windows
     (AutoSegmentationCancelled)."""
     from .models import auto_models
-    from .models.auto_model import MODALITIES
+    from .models.auto_models import MODALITIES
 
     if modality is not None and str(modality).upper() not in MODALITIES:
         raise MedsamGuiError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}.")

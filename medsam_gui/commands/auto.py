@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint, text = auto_models.installed_weights(args.model, args.checkpoint, args.text_embedding)
 
     vol = api.load_volume(args.scan)
-    modality = args.modality or (vol.modality if vol.modality in ("CT", "MR", "PET") else None)
+    modality = args.modality or (vol.modality if vol.modality in auto_models.MODALITIES else None)
     for s in auto_models.modality_mismatches(chosen, modality):
         say(f"warning: {s.title} was learnt on {'/'.join(s.modalities)}, the scan is {modality}.")
     t0 = time.perf_counter()

@@ -37,7 +37,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import MedsamGuiError
-from ..models.auto_model import MODALITIES, Structure
+from ..models.auto_model import Structure
+from ..models.auto_models import MODALITIES
 from .auto_proposal import AutoProposalMixin
 from .auto_run import AutoRunMixin
 

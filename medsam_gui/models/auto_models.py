@@ -28,6 +28,7 @@ from ..errors import CheckpointError, MedsamGuiError
 from .auto_model import AutoSegmenter, Structure
 
 AUTO_MODELS = ("hermes", "universal")
+MODALITIES = ("CT", "MR", "PET")  # what Structure.modalities and the ``modality`` arguments name
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def load_auto_model(model: str, checkpoint, *, text_embedding=None, device: str 
 
 def modality_mismatches(structures: Sequence[Structure], modality: str | None) -> list[Structure]:
     """The structures not made for ``modality`` (none when the modality is unknown)."""
-    if modality not in ("CT", "MR", "PET"):
+    if modality not in MODALITIES:
         return []
     return [s for s in structures if modality not in s.modalities]
 
