@@ -165,20 +165,20 @@ class AutoProposalMixin:
         if not chosen:
             return {}
         combined = c.orientation.to_display(label_map([prop.masks[s.key] for s in chosen]))
-        data = c.display_labels()
-        free = None if self.overwrite_check.isChecked() else data == 0
+        target = combined > 0
+        if not self.overwrite_check.isChecked():
+            target &= c.display_labels() == 0
+        voxels = np.nonzero(target)  # one pass over the volume; then per structure over these voxels
+        values = combined[voxels]
         written: dict[str, int] = {}
         try:
             with c.edit_group():
                 for i, s in enumerate(chosen, start=1):
-                    target = combined == i
-                    if free is not None:
-                        target &= free
-                    where = np.nonzero(target)
-                    if where[0].size == 0:
+                    mine = values == i
+                    if not mine.any():
                         continue
                     info = c.add_label(self._label_name(s), prop.colors[s.key])
-                    c.labels_layer.data_setitem(where, info.value)
+                    c.labels_layer.data_setitem(tuple(v[mine] for v in voxels), info.value)
                     written[s.key] = info.value
         except Exception as exc:  # noqa: BLE001 - shown to the user; the proposal stays for another try
             c.show_error(exc, title="Could not write the auto-segmentation")
