@@ -367,3 +367,50 @@ def _propagate_medsam2(volume: Volume, key_boxes: Mapping[int, Sequence[float]],
     (z, box), = key_boxes.items()
     engine = kw.pop("engine")
     return segment_lesion_3d(volume, z, box, engine=None if isinstance(engine, str) else engine, **kw)
+
+
+# ------------------------------------------------------------------ automatic models (issue 15)
+
+__all__ += ["auto_segment"]
+
+
+def auto_segment(volume: Volume, model, structures: Sequence[str | int], checkpoint=None, text_embedding=None,
+                 modality: str | None = None, overlap: float | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 stop: Callable[[], bool] | None = None, *, device: str | None = None) -> dict[str, np.ndarray]:
+    """Hermes-R or the CLIP-Driven Universal Model on the whole scan: {structure key: uint8
+    {0,1} mask (z, y, x) on ``volume``'s exact grid}, in the order asked.
+
+    ``model``: "hermes" | "universal", or a loaded
+    :class:`~medsam_gui.models.auto_model.AutoSegmenter` (load it once with
+    :func:`medsam_gui.models.auto_models.load_auto_model` for many scans). ``structures``:
+    catalogue keys, titles or official indices (Universal: 0-based organ index; Hermes: task
+    id). ``checkpoint`` / ``text_embedding`` (Universal only): files in the official layouts,
+    default the installed ones. ``modality``: "CT" | "MR" | "PET" (default: the scan's).
+    ``overlap``: sliding-window overlap in [0, 1) (default: as published; less is faster).
+    ``progress(windows done, total)``; ``stop()`` cancels between windows
+    (AutoSegmentationCancelled)."""
+    from .models import auto_models
+    from .models.auto_models import MODALITIES
+
+    if modality is not None and str(modality).upper() not in MODALITIES:
+        raise MedsamGuiError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}.")
+    modality = str(modality).upper() if modality is not None else (
+        volume.modality if volume.modality in MODALITIES else None)
+    if overlap is not None and not 0.0 <= float(overlap) < 1.0:
+        raise MedsamGuiError(f"the window overlap must be at least 0 and below 1; got {overlap}.")
+    if isinstance(model, str):
+        chosen = auto_models.find_structures(model, structures)
+        segmenter = auto_models.load_auto_model(model, checkpoint, text_embedding=text_embedding, device=device)
+    else:
+        segmenter = model
+        chosen = auto_models.select_structures(segmenter.structures, structures, segmenter.name)
+    masks = segmenter.segment(volume, chosen, modality=modality, overlap=overlap, progress=progress, stop=stop)
+    out = {}
+    for s in chosen:
+        mask = np.asarray(masks[s.key])
+        if mask.shape != tuple(volume.shape):
+            raise MedsamGuiError(f"{segmenter.name} returned {s.title} on a {mask.shape} grid, not the scan's "
+                                 f"{tuple(volume.shape)}.")
+        out[s.key] = (mask > 0).astype(np.uint8)
+    return out

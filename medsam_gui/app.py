@@ -2,7 +2,8 @@
 
 ``run_app`` is what ``medsam-gui [SCAN] [--labels L] [--demo] [--session S]`` calls;
 ``build_app`` builds the same window without entering the Qt event loop (tests, scripts).
-It creates the panels explicitly (session manager, MedSAM + Measurements, UniverSeg) and
+It creates the panels explicitly (session manager, MedSAM + Measurements, UniverSeg,
+Auto-segment) and
 keeps them in ``window.panels``.
 """
 
@@ -54,7 +55,7 @@ def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show:
         raise MedsamGuiError("Opening a session needs the session panel (install_panels=True).")
     import napari
 
-    from .gui import medsam_panel, session as session_panel, session_files, universeg_panel
+    from .gui import auto_panel, medsam_panel, session as session_panel, session_files, universeg_panel
     from .gui.controller import Controller
     from .gui.main_window import MainWindow
     from .gui.panels import Panels
@@ -66,9 +67,10 @@ def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show:
         sessions = session_panel.install(controller)
         medsam = medsam_panel.install(controller)
         universeg = universeg_panel.install(controller, medsam=medsam)
+        auto = auto_panel.install(controller)
         window.raise_dock("MedSAM")  # where a new user starts
         window.panels = Panels(session=sessions, medsam=medsam, measurements=medsam.measurements,
-                               universeg=universeg)
+                               universeg=universeg, auto=auto)
     if session is not None:
         session_files.open_session(window.panels.session, session)
     elif scan_path is not None:

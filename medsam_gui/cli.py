@@ -1,7 +1,7 @@
 """Command line entry point: ``medsam-gui``.
 
 ``medsam-gui [SCAN] [--labels LABELS] [--demo]`` opens the app. The headless commands
-(``info``, ``segment``, ``universeg``, ``measure``, ``weights``) each live in
+(``info``, ``segment``, ``universeg``, ``measure``, ``weights``, ``auto``) each live in
 ``medsam_gui/commands/<name>.py``, which defines ``register(subparsers)``; they are imported
 only when used, so ``medsam-gui info`` never loads Qt or torch.
 
@@ -17,7 +17,7 @@ from typing import Sequence
 
 from .errors import MedsamGuiError
 
-COMMANDS = ("info", "segment", "universeg", "measure", "weights")
+COMMANDS = ("info", "segment", "universeg", "measure", "weights", "auto")
 
 
 def _gui_parser() -> argparse.ArgumentParser:

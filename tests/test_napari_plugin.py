@@ -92,7 +92,8 @@ def test_entry_point_names_the_packaged_manifest(pm):
     manifest = PluginManifest.from_file(resources.files(module) / filename)
     assert manifest.name == PLUGIN
     contrib = pm.get_manifest(PLUGIN).contributions
-    assert {w.display_name for w in contrib.widgets} == {"MedSAM", "UniverSeg", "Labels", "Measurements"}
+    assert {w.display_name for w in contrib.widgets} == {"MedSAM", "UniverSeg", "Labels", "Measurements",
+                                                         "Auto-segment"}
     assert [s.key for s in contrib.sample_data] == ["demo_ct"]
 
 

@@ -10,10 +10,12 @@ from typing import Any
 class Panels:
     """``session`` (:class:`~medsam_gui.gui.session.SessionManager`), ``medsam``
     (:class:`~medsam_gui.gui.medsam_panel.MedSAMPanel`), ``measurements`` (its
-    :class:`~medsam_gui.gui.measurements_panel.MeasurementsPanel`) and ``universeg``
-    (:class:`~medsam_gui.gui.universeg_panel.UniversegPanel`); None when not installed."""
+    :class:`~medsam_gui.gui.measurements_panel.MeasurementsPanel`), ``universeg``
+    (:class:`~medsam_gui.gui.universeg_panel.UniversegPanel`) and ``auto``
+    (:class:`~medsam_gui.gui.auto_panel.AutoPanel`); None when not installed."""
 
     session: Any = None
     medsam: Any = None
     measurements: Any = None
     universeg: Any = None
+    auto: Any = None

@@ -1,7 +1,8 @@
 """The "MedSAM weights" dialog: explains where the weights come from, downloads them (with a
 progress bar, cancellable, off the GUI thread) or lets the user choose a file they already
 have (validated off the GUI thread; a wrong file shows the CheckpointError message and the
-user can try again). The choice is remembered by the model manager
+user can try again). A model with a licence (``KnownModel.licence``) shows it, and Download stays
+disabled until the user ticks "I accept" (remembered: ``weights.accept_licence``). The choice is remembered by the model manager
 (:mod:`medsam_gui.models.weights`, settings key ``"weights"``).
 
 ``ask_weights_file`` is a module-level function so tests replace it with ``monkeypatch``.
@@ -17,8 +18,10 @@ from pathlib import Path
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QDialog,
     QFileDialog,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -55,7 +58,8 @@ class WeightsDialog(QDialog):
     ``failed(str)`` with the message of a failed attempt (the dialog stays open).
     Attributes: ``path`` (Path | None, set on success), ``error_label``, ``progress``,
     ``download_button``, ``choose_button``, ``cancel_download_button``, ``close_button``,
-    ``busy`` (a download or validation runs).
+    ``licence_label`` / ``licence_check`` (None without a licence), ``busy`` (a download or
+    validation runs).
     """
 
     weights_ready = Signal(object)
@@ -112,8 +116,24 @@ class WeightsDialog(QDialog):
         self.cancel_download_button.setVisible(False)
         self.cancel_download_button.clicked.connect(self.cancel_download)
 
+        self.licence_label = self.licence_check = None
+        licence_box = None
+        if m.licence is not None:
+            licence_box = QGroupBox("Licence of the weights")
+            box = QVBoxLayout(licence_box)
+            link = f" <a href='{html.escape(m.licence_url)}'>{html.escape(m.licence_url)}</a>" if m.licence_url else ""
+            self.licence_label = QLabel(f"<p>{html.escape(m.licence)}{link}</p>")
+            self.licence_label.setWordWrap(True)
+            self.licence_label.setTextFormat(Qt.TextFormat.RichText)
+            self.licence_label.setOpenExternalLinks(True)
+            self.licence_check = QCheckBox("I accept these terms")
+            self.licence_check.setChecked(manager.licence_accepted(m.name))
+            self.licence_check.toggled.connect(lambda _on: self._set_busy(self.busy, self.status_label.text()))
+            box.addWidget(self.licence_label)
+            box.addWidget(self.licence_check)
+
         self.download_button = QPushButton(f"Download ({m.approx_mib} MiB)")
-        self.download_button.clicked.connect(self.start_download)
+        self.download_button.clicked.connect(lambda _=False: self.start_download())
         self.choose_button = QPushButton("Choose file…")
         self.choose_button.clicked.connect(lambda _=False: self.choose_file())
         self.close_button = QPushButton("Close")
@@ -121,6 +141,8 @@ class WeightsDialog(QDialog):
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.info_label)
+        if licence_box is not None:
+            layout.addWidget(licence_box)
         layout.addWidget(self.error_label)
         layout.addWidget(self.status_label)
         row = QHBoxLayout()
@@ -136,11 +158,14 @@ class WeightsDialog(QDialog):
 
         self._progress_sig.connect(self._on_progress)
         self._finished_sig.connect(self._on_finished)
+        self._set_busy(False)
 
     # ------------------------------------------------------------------ state
     def _set_busy(self, busy: bool, text: str = "") -> None:
         self.busy = busy
-        self.download_button.setEnabled(not busy)
+        accepted = self.licence_check is None or self.licence_check.isChecked()
+        self.download_button.setEnabled(not busy and accepted)
+        self.download_button.setToolTip("" if accepted else "Accept the licence above first.")
         self.choose_button.setEnabled(not busy)
         self.status_label.setText(text)
         self.progress.setVisible(busy)
@@ -196,8 +221,13 @@ class WeightsDialog(QDialog):
         """Download the weights from the official source (or ``url``) off the GUI thread."""
         if self.busy:
             return
-        self._cancel.clear()
         name = self.model.name
+        if self.licence_check is not None:
+            if not self.licence_check.isChecked():
+                self.show_error("Read the licence of the weights and tick \"I accept these terms\" to download them.")
+                return
+            self._manager.accept_licence(name)
+        self._cancel.clear()
         manager = self._manager
 
         def progress(done: int, total) -> None:

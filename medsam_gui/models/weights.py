@@ -28,6 +28,19 @@ Known models (official sources):
   validated by its structure (471 keys, the Hiera-tiny shapes;
   ``models.medsam2.engine.load_medsam2_state_dict``).
 
+- Automatic models (issue 15): ``hermes_r`` (alias ``hermes``), Hermes-R, the Google Drive file
+  ``1s3Rc5zpgNz9FA2eqKBExaXQ_nsbAPMT8`` linked from the README of
+  yhygao/universal-medical-image-segmentation (no checksum published: recorded on first install;
+  the repository states no licence); ``universal_model`` (alias ``universal``), the CLIP-Driven
+  Universal Model's ``clip_driven_universal_swin_unetr.pth`` on Hugging Face
+  (ljwztc/CLIP-Driven-Universal-Model; checksum recorded on first install) and
+  ``universal_text_embedding``, its ``pretrained_weights/txt_encoding.pth`` from the GitHub
+  repository (SHA-256 ``9de46b0b...7145``); both CC BY-NC-ND 4.0. Their files are checked by
+  structure (:mod:`.auto_weights`: the exact keys and shapes of the official layouts).
+  ``KnownModel.licence`` is shown by the weights dialog, which asks the user to accept it before
+  the first download (:func:`licence_accepted` / :func:`accept_licence`, settings key
+  ``"weights_licences_accepted"``).
+
 Downloads stream to ``<file>.part`` in ``config.weights_dir()``, are checked (length,
 checksum, and by loading the weights), and only then renamed into place; a failed or partial
 download never leaves a usable file. The URL of a model can be overridden with the
@@ -55,6 +68,7 @@ from ..errors import CheckpointError, MedsamGuiError, WeightsDownloadError
 from .download_pages import confirmation_url, cookie_tokens, is_html, page_title
 
 SETTINGS_KEY = "weights"
+LICENCE_KEY = "weights_licences_accepted"  # name -> the licence text the user accepted
 CHECKSUM_KEY = "weights_sha256"  # name -> sha256 recorded at first install (models with record_checksum)
 HTML_LIMIT = 2 << 20  # bytes of an HTML answer read to look for a confirmation form
 USER_AGENT = "medsam-gui (model download)"
@@ -72,9 +86,11 @@ class KnownModel:
     md5: str | None
     size_bytes: int | None  # exact size when published (verified), else None
     approx_mib: int
-    kind: str  # "sam" (MedSAM / SAM ViT-B), "universeg", "litemedsam" or "medsam2"
+    kind: str  # "sam", "universeg", "litemedsam", "medsam2", "hermes", "universal" or "universal_text"
     note: str = ""
     record_checksum: bool = False  # no published checksum: record the first file's SHA-256, verify later
+    licence: str | None = None  # terms the user accepts before the first download (None: nothing to accept)
+    licence_url: str = ""
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -159,6 +175,45 @@ for _name, (_file, _title, _note) in MEDSAM2_FILES.items():
                      "is validated by its structure (471 keys, SAM2.1 Hiera-tiny shapes).",
         record_checksum=True)
 ALIASES["medsam2"] = "medsam2_latest"
+
+# ------------------------------------------------------------------ automatic models (issue 15)
+HERMES_REPO = "https://github.com/yhygao/universal-medical-image-segmentation"
+UNIVERSAL_REPO = "https://github.com/ljwztc/CLIP-Driven-Universal-Model"
+CC_BY_NC_ND = ("CC BY-NC-ND 4.0 (Creative Commons Attribution-NonCommercial-NoDerivatives 4.0, "
+               "\u00a9 The Johns Hopkins University): non-commercial use only, with attribution; modified "
+               "weights may not be shared.")
+for _model in (
+    KnownModel(
+        name="hermes_r", title="Hermes-R", filename="hermes_r.pth",
+        url="https://drive.usercontent.google.com/download?id=1s3Rc5zpgNz9FA2eqKBExaXQ_nsbAPMT8&export=download",
+        source=f"{HERMES_REPO} (Google Drive file linked from its README)", sha256=None, md5=None,
+        size_bytes=None, approx_mib=930, kind="hermes",
+        note="No checksum is published; the SHA-256 of the first file installed is recorded and verified after. "
+             "The file holds the model, EMA and optimizer states (size estimated from 60.9 M parameters).",
+        record_checksum=True,
+        licence="The Hermes repository and its README state no licence for the code or the Hermes-R weights, so "
+                "no rights are granted beyond what the law allows: use them for research, cite the paper "
+                "(Gao et al., CVPR 2024), and ask the authors before any other use.",
+        licence_url=HERMES_REPO),
+    KnownModel(
+        name="universal_model", title="CLIP-Driven Universal Model (Swin UNETR)",
+        filename="clip_driven_universal_swin_unetr.pth",
+        url="https://huggingface.co/ljwztc/CLIP-Driven-Universal-Model/resolve/main/clip_driven_universal_swin_unetr.pth",
+        source=f"https://huggingface.co/ljwztc/CLIP-Driven-Universal-Model (code: {UNIVERSAL_REPO})",
+        sha256=None, md5=None, size_bytes=None, approx_mib=240, kind="universal",
+        note="No checksum is published; the SHA-256 of the first file installed is recorded and verified after. "
+             "Needs the text embedding universal_text_embedding (txt_encoding.pth).",
+        record_checksum=True, licence=CC_BY_NC_ND, licence_url="https://creativecommons.org/licenses/by-nc-nd/4.0/"),
+    KnownModel(
+        name="universal_text_embedding", title="Universal Model text embedding", filename="txt_encoding.pth",
+        url="https://raw.githubusercontent.com/ljwztc/CLIP-Driven-Universal-Model/main/pretrained_weights/txt_encoding.pth",
+        source=f"{UNIVERSAL_REPO} (pretrained_weights/txt_encoding.pth: CLIP text embeddings of the 32 organs)",
+        sha256="9de46b0be0fdfedc82852045d15efdbb3a04e48a954df27d1290af2f63997145", md5=None, size_bytes=None,
+        approx_mib=1, kind="universal_text", licence=CC_BY_NC_ND,
+        licence_url="https://creativecommons.org/licenses/by-nc-nd/4.0/"),
+):
+    KNOWN_MODELS[_model.name] = _model
+ALIASES.update({"hermes": "hermes_r", "universal": "universal_model"})
 
 
 def resolve_medsam2() -> Path | None:
@@ -265,11 +320,36 @@ def list_models() -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------ licences
+
+def licence_accepted(name: str) -> bool:
+    """Whether the user accepted the current licence of ``name`` (True when it has none)."""
+    model = get_model(name)
+    if model.licence is None:
+        return True
+    data = config.get_setting(LICENCE_KEY, {})
+    return isinstance(data, dict) and data.get(model.name) == model.licence
+
+
+def accept_licence(name: str) -> None:
+    """Remember that the user accepted the licence of ``name`` (as it reads now)."""
+    model = get_model(name)
+    data = config.get_setting(LICENCE_KEY, {})
+    data = dict(data) if isinstance(data, dict) else {}
+    data[model.name] = model.licence
+    config.set_setting(LICENCE_KEY, data)
+
+
 # ------------------------------------------------------------------ validation
 
 def validate_file(name: str, path: str | os.PathLike) -> None:
     """Load ``path`` as weights of ``name`` (strictly); raises CheckpointError if unusable."""
     model = get_model(name)
+    if model.kind in ("hermes", "universal", "universal_text"):
+        from .auto_weights import validate_auto_file
+
+        validate_auto_file(model.kind, model.title, path)
+        return
     if model.kind == "medsam2":
         from .medsam2.engine import load_medsam2_state_dict
 

@@ -4,7 +4,8 @@
   radiological display order, keeping the source geometry in the layer metadata;
 - ``writer``: a labels layer back onto the exact source grid (NIfTI / NRRD / MHA);
 - ``sample``: the bundled demo CT;
-- ``widgets``: the MedSAM, UniverSeg, Labels and Measurements panels over the viewer's layers.
+- ``widgets``: the MedSAM, UniverSeg, Labels, Measurements and Auto-segment panels over the
+  viewer's layers.
 
 Layer metadata: ``layer.metadata[METADATA_KEY] = {"volume": Volume, "orientation":
 DisplayOrientation}`` (see :mod:`.reader`). Nothing here runs at import time.

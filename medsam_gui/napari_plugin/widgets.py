@@ -141,3 +141,10 @@ def measurements_widget() -> QWidget:
     panel = _widget(MeasurementsPanel, background=True)
     panel.refresh()
     return panel
+
+
+def auto_widget() -> QWidget:
+    """Auto-segment: Hermes-R or the Universal Model segments structures picked by name."""
+    from ..gui.auto_panel import AutoPanel
+
+    return _widget(AutoPanel, background=True)
