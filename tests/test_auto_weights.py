@@ -121,3 +121,19 @@ def test_dialog_shows_licence_and_needs_acceptance(qtbot, tmp_path, monkeypatch)
     plain = WeightsDialog(None, model_name="universeg_v1")
     qtbot.addWidget(plain)
     assert plain.licence_check is None and plain.download_button.isEnabled()
+
+
+def test_cli_download_asks_for_the_licence_first(tmp_path, capsys):
+    from medsam_gui.cli import main
+
+    with serve_files() as (base, files):
+        files["/u.pth"] = (universal_file(tmp_path / "u.pth").read_bytes(), "ok")
+        assert main(["weights", "download", "universal", "--url", f"{base}/u.pth"]) == 1
+        err = capsys.readouterr().err
+        assert "CC BY-NC-ND" in err and "--accept-licence" in err
+        assert manager.resolve("universal_model") is None and not manager.licence_accepted("universal_model")
+        assert main(["weights", "download", "universal", "--url", f"{base}/u.pth", "--accept-licence"]) == 0
+    assert manager.licence_accepted("universal_model")
+    assert manager.resolve("universal_model").name == "clip_driven_universal_swin_unetr.pth"
+    assert main(["weights", "download", "sam", "--url", "http://127.0.0.1:9/none"]) == 1  # no licence to accept
+    assert "--accept-licence" not in capsys.readouterr().err

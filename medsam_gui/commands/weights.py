@@ -34,6 +34,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     dp.add_argument("name", metavar="NAME")
     dp.add_argument("--url", help="download from this URL instead (a mirror)")
     dp.add_argument("--sha256", help="expected SHA-256 of the file at --url")
+    dp.add_argument("--accept-licence", action="store_true",
+                    help="accept the model's licence (printed by a first try without this flag)")
     p.set_defaults(func=run)
     return p
 
@@ -56,6 +58,19 @@ class _Progress:
         self.last = now
         pct = f" ({100.0 * done / total:.0f}%)" if total else ""
         print(f"\r  {_fmt_bytes(done)} of {_fmt_bytes(total)}{pct}", end="", file=self.stream, flush=True)
+
+
+def _licence(manager, model, accept: bool) -> None:
+    """Accept ``model``'s licence (``accept``), or refuse with its text when not accepted before."""
+    from ..errors import MedsamGuiError
+
+    if manager.licence_accepted(model.name):
+        return
+    if not accept:
+        raise MedsamGuiError(
+            f"the {model.title} weights come with these terms:\n\n{model.licence}\n"
+            f"{model.licence_url}\n\nRun again with --accept-licence to accept them and download.")
+    manager.accept_licence(model.name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "download":
         model = manager.get_model(args.name)
+        _licence(manager, model, args.accept_licence)
         url = manager.model_url(model.name, args.url)
         print(f"downloading {model.title} from {url}", file=sys.stderr)
         # A mirror (--url) must still match the official checksums, unless --sha256 is given.
