@@ -73,8 +73,16 @@ class SettingsScroll(QScrollArea):
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setWidget(widget)
-        self.setMinimumWidth(widget.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
-        self.setMinimumHeight(60)
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt naming
+        """As wide as the settings need (measured now: fonts and style sheets change it), so
+        the dock never cuts them off at the right; any height from 60 px."""
+        hint = super().minimumSizeHint()
+        widget = self.widget()
+        if widget is not None:
+            hint.setWidth(widget.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4)
+        hint.setHeight(60)
+        return hint
 
 
 def dock_body(panel: QWidget, actions: QWidget, settings: QWidget, *, actions_on_top: bool = True) -> SettingsScroll:

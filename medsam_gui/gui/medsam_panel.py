@@ -145,6 +145,7 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         self.model_label.setWordWrap(True)
         self.embed_label = QLabel("")
         self.embed_label.setWordWrap(True)
+        self.embed_label.setVisible(False)  # until there is an embedding to report
         al.addWidget(self.model_label)
         al.addWidget(self.embed_label)
         row = QHBoxLayout()
@@ -396,6 +397,7 @@ class MedSAMPanel(PanelPropagationMixin, QWidget):
         state = "ready" if sv.has_embedding(idx) else "not embedded yet"
         extra = f" — {sv.last_message}" if sv.last_message else ""
         self.embed_label.setText(f"Slice {idx}: {state}{extra}")
+        self.embed_label.setVisible(True)
 
     def _on_embed_started(self, index: int) -> None:
         self.controller.status(f"MedSAM: embedding slice {index}…", 0)
