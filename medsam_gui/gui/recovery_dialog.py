@@ -68,7 +68,9 @@ class RecoveryDialog(QDialog):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         for row, cells in enumerate(self.rows()):
             for col, text in enumerate(cells):
-                self.table.setItem(row, col, QTableWidgetItem(text))
+                cell = QTableWidgetItem(text)
+                cell.setToolTip(text)
+                self.table.setItem(row, col, cell)
         header = self.table.horizontalHeader()
         for col in range(len(self.COLUMNS) - 1):  # whole headers and cells; the location takes the rest
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
