@@ -136,8 +136,8 @@ def test_recovery_dialog_headers_are_whole(qapp, tmp_path):
     from medsam_gui.core.autosave import RecoverableSession
     from medsam_gui.gui.recovery_dialog import RecoveryDialog
 
-    item = RecoverableSession(slot=tmp_path, session_path=tmp_path / "s.medsam", name="slot", scan_name="example_ct_sm",
-                              scan_path=str(tmp_path / "example_ct_sm.nii.gz"), saved_at=time.time(),
+    item = RecoverableSession(slot=tmp_path, session_path=tmp_path / "s.medsam", name="slot",
+                              scan_name="example_ct_sm", scan_path=str(tmp_path / "example_ct_sm.nii.gz"), saved_at=time.time(),
                               label_voxels={1: 12, 5: 12345})
     dlg = RecoveryDialog(None, [item])
     dlg.show()

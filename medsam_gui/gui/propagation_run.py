@@ -197,7 +197,8 @@ class PropagationBox(QGroupBox):
     ``medsam2_weights_button``, slice range (``from_spin`` / ``to_spin``, "Current" buttons),
     ``margin_spin`` (slice by slice only), and ``actions`` (a widget outside the group, which the
     dock places where it is always visible): ``propagate_button`` / ``cancel_button`` and a status
-    line (``status_label``, shown once there is something to say); shows one :class:`PropagationRun` at a time (``run``).
+    line (``status_label``, shown once there is something to say); shows one
+    :class:`PropagationRun` at a time (``run``).
 
     Signals: ``slice_painted(axis, index)``, ``finished(state)`` (see PropagationRun),
     ``method_changed(str)``."""

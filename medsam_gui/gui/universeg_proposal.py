@@ -212,7 +212,8 @@ class ProposalMixin:
                 for i in chosen:
                     masks, user_slice = prop.writes(i, np.take(data, i, axis=prop.axis))
                     skipped += user_slice
-                    wrote = {v for v, m in masks if c.write_slice_mask(prop.axis, i, m, v, overwrite_other=overwrite)}
+                    wrote = {v for v, m in masks
+                             if c.write_slice_mask(prop.axis, i, m, v, overwrite_other=overwrite)}
                     if wrote:
                         written.append(i)
                     if active in wrote:
@@ -236,7 +237,8 @@ class ProposalMixin:
         if axis != self._axis():
             return "The accepted slices run along another view's axis: the examples are unchanged."
         if self.add_accepted_check.isChecked():
-            return "They now join the support set as examples (untick “Add accepted slices to the examples” to keep them out)."
+            return ("They now join the support set as examples (untick “Add accepted slices to the "
+                    "examples” to keep them out).")
         for i in slices:
             self._live.remove(i)
             if any(j == i for j, _origin in self._live.wanted([i])):  # it was also added by hand
