@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
+from qtpy.QtGui import QColor, QPalette
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QColorDialog,
@@ -40,6 +40,8 @@ SCAN_FILTER = (
 LABELS_OPEN_FILTER = "Label maps (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.mgz);;All files (*)"
 LABELS_SAVE_FILTER = "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)"
 LABEL_DESC_FILTER = "ITK-SNAP label descriptions (*.label *.txt);;All files (*)"
+# link colours for a dark and a light background (WCAG contrast >= 4.5 on napari's themes)
+LIGHT_LINK, DARK_LINK = QColor("#8cc4ff"), QColor("#0b4fb3")
 
 
 def _last_dir() -> str:
@@ -215,3 +217,26 @@ def ask_drop_action(parent: QWidget | None, path: str) -> str | None:
     if clicked is scan:
         return "scan"
     return None
+
+
+def contrast_ratio(a: QColor, b: QColor) -> float:
+    """WCAG 2 contrast ratio of two colours (1 .. 21; 4.5 is the minimum for body text)."""
+    def luminance(c: QColor) -> float:
+        def lin(v: float) -> float:
+            return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+        return 0.2126 * lin(c.redF()) + 0.7152 * lin(c.greenF()) + 0.0722 * lin(c.blueF())
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def link_color(widget: QWidget) -> QColor:
+    """A link colour readable on ``widget``'s background (its palette, style sheet applied):
+    the palette's own link colour when its contrast is at least 4.5, else a light or dark blue."""
+    widget.ensurePolished()
+    pal = widget.palette()
+    background = pal.color(QPalette.ColorRole.Window)
+    link = pal.color(QPalette.ColorRole.Link)
+    if contrast_ratio(link, background) >= 4.5:
+        return link
+    return max((LIGHT_LINK, DARK_LINK), key=lambda c: contrast_ratio(c, background))

@@ -8,6 +8,9 @@ labels.
 
 Status bar (right side, permanent widgets): message label, oblique-scan notice, progress
 bar + Cancel button for background work (``Controller.run_worker``).
+
+Geometry: the first time the window opens it fills the screen (maximised); after that it comes
+back at the size and position it had when it was last closed (settings key ``"window_geometry"``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import weakref
 from pathlib import Path
 
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtCore import QByteArray, QEvent, QObject, Qt, QTimer
 from qtpy.QtGui import QAction, QKeySequence
 from qtpy.QtWidgets import (
     QApplication,
@@ -29,8 +32,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import __version__
+from .. import __version__, config
 from . import dialogs
+from .collapsible import SettingsScroll
 from .cursor_readout import CursorReadout
 from .labels_panel import LabelsPanel
 from .linked_views import LinkedViews
@@ -41,6 +45,7 @@ from .workers import set_bar_value
 OBLIQUE_NOTICE = "Oblique scan: shown in voxel order (not re-sliced); edge letters are approximate"
 LABEL_DESCRIPTION_SUFFIXES = (".label", ".txt")
 _AREAS = {"right", "left", "bottom", "top"}
+GEOMETRY_KEY = "window_geometry"
 
 
 class _WindowFilter(QObject):
@@ -167,6 +172,7 @@ class MainWindow:
         self.window_dock = self.add_dock(self.window_panel, "Window / level", "right")
         self.cursor_readout = CursorReadout(self)
         self.linked_views = LinkedViews(self, self.cursor_readout)
+        self.restore_geometry()
 
         self._drop_filter = _DropFilter(self)
         self._filtered: list[tuple[QObject, QObject]] = []  # (watched widget, filter), for close()
@@ -306,9 +312,10 @@ class MainWindow:
     def add_dock(self, widget: QWidget, name: str, area: str = "right", *, tabify: bool = False):
         if area not in _AREAS:
             raise ValueError(f"dock area must be one of {sorted(_AREAS)}, got {area!r}")
-        if widget.sizeHint().height() > 400:
-            # A scroll area lets tall panels (MedSAM, UniverSeg) fit any screen instead of
-            # forcing the window taller than the display; never scroll sideways.
+        if widget.sizeHint().height() > 400 and widget.findChild(SettingsScroll) is None:
+            # A scroll area lets tall panels fit any screen instead of forcing the window
+            # taller than the display; never scroll sideways. (Panels with a SettingsScroll,
+            # MedSAM and UniverSeg, scroll their settings themselves, their actions stay put.)
             from qtpy.QtCore import Qt
             from qtpy.QtWidgets import QFrame, QScrollArea
 
@@ -463,6 +470,23 @@ class MainWindow:
             "segmentation before clinical use.",
         )
 
+    # ------------------------------------------------------------------ geometry
+    def restore_geometry(self) -> None:
+        """Put the window where it was when last closed; the first time, fill the screen."""
+        saved = config.get_setting(GEOMETRY_KEY)
+        w = self.qt_window
+        if isinstance(saved, str) and w.restoreGeometry(QByteArray.fromBase64(saved.encode("ascii"))):
+            return
+        screen = w.screen() or QApplication.primaryScreen()
+        if screen is not None:  # also where no window manager maximises (Xvfb)
+            w.setGeometry(screen.availableGeometry())
+        w.setWindowState(w.windowState() | Qt.WindowState.WindowMaximized)
+
+    def save_geometry(self) -> None:
+        """Remember the window's size, position and maximised state for the next start."""
+        data = bytes(self.qt_window.saveGeometry().toBase64()).decode("ascii")
+        config.try_set_setting(GEOMETRY_KEY, data)
+
     # ------------------------------------------------------------------ lifecycle
     def show(self) -> None:
         self.qt_window.show()
@@ -498,6 +522,7 @@ class MainWindow:
         self.force_close = force
         self.controller.cancel_all()
         if self._qt_alive():  # not when the user closed it already (Qt has deleted its widgets)
+            self.save_geometry()
             self.viewer.close()
         self.controller.shutdown()
         self._remove_filters()

@@ -40,8 +40,11 @@ from qtpy.QtWidgets import (
 
 from .. import config
 
-COLUMNS = ("Label", "Name", "Volume (mL)", "Slices", "Long axis (mm)", "Short axis (mm)")
-COL_LABEL, COL_NAME, COL_VOLUME, COL_SLICES, COL_LONG, COL_SHORT = range(6)
+# the RECIST diameters come first, the slice range last; the dock's narrow headers are short
+# (the full titles are their tooltips and ``row_values`` keys)
+COLUMNS = ("Label", "Name", "Long axis (mm)", "Short axis (mm)", "Volume (mL)", "Slices")
+HEADERS = ("#", "Name", "Long mm", "Short mm", "mL", "Slices")
+COL_LABEL, COL_NAME, COL_LONG, COL_SHORT, COL_VOLUME, COL_SLICES = range(6)
 AUTO_REFRESH_MS = 400
 
 
@@ -92,13 +95,18 @@ class MeasurementsPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         self.table = QTableWidget(0, len(COLUMNS), self)
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        for col, (short, title) in enumerate(zip(HEADERS, COLUMNS)):
+            item = QTableWidgetItem(short)
+            item.setToolTip(title)
+            self.table.setHorizontalHeaderItem(col, item)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)  # names give way first
+        header.setMinimumSectionSize(24)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.setToolTip(
             "Measured on the scan's own grid (as exported). Slices: display slice numbers. "
             "Long/short axis: RECIST diameters on the scan slice where the label is largest. "
@@ -223,11 +231,13 @@ class MeasurementsPanel(QWidget):
             else:
                 a, b = m.slice_range
             info = c.label_table.get(m.value) if c.volume is not None else None
-            cells = [str(m.value), info.name if info is not None else m.name, f"{m.volume_ml:.3f}",
-                     f"{a}–{b}" if a != b else f"{a}", f"{m.long_axis_mm:.1f}", f"{m.short_axis_mm:.1f}"]
+            cells = [str(m.value), info.name if info is not None else m.name, f"{m.long_axis_mm:.1f}",
+                     f"{m.short_axis_mm:.1f}", f"{m.volume_ml:.3f}", f"{a}–{b}" if a != b else f"{a}"]
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                if col != COL_NAME:
+                if col == COL_NAME:
+                    item.setToolTip(text)
+                else:
                     item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
                 self.table.setItem(row, col, item)
         n = len(self.measurements)

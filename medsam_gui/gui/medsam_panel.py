@@ -59,6 +59,7 @@ from qtpy.QtWidgets import (
 from .. import config
 from ..errors import MedsamGuiError
 from ..models.box_engines import BOX_ENGINES
+from .collapsible import CollapsibleSection, dock_body
 from .embedding_service import EmbeddingService
 from .engine_choice import PanelEngineChoiceMixin
 from .measurements_panel import MeasurementsPanel
@@ -139,19 +140,19 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
+        """Always in view (top): the model state, the tools and "Propagate in 3D"; below, in a
+        scroll area: the tools' settings, the propagation's settings and, folded, the model's."""
         s = self.settings
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
-
+        actions = QWidget()
+        al = QVBoxLayout(actions)
+        al.setContentsMargins(2, 2, 2, 2)
         self.model_label = QLabel("MedSAM: weights not loaded")
         self.model_label.setWordWrap(True)
         self.embed_label = QLabel("")
         self.embed_label.setWordWrap(True)
-        layout.addWidget(self.model_label)
-        layout.addWidget(self.embed_label)
-
-        tools = QGroupBox("Segment a slice")
-        tl = QVBoxLayout(tools)
+        self.embed_label.setVisible(False)  # until there is an embedding to report
+        al.addWidget(self.model_label)
+        al.addWidget(self.embed_label)
         row = QHBoxLayout()
         self.box_button = QPushButton("Box")
         self.box_button.setCheckable(True)
@@ -164,7 +165,15 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         self.select_button.setToolTip("Select, move or resize prompts (each change segments again)")
         for b in (self.box_button, self.recist_button, self.select_button):
             row.addWidget(b)
-        tl.addLayout(row)
+        al.addLayout(row)
+        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]), method=self._initial_prop_method())
+        al.addWidget(self.propagation_box.actions)
+
+        settings = QWidget()
+        layout = QVBoxLayout(settings)
+        layout.setContentsMargins(2, 0, 2, 2)
+        tools = QGroupBox("Segment a slice")
+        tl = QVBoxLayout(tools)
         form = QFormLayout()
         self.recist_margin_spin = QDoubleSpinBox()
         self.recist_margin_spin.setRange(0.0, 200.0)
@@ -182,8 +191,6 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         self.clear_button.setToolTip("Remove all boxes and lines (the labels stay)")
         tl.addWidget(self.clear_button)
         layout.addWidget(tools)
-
-        self.propagation_box = PropagationBox(self.controller, int(s["prop_margin"]), method=self._initial_prop_method())
         layout.addWidget(self.propagation_box)
 
         self.model_box = ModelBox(s, self._save, self.engine_name)
@@ -191,8 +198,12 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         self.precision_combo, self.device_combo, self.weights_button = mb.precision_combo, mb.device_combo, mb.weights_button
         self.background_check, self.neighbours_spin = mb.background_check, mb.neighbours_spin
         self.prefetch_all_check = mb.prefetch_all_check
-        layout.addWidget(mb)
+        self.model_section = CollapsibleSection("Model, device and background embedding",
+                                                settings_key="medsam_model_section_open")
+        self.model_section.body_layout.addWidget(mb)
+        layout.addWidget(self.model_section)
         layout.addStretch(1)
+        self.settings_scroll = dock_body(self, actions, settings)
 
     def _connect(self) -> None:
         c = self.controller
@@ -403,6 +414,7 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         if sv.device_notice:
             lines.append(sv.device_notice)
         self.embed_label.setText("\n".join(lines))
+        self.embed_label.setVisible(True)
 
     def _on_embed_started(self, index: int) -> None:
         self.controller.status(f"MedSAM: embedding slice {index}…", 0)

@@ -12,7 +12,17 @@ import threading
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .run_history import RunHistory
 
@@ -185,8 +195,10 @@ class PropagationBox(QGroupBox):
     """The "Propagate in 3D" group: the method (``method_combo``: "medsam2" = MedSAM2 with
     memory from one key slice, "slices" = MedSAM slice by slice; ``method``), the MedSAM2
     ``medsam2_weights_button``, slice range (``from_spin`` / ``to_spin``, "Current" buttons),
-    ``margin_spin`` (slice by slice only), ``propagate_button`` / ``cancel_button`` and a status
-    line; shows one :class:`PropagationRun` at a time (``run``).
+    ``margin_spin`` (slice by slice only), and ``actions`` (a widget outside the group, which the
+    dock places where it is always visible): ``propagate_button`` / ``cancel_button`` and a status
+    line (``status_label``, shown once there is something to say); shows one
+    :class:`PropagationRun` at a time (``run``).
 
     Signals: ``slice_painted(axis, index)``, ``finished(state)`` (see PropagationRun),
     ``method_changed(str)``."""
@@ -232,6 +244,10 @@ class PropagationBox(QGroupBox):
         self.margin_spin.setValue(int(margin))
         self.margin_spin.setToolTip("Pixels added around each slice's mask for the next slice's box")
         pl.addRow("Margin", self.margin_spin)
+        # the buttons and status line live in ``actions``, which the dock keeps always in view
+        self.actions = QWidget()
+        al = QVBoxLayout(self.actions)
+        al.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         self.propagate_button = QPushButton("Propagate in 3D")
         self.propagate_button.setToolTip(
@@ -242,10 +258,11 @@ class PropagationBox(QGroupBox):
         self.cancel_button.clicked.connect(lambda _=False: self.cancel())
         row.addWidget(self.propagate_button, 1)
         row.addWidget(self.cancel_button)
-        pl.addRow(row)
+        al.addLayout(row)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
-        pl.addRow(self.status_label)
+        self.status_label.setVisible(False)
+        al.addWidget(self.status_label)
         self.set_method(method)
         self.method_combo.currentIndexChanged.connect(self._on_method)
 
@@ -326,7 +343,11 @@ class PropagationBox(QGroupBox):
         run.finished.connect(self._on_finished)
         self.propagate_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.status_label.setText(f"Propagating from slices {', '.join(map(str, keys))}…")
+        self._say(f"Propagating from slices {', '.join(map(str, keys))}…")
+
+    def _say(self, text: str) -> None:
+        self.status_label.setText(text)
+        self.status_label.setVisible(bool(text))
 
     def cancel(self) -> None:
         """Stop the running propagation; the slices already written stay (one undo step)."""
@@ -335,7 +356,7 @@ class PropagationBox(QGroupBox):
 
     def _on_slice(self, axis: int, index: int) -> None:
         results = self.run.results
-        self.status_label.setText(f"Slice {index} ({results[-1][1]}): {len(results)} slices done")
+        self._say(f"Slice {index} ({results[-1][1]}): {len(results)} slices done")
         self.slice_painted.emit(axis, index)
 
     def _on_finished(self, state: str) -> None:
@@ -345,7 +366,7 @@ class PropagationBox(QGroupBox):
         text = {"done": f"Propagation finished: {n} slices{rng}. Edit > Undo removes it in one step.",
                 "cancelled": f"Propagation cancelled: {n} slices kept{rng}. Edit > Undo removes them.",
                 "failed": f"Propagation failed after {n} slices{rng}."}[state]
-        self.status_label.setText(text)
+        self._say(text)
         self.controller.status(text, 8000)
         self.propagate_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

@@ -56,9 +56,11 @@ class RecoveryDialog(QDialog):
         self.setWindowTitle("Recover unsaved work")
         layout = QVBoxLayout(self)
         n = len(self.items)
-        layout.addWidget(QLabel(
+        self.intro = QLabel(
             f"medsam-gui did not close normally last time. {'This work was' if n == 1 else f'{n} sets of work were'} "
-            "autosaved and can be restored:"))
+            "autosaved and can be restored:")
+        self.intro.setWordWrap(True)
+        layout.addWidget(self.intro)
         self.table = QTableWidget(n, len(self.COLUMNS), self)
         self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -66,8 +68,14 @@ class RecoveryDialog(QDialog):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         for row, cells in enumerate(self.rows()):
             for col, text in enumerate(cells):
-                self.table.setItem(row, col, QTableWidgetItem(text))
-        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+                cell = QTableWidgetItem(text)
+                cell.setToolTip(text)
+                self.table.setItem(row, col, cell)
+        header = self.table.horizontalHeader()
+        for col in range(len(self.COLUMNS) - 1):  # whole headers and cells; the location takes the rest
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(len(self.COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        self.table.setWordWrap(False)
         self.table.verticalHeader().setVisible(False)
         if n:
             self.table.selectRow(0)
@@ -88,7 +96,8 @@ class RecoveryDialog(QDialog):
         for b in (self.restore_button, self.discard_button, self.later_button):
             buttons.addWidget(b)
         layout.addLayout(buttons)
-        self.resize(760, 260)
+        fixed = sum(header.sectionSizeHint(col) for col in range(len(self.COLUMNS) - 1))
+        self.resize(max(760, fixed + header.sectionSizeHint(len(self.COLUMNS) - 1) + 40), 260)
 
     def rows(self) -> list[list[str]]:
         """The table's text: scan name, autosave time, labelled voxels, scan path."""

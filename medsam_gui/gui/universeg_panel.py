@@ -17,7 +17,11 @@ Workflow (everything in *display order*, slices along the current view's display
 4. **Proposal** (:mod:`.universeg_proposal`): a ``"UniverSeg proposal"`` layer and a list of
    proposed slices with check boxes; Accept writes the ticked slices as ONE undo step (a slice
    where the label is drawn is skipped; other labels kept unless "Overwrite other labels");
-   Reject discards everything.
+   Reject discards everything. "Add accepted slices to the examples" (default on) decides
+   whether accepted slices join the live support set; the status bar says which happened.
+
+Layout: the run and review buttons stay in a fixed strip at the top of the dock; the rest
+scrolls, the run settings folded (:mod:`.collapsible`).
 
 Weights: ``universeg_v1`` from the model manager, else a weights dialog (download or choose a
 file). Scripts/tests inject a model with :meth:`UniversegPanel.set_model`.
@@ -47,6 +51,7 @@ from qtpy.QtWidgets import (
 from .. import config
 from ..core.support_selection import LiveSupport
 from ..core.support_set import labeled_slices
+from .collapsible import CollapsibleSection, dock_body
 from .universeg_proposal import ProposalMixin
 from .universeg_run import RunMixin
 from .universeg_support_list import AXIS_NAMES, THUMB, SupportListMixin
@@ -112,7 +117,58 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
 
     # ------------------------------------------------------------------ widgets
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        """Always in view (top): "Segment the rest", progress/Cancel, the proposal's summary and
+        Accept/Reject; below, in a scroll area: the introduction, the support set, the slices to
+        segment, the proposed slices and, folded, the run settings."""
+        actions = QWidget()
+        al = QVBoxLayout(actions)
+        al.setContentsMargins(2, 2, 2, 2)
+        row = QHBoxLayout()
+        self.segment_button = QPushButton("Segment the rest")
+        self.segment_button.setToolTip("Segment the unlabeled slices of the active label in the range, "
+                                       "using the support set below. The result is a proposal to review.")
+        self.medsam_button = QPushButton("Fill from MedSAM boxes")
+        self.medsam_button.setToolTip(
+            "One click from MedSAM to a full 3D mask: box the structure on 3–5 slices spread over it "
+            "with the MedSAM panel, then click here. The MedSAM-segmented slices are the examples and "
+            "UniverSeg proposes the slices in between.")
+        row.addWidget(self.segment_button, 1)
+        row.addWidget(self.medsam_button, 1)
+        al.addLayout(row)
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop after the current batch; the finished slices stay proposed.")
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        al.addLayout(row)
+        self.proposal_label = QLabel("No proposal.")
+        self.proposal_label.setWordWrap(True)
+        al.addWidget(self.proposal_label)
+        row = QHBoxLayout()
+        self.check_all_button = QPushButton("All")
+        self.check_all_button.setToolTip("Tick every proposed slice.")
+        self.check_none_button = QPushButton("None")
+        self.check_none_button.setToolTip("Untick every proposed slice.")
+        self.accept_button = QPushButton("Accept")
+        self.accept_button.setToolTip("Write the ticked slices into the labels (one undo step).")
+        self.reject_button = QPushButton("Reject")
+        self.reject_button.setToolTip("Discard the whole proposal.")
+        for b in (self.check_all_button, self.check_none_button, self.accept_button, self.reject_button):
+            row.addWidget(b)
+        al.addLayout(row)
+        self.add_accepted_check = QCheckBox("Add accepted slices to the examples")
+        self.add_accepted_check.setChecked(bool(self.settings.get("add_accepted", True)))
+        self.add_accepted_check.setToolTip(
+            "Ticked: slices you accept join the support set, so the next run learns from them too.\n"
+            "Unticked: they are written to the labels but left out of the support set.")
+        al.addWidget(self.add_accepted_check)
+
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(2, 0, 2, 2)
         self.intro = QLabel("Label a structure on a few slices (brush or MedSAM), then let UniverSeg "
                             "segment the slices in between. You review the result before it is written.")
         self.intro.setWordWrap(True)
@@ -179,9 +235,20 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         tl.addRow(self.overwrite_check)
         layout.addWidget(tg)
 
-        # --- run
-        run = QGroupBox("Run")
-        rl = QFormLayout(run)
+        # --- proposed slices
+        pr = QGroupBox("Proposed slices")
+        pl = QVBoxLayout(pr)
+        self.proposal_list = QListWidget()
+        self.proposal_list.setMinimumHeight(100)
+        self.proposal_list.setToolTip("Untick the slices you do not want; click a slice to go to it.")
+        pl.addWidget(self.proposal_list)
+        layout.addWidget(pr)
+
+        # --- run settings (folded)
+        self.run_section = CollapsibleSection("Run settings (support size, device, weights)",
+                                              settings_key="universeg_run_section_open")
+        rl = QFormLayout()
+        self.run_section.body_layout.addLayout(rl)
         self.support_size_spin = QSpinBox()
         self.support_size_spin.setRange(0, 128)
         self.support_size_spin.setSpecialValueText("auto (16 CPU / 64 GPU)")
@@ -202,51 +269,11 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         self.batch_spin.setValue(int(self.settings.get("batch_size", 0) or 0))
         self.batch_spin.setToolTip("Target slices per model call (auto: from a memory budget).")
         rl.addRow("Batch", self.batch_spin)
-        self.segment_button = QPushButton("Segment the rest")
-        self.segment_button.setToolTip("Segment the unlabeled slices of the active label in the range, "
-                                       "using the support set above. The result is a proposal to review.")
-        rl.addRow(self.segment_button)
-        self.medsam_button = QPushButton("Fill from MedSAM boxes")
-        self.medsam_button.setToolTip(
-            "One click from MedSAM to a full 3D mask: box the structure on 3–5 slices spread over it "
-            "with the MedSAM panel, then click here. The MedSAM-segmented slices are the examples and "
-            "UniverSeg proposes the slices in between.")
-        rl.addRow(self.medsam_button)
-        row = QHBoxLayout()
-        self.progress = QProgressBar()
-        self.progress.setVisible(False)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.setToolTip("Stop after the current batch; the finished slices stay proposed.")
-        row.addWidget(self.progress, 1)
-        row.addWidget(self.cancel_button)
-        rl.addRow(row)
         self.weights_button = QPushButton("UniverSeg weights…")
         rl.addRow(self.weights_button)
-        layout.addWidget(run)
-
-        # --- proposal
-        pr = QGroupBox("Proposal")
-        pl = QVBoxLayout(pr)
-        self.proposal_label = QLabel("No proposal.")
-        self.proposal_label.setWordWrap(True)
-        pl.addWidget(self.proposal_label)
-        self.proposal_list = QListWidget()
-        self.proposal_list.setMinimumHeight(100)
-        self.proposal_list.setToolTip("Untick the slices you do not want; click a slice to go to it.")
-        pl.addWidget(self.proposal_list)
-        row = QHBoxLayout()
-        self.check_all_button = QPushButton("All")
-        self.check_none_button = QPushButton("None")
-        self.accept_button = QPushButton("Accept")
-        self.accept_button.setToolTip("Write the ticked slices into the labels (one undo step).")
-        self.reject_button = QPushButton("Reject")
-        self.reject_button.setToolTip("Discard the whole proposal.")
-        for b in (self.check_all_button, self.check_none_button, self.accept_button, self.reject_button):
-            row.addWidget(b)
-        pl.addLayout(row)
-        layout.addWidget(pr)
+        layout.addWidget(self.run_section)
         layout.addStretch(1)
+        self.settings_scroll = dock_body(self, actions, body)
 
     def _fill_devices(self) -> None:
         # "cuda" is always offered (probing CUDA would import torch at startup); choosing it
@@ -292,6 +319,7 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         self.check_none_button.clicked.connect(lambda _=False: self._check_all(False))
         self.accept_button.clicked.connect(lambda _=False: self.accept())
         self.reject_button.clicked.connect(lambda _=False: self.reject())
+        self.add_accepted_check.toggled.connect(lambda v: self._save("add_accepted", bool(v)))
 
     def _save(self, key: str, value) -> None:
         self.settings[key] = value

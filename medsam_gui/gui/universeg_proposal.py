@@ -205,23 +205,46 @@ class ProposalMixin:
         chosen = prop.checked() if slices is None else [int(i) for i in slices if int(i) in prop.indices]
         overwrite = self.overwrite_check.isChecked()
         data = c.display_labels()
-        written, skipped = [], 0
+        active = int(c.active_label)
+        written, skipped, active_written = [], 0, []
         try:
             with c.edit_group():
                 for i in chosen:
                     masks, user_slice = prop.writes(i, np.take(data, i, axis=prop.axis))
                     skipped += user_slice
-                    wrote = [c.write_slice_mask(prop.axis, i, m, v, overwrite_other=overwrite) for v, m in masks]
-                    if any(wrote):
+                    wrote = {v for v, m in masks
+                             if c.write_slice_mask(prop.axis, i, m, v, overwrite_other=overwrite)}
+                    if wrote:
                         written.append(i)
+                    if active in wrote:
+                        active_written.append(i)
         except Exception as exc:  # noqa: BLE001 - shown to the user; the proposal is dropped
             c.show_error(exc, title="Could not write the UniverSeg result")
         self._discard_proposal()
         msg = f"UniverSeg: accepted {len(written)} slice(s) (Edit > Undo removes them at once)."
         if skipped:
             msg += f" Skipped {skipped} slice(s) already labeled."
-        c.status(msg, 8000)
+        if written:
+            msg += " " + self._examples_after_accept(prop.axis, active_written)
+        c.status(msg, 10000)
         return written
+
+    def _examples_after_accept(self, axis: int, slices: list[int]) -> str:
+        """Keep the accepted ``slices`` of the active label out of the live support set unless
+        "Add accepted slices to the examples" is ticked; returns the sentence saying which."""
+        if self.pin_check.isChecked():
+            return "The support set is pinned: the accepted slices did not join the examples."
+        if axis != self._axis():
+            return "The accepted slices run along another view's axis: the examples are unchanged."
+        if self.add_accepted_check.isChecked():
+            return ("They now join the support set as examples (untick “Add accepted slices to the "
+                    "examples” to keep them out).")
+        for i in slices:
+            self._live.remove(i)
+            if any(j == i for j, _origin in self._live.wanted([i])):  # it was also added by hand
+                self._live.remove(i)
+        self.refresh_support()
+        return "They were kept out of the support set (examples)."
 
     def reject(self) -> None:
         """Discard the proposal (nothing is written)."""

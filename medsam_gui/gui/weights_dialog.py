@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from .. import config
 from ..errors import MedsamGuiError
+from . import dialogs
 
 WEIGHTS_FILTER = "PyTorch weights (*.pth *.pt *.bin *.ckpt);;All files (*)"
 
@@ -90,7 +91,8 @@ class WeightsDialog(QDialog):
             f"<p>{html.escape(m.title)} needs its weights file <code>{html.escape(m.filename)}</code> "
             f"(about {m.approx_mib} MiB). It is published by the model's authors: "
             f"{html.escape(m.source)}.</p>"
-            f"<p>Download it here (from <a href='{html.escape(url)}'>{html.escape(url)}</a>, checked "
+            f"<p>Download it here (from <a style='color: {dialogs.link_color(self).name()}' "
+            f"href='{html.escape(url)}'>{html.escape(url)}</a>, checked "
             f"{'by MD5' if m.md5 else 'by SHA-256' if m.sha256 else 'by loading it'}), or choose the file if "
             f"you already have it. Files are only read as plain weights, never executed.</p>"
         )
@@ -175,6 +177,7 @@ class WeightsDialog(QDialog):
     def show_error(self, message: str) -> None:
         self.error_label.setText(message)
         self.error_label.setVisible(bool(message))
+        self.adjustSize()  # grow to the wrapped text: the explanation above stays readable
 
     def _run(self, fn, text: str) -> None:
         self.show_error("")

@@ -159,6 +159,26 @@ def _listing(items, n: int = _MAX_LISTED) -> str:
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
+_SAM_ENCODERS = {768: "MedSAM / SAM ViT-B", 1024: "SAM ViT-L", 1280: "SAM ViT-H"}
+
+
+def identify_weights(sd: Mapping[str, Any]) -> str | None:
+    """The model a state dict (or a key -> shape mapping) belongs to, from its key layout:
+    "MedSAM / SAM ViT-B", "SAM ViT-L", "SAM ViT-H", "LiteMedSAM", "MedSAM2 / SAM 2",
+    "UniverSeg"; None when it is none of these."""
+    if any(k.startswith(("image_encoder.trunk.", "memory_attention.")) for k in sd):
+        return "MedSAM2 / SAM 2"
+    if any(k.startswith("image_encoder.patch_embed.seq.") for k in sd):
+        return "LiteMedSAM"
+    pe = sd.get("image_encoder.patch_embed.proj.weight")
+    shape = tuple(getattr(pe, "shape", pe) or ())
+    if len(shape) == 4 and any(k.startswith("mask_decoder.") for k in sd):
+        return _SAM_ENCODERS.get(int(shape[0]))
+    if any(k.startswith("enc_blocks.") for k in sd):
+        return "UniverSeg"
+    return None
+
+
 def check_state_dict(
     sd: Mapping[str, Any],
     expected: Mapping[str, tuple[int, ...]] | None,
@@ -168,8 +188,9 @@ def check_state_dict(
     diagnose: Callable[[Mapping[str, Any]], str | None] | None = None,
 ) -> None:
     """Strict comparison of ``sd`` with ``expected`` (key -> shape; a shape of None accepts
-    any). Raises CheckpointError naming missing/unexpected keys and wrong shapes, prefixed by
-    ``diagnose(sd)`` when it recognises another model."""
+    any). Raises CheckpointError: for another known model's file (:func:`identify_weights`) one
+    sentence naming that model; otherwise naming missing/unexpected keys and wrong shapes,
+    prefixed by ``diagnose(sd)`` when it recognises another model."""
     if expected is None:
         return
     missing = [k for k in expected if k not in sd]
@@ -181,6 +202,13 @@ def check_state_dict(
     ]
     if not (missing or unexpected or wrong):
         return
+    found = identify_weights(sd)
+    if found is not None and found != identify_weights(expected):
+        # another model's file: say which, in words (its key names mean nothing to a user)
+        name = Path(source).name if Path(source).suffix else ""
+        raise CheckpointError(
+            f"This file{f' ({name})' if name else ''} is a {found} checkpoint, not {model_name}. "
+            f"Choose the official {model_name} weights file instead.")
     parts = []
     hint = diagnose(sd) if diagnose else None
     if hint:
