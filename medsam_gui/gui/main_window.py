@@ -30,11 +30,13 @@ from qtpy.QtWidgets import (
 )
 
 from .. import __version__
+from ..config import demo_scan_path
 from . import dialogs, icons, shortcuts
 from .labels_panel import LabelsPanel
 from .panels import Panels
 from .shortcuts import SHORTCUTS
 from .shortcuts_dialog import ShortcutsDialog
+from .start_screen import StartScreen
 from .window_panel import WindowPanel
 from .workers import set_bar_value
 
@@ -141,7 +143,7 @@ class MainWindow:
     ``qt_viewer``, ``labels_panel``, ``window_panel``, ``panels`` (:class:`~.panels.Panels`,
     filled by ``app.build_app``), ``actions`` ({name: QAction}),
     ``view_buttons`` ({"axial"|"coronal"|"sagittal": QToolButton}), ``tool_buttons`` ({"box_tool"|
-    "recist_tool"|"select_tool": QToolButton}), ``shortcuts_dialog`` (the last one opened), ``oblique_notice``,
+    "recist_tool"|"select_tool": QToolButton}), ``shortcuts_dialog`` (the last one opened), ``start_screen``, ``oblique_notice``,
     ``message_label``, ``progress_bar``, ``cancel_button``.
     """
 
@@ -164,6 +166,7 @@ class MainWindow:
         self._build_status_bar()
         self._build_menus()
         self._build_toolbar()
+        self._build_start_screen()
         self.labels_panel = LabelsPanel(controller)
         self.window_panel = WindowPanel(controller)
         self.labels_dock = self.add_dock(self.labels_panel, "Labels", "right")
@@ -334,6 +337,14 @@ class MainWindow:
         dialog.show()
         self.shortcuts_dialog = dialog
         return dialog
+
+    def _build_start_screen(self) -> None:
+        """File > Open the demo, and the start screen over the canvas in place of napari's
+        welcome page (``start_screen``, visible while no scan is open)."""
+        self.add_action("file", "open_demo", "Open the demo", lambda: self.controller.open_scan(demo_scan_path()),
+                        after="open_dicom")
+        self.qt_viewer.show_welcome_screen = False
+        self.start_screen = StartScreen(self, self.qt_viewer.canvas.native)
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Views", self.qt_window)

@@ -27,6 +27,7 @@ class Shortcut:
 SHORTCUTS: dict[str, Shortcut] = {
     "open_scan": Shortcut(("Ctrl+O",), "Open a NIfTI, NRRD, MetaImage or MGZ scan", "mdi6.folder-open"),
     "open_dicom": Shortcut(("Ctrl+Shift+O",), "Open a folder holding a DICOM series", "mdi6.folder-multiple-image"),
+    "open_demo": Shortcut((), "Open the demo CT scan that comes with medsam-gui", "mdi6.play-circle-outline"),
     "open_labels": Shortcut(("Ctrl+L",), "Open a label map on the current scan (same grid)", "mdi6.file-import"),
     "save_labels": Shortcut(("Ctrl+S",), "Save the labels on the scan's grid", "mdi6.content-save"),
     "save_labels_as": Shortcut(("Ctrl+Alt+S",), "Save the labels in a file you choose", "mdi6.content-save-edit"),
