@@ -109,3 +109,26 @@ def test_f1_lists_every_live_key(window, qtbot):
     shown = [r for r in range(dialog.table.rowCount()) if not dialog.table.isRowHidden(r)]
     assert [dialog.table.item(r, 0).text() for r in shown] == ["Ctrl+Y", "Ctrl+Shift+Z"]
     dialog.close()
+
+
+def test_actions_and_tool_buttons_have_icons_and_say_their_keys(window):
+    from medsam_gui.gui.shortcuts import SHORTCUTS
+
+    for name, action in window.actions.items():
+        entry = SHORTCUTS.get(name)
+        assert entry is not None, f"{name} is not in the shortcut registry"
+        assert not action.icon().isNull(), name
+        keys = [seq.toString() for seq in action.shortcuts()]
+        assert keys == list(entry.keys), name
+        tip = action.toolTip()
+        assert len(tip) > 15, name
+        if keys:
+            assert tip.endswith(f"({', '.join(keys)})"), name
+    assert window.actions["redo"].toolTip().endswith("(Ctrl+Y, Ctrl+Shift+Z)")
+    medsam = window.panels.medsam
+    for button, key in ((medsam.box_button, "(B)"), (medsam.recist_button, "(R)"), (medsam.select_button, "(S)")):
+        assert not button.icon().isNull() and button.toolTip().endswith(key)
+    universeg = window.panels.universeg
+    for button in (universeg.segment_button, universeg.accept_button, medsam.propagation_box.propagate_button):
+        assert not button.icon().isNull()
+    assert not window.tool_buttons["box_tool"].icon().isNull()
