@@ -85,6 +85,7 @@ def test_r_selects_the_recist_tool_and_3d_needs_the_view_menu(window, qtbot):
     assert medsam.prompts_layer.mode == "add_line"
     _key(qtbot, window, Qt.Key.Key_Y, Qt.KeyboardModifier.ControlModifier)
     assert window.viewer.dims.ndisplay == 2
+    assert window.qt_viewer.viewerButtons.ndisplayButton.isHidden()  # napari's 2D/3D button said "Ctrl+Y"
     window.actions["view_3d"].trigger()
     assert window.viewer.dims.ndisplay == 3 and window.actions["view_3d"].isChecked()
     window.actions["view_3d"].trigger()

@@ -167,6 +167,7 @@ class MainWindow:
         self._build_menus()
         self._build_toolbar()
         self._build_start_screen()
+        self._hide_napari_view_buttons()
         self.labels_panel = LabelsPanel(controller)
         self.window_panel = WindowPanel(controller)
         self.labels_dock = self.add_dock(self.labels_panel, "Labels", "right")
@@ -316,6 +317,15 @@ class MainWindow:
         act = self.add_action("view", "view_3d", "3D view (drag rotates)", self.toggle_3d, separator_before=True)
         act.setCheckable(True)
         self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
+
+    def _hide_napari_view_buttons(self) -> None:
+        """napari's console, 2D/3D, roll, transpose and grid buttons under the layer list do
+        what the keys turned off in ``shortcuts.NAPARI_KEYS_OFF`` did (their tooltips name
+        those keys); 3D stays on View > 3D view."""
+        buttons = self.qt_viewer.viewerButtons
+        for button in (buttons.consoleButton, buttons.ndisplayButton, buttons.rollDimsButton,
+                       buttons.transposeDimsButton, buttons.gridViewButton):
+            button.setVisible(False)
 
     def toggle_3d(self) -> None:
         """Switch between the 2D slice view and napari's 3D view."""
