@@ -46,11 +46,11 @@ from typing import Any, Callable
 
 from .. import config
 from ..errors import CheckpointError, MedsamGuiError, WeightsDownloadError
-from .download_pages import confirmation_url, cookie_tokens, is_html, page_title
+from .download_pages import confirmation_url, cookie_tokens, page_title
+from .downloads import DownloadProgress, WebPage, connection_reason, page_catcher
 
 SETTINGS_KEY = "weights"
 CHECKSUM_KEY = "weights_sha256"  # name -> sha256 recorded at first install (models with record_checksum)
-HTML_LIMIT = 2 << 20  # bytes of an HTML answer read to look for a confirmation form
 USER_AGENT = "medsam-gui (model download)"
 _USE_KNOWN: Any = object()
 
@@ -375,7 +375,7 @@ def download(
 
     pooch transfers the file and computes its checksums. pooch would save a download host's
     confirmation page (Google Drive) as the file and keeps no cookies, so a response hook on
-    its request (:func:`_page_catcher`) keeps the cookies and stops at HTML answers, and the
+    its request (:func:`~.downloads.page_catcher`) keeps the cookies and stops at HTML answers, and the
     confirmation is followed here (``download_pages``).
     """
     import pooch
@@ -394,17 +394,17 @@ def download(
     how_to = (f"download {src} in a browser and import it with `medsam-gui weights import "
               f"{model.name} FILE` or in the app from the Models menu")
     jar = requests.cookies.RequestsCookieJar()
-    meter = _Progress(progress)
+    meter = DownloadProgress(progress)
     file_url = src
     try:
         for _ in range(3):  # a "confirm the download" page (Google Drive) -> the file
             downloader = pooch.HTTPDownloader(
                 progressbar=meter, chunk_size=chunk_size, timeout=timeout, headers={"User-Agent": USER_AGENT},
-                cookies=jar, hooks={"response": _page_catcher(jar)})
+                cookies=jar, hooks={"response": page_catcher(jar)})
             try:
                 downloader(file_url, str(part), None)
                 break
-            except _WebPage as answer:
+            except WebPage as answer:
                 nxt = confirmation_url(answer.page.decode("utf-8", errors="replace"), answer.url, cookie_tokens(jar))
                 if nxt is None:
                     raise WeightsDownloadError(
@@ -417,7 +417,7 @@ def download(
             except requests.RequestException as exc:
                 got = part.stat().st_size if part.exists() else 0
                 if got == 0 and not isinstance(exc, requests.exceptions.ChunkedEncodingError):
-                    raise WeightsDownloadError(_offline_message(host, file_url, model, _reason(exc))) from None
+                    raise WeightsDownloadError(_offline_message(host, file_url, model, connection_reason(exc))) from None
                 raise WeightsDownloadError(
                     f"the download of {model.filename} from {host} was interrupted after "
                     f"{got} bytes ({type(exc).__name__}); nothing was kept. Try again, or {how_to}"
@@ -471,99 +471,6 @@ def download(
 
 # ------------------------------------------------------------------ download helpers
 
-class _Progress:
-    """The progress bar pooch's HTTPDownloader drives, reported as ``progress(done, total)``.
-
-    pooch sets ``total`` (0 when the server sends no length), calls ``update(chunk_size)`` per
-    chunk (the last chunk may be shorter: ``done`` stops at ``total``), then ``reset()``,
-    ``update(total)`` and ``close()``; :meth:`finish` reports the exact size written.
-    """
-
-    def __init__(self, callback: ProgressCallback | None) -> None:
-        self._callback = callback
-        self._total: int | None = None
-        self._done = 0
-        self._ended = False
-
-    @property
-    def total(self) -> int | None:
-        return self._total
-
-    @total.setter
-    def total(self, value: int) -> None:
-        self._total = int(value) or None
-        self._done = 0
-        self._report()
-
-    def update(self, n: int) -> None:
-        if self._ended:
-            return
-        done = self._done + int(n)
-        done = min(done, self._total) if self._total is not None else done
-        if done != self._done:
-            self._done = done
-            self._report()
-
-    def reset(self) -> None:
-        """pooch's end of transfer (its final update only fills a bar: not reported)."""
-        self._ended = True
-
-    def close(self) -> None:
-        self._ended = True
-
-    def finish(self, size: int) -> None:
-        """Report the exact number of bytes written, once, if it differs from the last report."""
-        if size != self._done:
-            self._done = size
-            self._report()
-
-    def _report(self) -> None:
-        if self._callback is not None:
-            self._callback(self._done, self._total)
-
-
-class _WebPage(Exception):
-    """A download host answered with an HTML page (``page``: its first bytes, ``url``)."""
-
-    def __init__(self, page: bytes, url: str) -> None:
-        super().__init__(url)
-        self.page = page
-        self.url = url
-
-
-def _page_catcher(jar):
-    """A requests response hook for pooch's download: keeps each answer's cookies in ``jar``
-    and stops at an HTML page (raises :class:`_WebPage` with up to ``HTML_LIMIT`` bytes of it)
-    before pooch writes it as the file."""
-
-    def hook(resp, *args, **kwargs):
-        jar.update(resp.cookies)
-        if resp.is_redirect or resp.status_code >= 400 or not is_html(resp):
-            return resp
-        with resp:
-            page = resp.raw.read(HTML_LIMIT, decode_content=True)
-        raise _WebPage(page, resp.url)
-
-    return hook
-
-
 def _http_message(resp, host: str, url: str, how_to: str) -> str:
     return (f"the server {host} answered HTTP {resp.status_code} ({resp.reason}) for {url}; the file may "
             f"have moved. {how_to[0].upper() + how_to[1:]}")
-
-
-def _reason(exc: BaseException) -> str:
-    """The operating system's words for a failed connection ("Connection refused"), found in
-    the chain of exceptions requests and urllib3 wrap it in; else the exception's type."""
-    seen = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
-        todo += [getattr(e, "reason", None), e.__cause__, e.__context__]
-    return type(exc).__name__
