@@ -30,6 +30,9 @@ class WindowActionsMixin:
         if medsam is None:
             self.controller.show_error("The MedSAM panel is not open, so its tools are not available.")
             return
+        if self.controller.volume is None:  # a key pressed before any scan: no error dialog for that
+            self.show_status("Open a scan first (File > Open scan…): the tools draw on its slices.", 8000)
+            return
         getattr(medsam, method)()
 
     def _build_3d_action(self) -> None:
