@@ -5,8 +5,12 @@ system's words for a failed connection."""
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
+from ..errors import WeightsDownloadError
 from .download_pages import is_html
 
 HTML_LIMIT = 2 << 20  # bytes of an HTML answer read to look for a confirmation form
@@ -62,6 +66,20 @@ class DownloadProgress:
     def _report(self) -> None:
         if self._callback is not None:
             self._callback(self._done, self._total)
+
+
+def copy_local_file(url: str, dest: Path, progress: "DownloadProgress", chunk_size: int) -> None:
+    """Copy the file of a ``file://`` URL (a local or network-drive mirror) to ``dest`` with the
+    same progress reports as a download."""
+    src = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+    if not src.is_file():
+        raise WeightsDownloadError(f"the mirror file {src} ({url}) does not exist; check the URL.")
+    progress.total = src.stat().st_size
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while block := fin.read(chunk_size):
+            fout.write(block)
+            progress.update(len(block))
+    progress.close()
 
 
 class WebPage(Exception):

@@ -47,7 +47,7 @@ from typing import Any, Callable
 from .. import config
 from ..errors import CheckpointError, MedsamGuiError, WeightsDownloadError
 from .download_pages import confirmation_url, cookie_tokens, page_title
-from .downloads import DownloadProgress, WebPage, connection_reason, page_catcher
+from .downloads import DownloadProgress, WebPage, connection_reason, copy_local_file, page_catcher
 
 SETTINGS_KEY = "weights"
 CHECKSUM_KEY = "weights_sha256"  # name -> sha256 recorded at first install (models with record_checksum)
@@ -402,7 +402,10 @@ def download(
                 progressbar=meter, chunk_size=chunk_size, timeout=timeout, headers={"User-Agent": USER_AGENT},
                 cookies=jar, hooks={"response": page_catcher(jar)})
             try:
-                downloader(file_url, str(part), None)
+                if urllib.parse.urlsplit(file_url).scheme == "file":  # a local mirror: pooch has no file:// downloader
+                    copy_local_file(file_url, part, meter, chunk_size)
+                else:
+                    downloader(file_url, str(part), None)
                 break
             except WebPage as answer:
                 nxt = confirmation_url(answer.page.decode("utf-8", errors="replace"), answer.url, cookie_tokens(jar))
