@@ -126,6 +126,8 @@ def test_actions_and_tool_buttons_have_icons_and_say_their_keys(window):
         if keys:
             assert tip.endswith(f"({', '.join(keys)})"), name
     assert window.actions["redo"].toolTip().endswith("(Ctrl+Y, Ctrl+Shift+Z)")
+    every_key = [seq.toString() for a in window.actions.values() for seq in a.shortcuts()]
+    assert len(every_key) == len(set(every_key))  # an ambiguous key would do nothing at all
     medsam = window.panels.medsam
     for button, key in ((medsam.box_button, "(B)"), (medsam.recist_button, "(R)"), (medsam.select_button, "(S)")):
         assert not button.icon().isNull() and button.toolTip().endswith(key)

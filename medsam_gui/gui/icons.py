@@ -35,16 +35,15 @@ def icon(name: str, color: str) -> QIcon:
     return qtawesome.icon(name, color=color)
 
 
-def decorate_action(action, name: str, color: str) -> None:
-    """Icon of the registry entry ``name`` on ``action``, and a tooltip saying what it does
-    and its keys (the action's own keys, as set)."""
+def decorate_action(action, name: str, color: str, *, tip: str = "") -> None:
+    """The icon of the registry entry ``name`` on ``action``, and a tooltip saying what it
+    does (``tip``, else the registry's words, else the action's text) and its keys."""
     entry = SHORTCUTS.get(name)
-    keys = [s.toString() for s in action.shortcuts()]
-    tip = entry.tip if entry is not None else (action.toolTip() or action.text().replace("&", ""))
+    words = tip or (entry.tip if entry is not None else action.text().replace("&", "").rstrip("…"))
     if entry is not None and entry.icon:
         action.setIcon(icon(entry.icon, color))
-    action.setToolTip(tooltip(tip, keys))
-    action.setStatusTip(tip)
+    action.setToolTip(tooltip(words, [s.toString() for s in action.shortcuts()]))
+    action.setStatusTip(words)
 
 
 def decorate_panels(window, color: str) -> None:

@@ -141,8 +141,9 @@ class MainWindow(WindowActionsMixin):
     Attributes: ``viewer`` (napari.Viewer), ``controller``, ``qt_window`` (the QMainWindow),
     ``qt_viewer``, ``labels_panel``, ``window_panel``, ``panels`` (:class:`~.panels.Panels`,
     filled by ``app.build_app``), ``actions`` ({name: QAction}),
-    ``view_buttons`` ({"axial"|"coronal"|"sagittal": QToolButton}), ``tool_buttons`` ({"box_tool"|
-    "recist_tool"|"select_tool": QToolButton}), ``shortcuts_dialog`` (the last one opened), ``start_screen``, ``oblique_notice``,
+    ``view_buttons`` ({"axial"|"coronal"|"sagittal": QToolButton}), ``tool_buttons``
+    ({"box_tool"|"recist_tool"|"select_tool": QToolButton}), ``shortcuts_dialog`` (the last one
+    opened), ``start_screen``, ``oblique_notice``,
     ``message_label``, ``progress_bar``, ``cancel_button``.
     """
 
@@ -235,12 +236,7 @@ class MainWindow(WindowActionsMixin):
         else:
             keys = list(shortcut) if isinstance(shortcut, (list, tuple)) else [shortcut]
         act.setShortcuts([QKeySequence(k) for k in keys])
-        if tip:
-            act.setToolTip(tip)
-        icons.decorate_action(act, name, self._icon_color)
-        if tip:  # the caller's own words win over the registry's
-            act.setToolTip(shortcuts.tooltip(tip, [s.toString() for s in act.shortcuts()]))
-            act.setStatusTip(tip)
+        icons.decorate_action(act, name, self._icon_color, tip=tip)
         act.triggered.connect(lambda _checked=False: slot())
         before = None
         if after is not None:
