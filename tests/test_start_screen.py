@@ -24,6 +24,8 @@ def test_open_the_demo_from_the_start_screen(app_window, qtbot, demo_scan):
     assert start.geometry() == canvas.rect()
     assert [b.text() for b in start.buttons.values()] == ["Open scan…", "Open DICOM folder…", "Open the demo"]
     assert not start.recent_list.isVisible()  # a fresh home has no recent scans
+    window.recent_menu.aboutToShow.emit()
+    assert [a.isEnabled() for a in window.recent_menu.actions()] == [False]  # "No recent scans"
 
     qtbot.mouseClick(start.buttons["open_demo"], Qt.MouseButton.LeftButton)
     window.controller.wait_idle(60)
@@ -35,3 +37,5 @@ def test_open_the_demo_from_the_start_screen(app_window, qtbot, demo_scan):
     item = start.recent_list.item(0)
     assert Path(item.data(Qt.ItemDataRole.UserRole)) == demo_scan.resolve()
     assert demo_scan.name in item.text()
+    window.recent_menu.aboutToShow.emit()  # File > Open recent lists it too
+    assert [a.toolTip() for a in window.recent_menu.actions()] == [str(demo_scan.resolve())]

@@ -1,15 +1,17 @@
 """The main window's tool, 3D, help and start-screen entries (a mixin of
 :class:`~medsam_gui.gui.main_window.MainWindow`, kept apart so main_window.py stays short):
 Edit > Box / RECIST / Move tools (B, R, S), View > 3D view (no key), Help > Keyboard
-shortcuts (F1), File > Open the demo and the start screen, napari's view buttons hidden, and
+shortcuts (F1), File > Open the demo and Open recent, the start screen, napari's view buttons hidden, and
 icons on the panels' buttons."""
 
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QMenu
 
 from ..config import demo_scan_path
 from . import icons
+from .scan_files import recent_scans
 from .shortcuts_dialog import ShortcutsDialog
 from .start_screen import StartScreen
 
@@ -76,5 +78,27 @@ class WindowActionsMixin:
         welcome page (``start_screen``, visible while no scan is open)."""
         self.add_action("file", "open_demo", "Open the demo", lambda: self.controller.open_scan(demo_scan_path()),
                         after="open_dicom")
+        self._build_recent_menu()
         self.qt_viewer.show_welcome_screen = False
         self.start_screen = StartScreen(self, self.qt_viewer.canvas.native)
+
+    def _build_recent_menu(self) -> None:
+        """File > Open recent (``recent_menu``): the recent scans, read when the menu opens."""
+        file_menu = self.menu("file")
+        entries = file_menu.actions()
+        after = entries[entries.index(self.actions["open_demo"]) + 1]
+        self.recent_menu = QMenu("Open recent", self.qt_window)
+        self.recent_menu.setIcon(icons.icon("mdi6.history", self._icon_color))
+        file_menu.insertMenu(after, self.recent_menu)
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+
+    def _fill_recent_menu(self) -> None:
+        menu = self.recent_menu
+        menu.clear()
+        paths = recent_scans()
+        for path in paths:
+            act = menu.addAction(f"{path.name}  —  {path.parent}")
+            act.setToolTip(str(path))
+            act.triggered.connect(lambda _checked=False, p=path: self.controller.open_scan(p))
+        if not paths:
+            menu.addAction("No recent scans").setEnabled(False)
