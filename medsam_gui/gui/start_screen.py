@@ -66,7 +66,6 @@ class StartScreen(QFrame):
         column.addWidget(self.recent_label)
         self.recent_list = QListWidget()
         self.recent_list.setMinimumWidth(420)
-        self.recent_list.setMaximumHeight(180)
         self.recent_list.setToolTip("Double-click (or Enter) to open")
         self.recent_list.itemActivated.connect(self._open_recent)
         column.addWidget(self.recent_list)
@@ -86,6 +85,9 @@ class StartScreen(QFrame):
             item.setToolTip(str(path))
             self.recent_list.addItem(item)
         empty = self.recent_list.count() == 0
+        if not empty:  # as tall as its entries
+            rows = self.recent_list.count() * self.recent_list.sizeHintForRow(0)
+            self.recent_list.setFixedHeight(rows + 2 * self.recent_list.frameWidth() + 4)
         self.recent_label.setVisible(not empty)
         self.recent_list.setVisible(not empty)
 
