@@ -71,6 +71,7 @@ def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show:
         window.raise_dock("MedSAM")  # where a new user starts
         window.panels = Panels(session=sessions, medsam=medsam, measurements=medsam.measurements,
                                universeg=universeg, auto=auto)
+        window.decorate_panels()
     if session is not None:
         session_files.open_session(window.panels.session, session)
     elif scan_path is not None:

@@ -431,7 +431,7 @@ def test_menus_by_id_and_add_action(win):
         entries = win.menu("file").actions()
         i = entries.index(win.actions["open_labels"])
         assert entries[i + 1].isSeparator() and entries[i + 2] is act and win.actions["test_entry"] is act
-        assert act.shortcut().toString() == "Ctrl+Alt+T" and act.toolTip() == "a test"
+        assert act.shortcut().toString() == "Ctrl+Alt+T" and act.toolTip() == "a test (Ctrl+Alt+T)"
         act.trigger()
         assert called == [1]
         with pytest.raises(KeyError):  # "after" names an action of another menu

@@ -64,6 +64,21 @@ def test_download_with_progress_and_checksum(server, universeg_bytes):
     assert config.get_setting("weights")["universeg_v1"] == str(path.resolve())
 
 
+def test_file_url_mirror_with_progress(tmp_path, universeg_bytes):
+    src = tmp_path / "mirror" / "u.pt"
+    src.parent.mkdir()
+    src.write_bytes(universeg_bytes)
+    events = []
+    path = manager.download("universeg_v1", url=src.as_uri(), chunk_size=65536,
+                            progress=lambda done, total: events.append((done, total)))
+    assert path.read_bytes() == universeg_bytes
+    n = len(universeg_bytes)
+    assert events[0] == (0, n) and events[-1] == (n, n) and len(events) > 3
+    with pytest.raises(WeightsDownloadError, match="does not exist"):
+        manager.download("universeg_v1", url=(tmp_path / "gone.pt").as_uri())
+    assert not list(config.weights_dir().glob("*.part"))
+
+
 def test_env_var_overrides_url(server, universeg_bytes, monkeypatch):
     base, files = server
     files["/mirror/u.pt"] = (universeg_bytes, "ok")

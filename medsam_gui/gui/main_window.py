@@ -33,12 +33,15 @@ from qtpy.QtWidgets import (
 )
 
 from .. import __version__, config
-from . import dialogs
+from . import dialogs, icons, shortcuts
 from .collapsible import SettingsScroll
 from .cursor_readout import CursorReadout
 from .labels_panel import LabelsPanel
 from .linked_views import LinkedViews
 from .panels import Panels
+from .shortcuts import SHORTCUTS
+from .shortcuts_dialog import ShortcutsDialog
+from .window_actions import WindowActionsMixin
 from .window_panel import WindowPanel
 from .workers import set_bar_value
 
@@ -139,13 +142,15 @@ class _CloseFilter(_WindowFilter):
             window.closed()
 
 
-class MainWindow:
+class MainWindow(WindowActionsMixin):
     """medsam-gui's main window around a napari viewer.
 
     Attributes: ``viewer`` (napari.Viewer), ``controller``, ``qt_window`` (the QMainWindow),
     ``qt_viewer``, ``labels_panel``, ``window_panel``, ``panels`` (:class:`~.panels.Panels`,
     filled by ``app.build_app``), ``actions`` ({name: QAction}),
-    ``view_buttons`` ({"axial"|"coronal"|"sagittal": QToolButton}), ``oblique_notice``,
+    ``view_buttons`` ({"axial"|"coronal"|"sagittal": QToolButton}), ``tool_buttons``
+    ({"box_tool"|"recist_tool"|"select_tool": QToolButton}), ``shortcuts_dialog`` (the last one
+    opened), ``start_screen``, ``oblique_notice``,
     ``message_label``, ``progress_bar``, ``cancel_button``.
     """
 
@@ -160,12 +165,16 @@ class MainWindow:
         self.panels = Panels()
         self._menus: dict[str, QMenu] = {}
         self._tracked = []
+        self._icon_color = icons.theme_color(self.viewer)
+        self.shortcuts_dialog: ShortcutsDialog | None = None
         controller.attach_window(self)
 
         self.qt_window.setWindowTitle("medsam-gui")
         self._build_status_bar()
         self._build_menus()
         self._build_toolbar()
+        self._build_start_screen()
+        self._hide_napari_view_buttons()
         self.labels_panel = LabelsPanel(controller)
         self.window_panel = WindowPanel(controller)
         self.labels_dock = self.add_dock(self.labels_panel, "Labels", "right")
@@ -224,16 +233,20 @@ class MainWindow:
                    after: str | None = None, separator_before: bool = False) -> QAction:
         """Add an entry calling ``slot()`` to menu ``menu_id``; kept as ``actions[name]``.
 
+        ``shortcut``: a key (or a list of keys); without one the keys of ``name`` in
+        :data:`.shortcuts.SHORTCUTS` apply, with its icon and tip (``tip`` overrides the tip).
         ``after``: name of an action already in that menu to insert behind (default: at the
         end); ``separator_before`` puts a separator in front of the entry.
         """
         menu = self.menu(menu_id)
         act = QAction(text, self.qt_window)
-        if shortcut is not None:
-            act.setShortcut(QKeySequence(shortcut))
-        if tip:
-            act.setStatusTip(tip)
-            act.setToolTip(tip)
+        entry = SHORTCUTS.get(name)
+        if shortcut is None:
+            keys = list(entry.keys) if entry is not None else []
+        else:
+            keys = list(shortcut) if isinstance(shortcut, (list, tuple)) else [shortcut]
+        act.setShortcuts([QKeySequence(k) for k in keys])
+        icons.decorate_action(act, name, self._icon_color, tip=tip)
         act.triggered.connect(lambda _checked=False: slot())
         before = None
         if after is not None:
@@ -248,11 +261,11 @@ class MainWindow:
             sep = QAction(self.qt_window)
             sep.setSeparator(True)
             added.insert(0, sep)
-        for entry in added:
+        for entry_action in added:
             if before is not None:
-                menu.insertAction(before, entry)
+                menu.insertAction(before, entry_action)
             else:
-                menu.addAction(entry)
+                menu.addAction(entry_action)
         self.actions[name] = act
         return act
 
@@ -265,33 +278,30 @@ class MainWindow:
             self._menus[menu_id] = bar.addMenu(title)
         c = self.controller
         add = self.add_action
-        add("file", "open_scan", "Open scan…", self.ask_open_scan, shortcut=QKeySequence.StandardKey.Open,
-            tip="Open a NIfTI, NRRD, MetaImage or MGZ scan")
-        add("file", "open_dicom", "Open DICOM folder…", self.ask_open_dicom, shortcut="Ctrl+Shift+O",
-            tip="Open a folder holding a DICOM series")
-        add("file", "open_labels", "Open labels…", self.ask_open_labels, shortcut="Ctrl+L",
-            tip="Open a label map on the current scan (same grid)")
-        add("file", "save_labels", "Save labels", lambda: c.save_labels(), shortcut=QKeySequence.StandardKey.Save,
-            tip="Save the labels on the scan's grid", separator_before=True)
-        add("file", "save_labels_as", "Save labels as…", lambda: c.save_labels(ask=True), shortcut="Ctrl+Alt+S")
+        add("file", "open_scan", "Open scan…", self.ask_open_scan)
+        add("file", "open_dicom", "Open DICOM folder…", self.ask_open_dicom)
+        add("file", "open_labels", "Open labels…", self.ask_open_labels)
+        add("file", "save_labels", "Save labels", lambda: c.save_labels(), separator_before=True)
+        add("file", "save_labels_as", "Save labels as…", lambda: c.save_labels(ask=True))
         add("file", "import_descriptions", "Import label descriptions (ITK-SNAP)…", self.labels_panel_import,
             separator_before=True)
         add("file", "export_descriptions", "Export label descriptions (ITK-SNAP)…", self.labels_panel_export)
-        add("file", "quit", "Quit", self.qt_window.close, shortcut=QKeySequence.StandardKey.Quit,
-            separator_before=True)
+        add("file", "quit", "Quit", self.qt_window.close, separator_before=True)
 
-        add("edit", "undo", "Undo label edit", c.undo, shortcut=QKeySequence.StandardKey.Undo)
-        add("edit", "redo", "Redo label edit", c.redo, shortcut=QKeySequence.StandardKey.Redo)
-        add("edit", "add_label", "Add label", lambda: c.add_label(), shortcut="Ctrl+Shift+N",
-            separator_before=True)
+        add("edit", "undo", "Undo label edit", c.undo)
+        add("edit", "redo", "Redo label edit", c.redo)
+        add("edit", "add_label", "Add label", lambda: c.add_label(), separator_before=True)
 
-        for name, key in (("axial", "Ctrl+1"), ("coronal", "Ctrl+2"), ("sagittal", "Ctrl+3")):
-            act = add("view", f"view_{name}", name.capitalize(), lambda n=name: c.set_view(n), shortcut=key,
-                      tip=f"Show the {name} view")
+        for name in ("axial", "coronal", "sagittal"):
+            act = add("view", f"view_{name}", name.capitalize(), lambda n=name: c.set_view(n))
             act.setCheckable(True)
-        add("view", "reset_view", "Fit to window", self.viewer.reset_view, shortcut="Ctrl+0", separator_before=True)
+        add("view", "reset_view", "Fit to window", self.viewer.reset_view, separator_before=True)
+        self._build_tool_actions()
+        self._build_3d_action()
 
+        add("help", "keyboard_shortcuts", "Keyboard shortcuts…", self.show_shortcuts)
         add("help", "about", "About medsam-gui", self.show_about)
+        shortcuts.block_napari_keys(self.viewer)
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Views", self.qt_window)
@@ -304,6 +314,14 @@ class MainWindow:
             btn.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
             tb.addWidget(btn)
             self.view_buttons[name] = btn
+        tb.addSeparator()
+        self.tool_buttons: dict[str, QToolButton] = {}
+        for name in ("box_tool", "recist_tool", "select_tool"):
+            btn = QToolButton()
+            btn.setDefaultAction(self.actions[name])
+            btn.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            tb.addWidget(btn)
+            self.tool_buttons[name] = btn
         self.actions["view_axial"].setChecked(True)
         self.qt_window.addToolBar(Qt.ToolBarArea.TopToolBarArea, tb)
         self.toolbar = tb

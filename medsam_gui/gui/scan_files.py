@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import config
 from ..core import intensity
 from ..core.labels import LabelTable
 from ..core.volume import Volume
@@ -26,6 +27,24 @@ def _stem(path: Path) -> str:
     if name.lower().endswith(".nii.gz"):
         return name[:-7]
     return path.stem
+
+
+RECENT_KEY = "recent_scans"  # settings key: scan files / DICOM folders opened, newest first
+RECENT_MAX = 8
+
+
+def recent_scans() -> list[Path]:
+    """The scans opened last (newest first) that still exist, at most ``RECENT_MAX``."""
+    stored = config.get_setting(RECENT_KEY, [])
+    paths = [Path(p) for p in stored if isinstance(p, str)] if isinstance(stored, list) else []
+    return [p for p in paths if p.exists()][:RECENT_MAX]
+
+
+def remember_scan(path: str | Path) -> None:
+    """Put ``path`` first in the recent scans (a settings file that cannot be written is skipped)."""
+    text = str(Path(path).expanduser().resolve())
+    kept = [str(p) for p in recent_scans() if str(p) != text]
+    config.try_set_setting(RECENT_KEY, [text, *kept][:RECENT_MAX])
 
 
 def description_beside(labels_path: str | Path) -> Path | None:
@@ -120,6 +139,7 @@ class ScanFilesMixin:
                 else:
                     self.status("Opening cancelled.")
                 return
+            remember_scan(path)  # before volume_changed: the start screen lists it
             self.set_volume(result["volume"], result.get("labels"), label_table=result.get("table"),
                             labels_path=labels if result.get("labels") is not None else None,
                             bounds=result["bounds"])

@@ -21,13 +21,10 @@ def page_title(page: bytes) -> str:
     return f"page title {title[:80]!r}" if title else "an HTML page"
 
 
-def cookie_tokens(opener) -> dict[str, str]:
-    """``download_warning*`` cookie values (the older Google Drive confirmation tokens)."""
-    for handler in opener.handlers:
-        jar = getattr(handler, "cookiejar", None)
-        if jar is not None:
-            return {c.name: c.value for c in jar if c.name.startswith("download_warning") and c.value}
-    return {}
+def cookie_tokens(jar) -> dict[str, str]:
+    """``download_warning*`` cookie values (the older Google Drive confirmation tokens) of a
+    cookie jar (``http.cookiejar.CookieJar``, e.g. a ``requests.Session``'s ``cookies``)."""
+    return {c.name: c.value for c in jar if c.name.startswith("download_warning") and c.value}
 
 
 class _FormParser(html.parser.HTMLParser):

@@ -50,27 +50,21 @@ environment variable ``MEDSAM_GUI_URL_<NAME>`` (e.g. ``MEDSAM_GUI_URL_MEDSAM_VIT
 
 from __future__ import annotations
 
-import hashlib
-import http.cookiejar
 import os
 import shutil
-import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import config
 from ..errors import CheckpointError, MedsamGuiError, WeightsDownloadError
-from .download_pages import confirmation_url, cookie_tokens, is_html, page_title
+from .download_pages import confirmation_url, cookie_tokens, page_title
+from .downloads import DownloadProgress, WebPage, connection_reason, copy_local_file, page_catcher
 
 SETTINGS_KEY = "weights"
 LICENCE_KEY = "weights_licences_accepted"  # name -> the licence text the user accepted
 CHECKSUM_KEY = "weights_sha256"  # name -> sha256 recorded at first install (models with record_checksum)
-HTML_LIMIT = 2 << 20  # bytes of an HTML answer read to look for a confirmation form
 USER_AGENT = "medsam-gui (model download)"
 _USE_KNOWN: Any = object()
 
@@ -458,7 +452,15 @@ def download(
     written as ``<name>.part`` and renamed only when everything checks out; on any failure no
     file is left. Raises WeightsDownloadError (or CheckpointError for a file that is not
     the model's weights).
+
+    pooch transfers the file and computes its checksums. pooch would save a download host's
+    confirmation page (Google Drive) as the file and keeps no cookies, so a response hook on
+    its request (:func:`~.downloads.page_catcher`) keeps the cookies and stops at HTML answers, and the
+    confirmation is followed here (``download_pages``).
     """
+    import pooch
+    import requests
+
     model = get_model(name)
     src = model_url(model.name, url)
     want_sha = model.sha256 if sha256 is _USE_KNOWN else sha256
@@ -471,50 +473,43 @@ def download(
     _unlink(part)
     how_to = (f"download {src} in a browser and import it with `medsam-gui weights import "
               f"{model.name} FILE` or in the app from the Models menu")
-    sha = hashlib.sha256()
-    md = hashlib.md5(usedforsecurity=False)
-    done = 0
-    total: int | None = None
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    jar = requests.cookies.RequestsCookieJar()
+    meter = DownloadProgress(progress)
+    file_url = src
     try:
-        resp = _open(opener, src, host, model, how_to, timeout)
         for _ in range(3):  # a "confirm the download" page (Google Drive) -> the file
-            if not is_html(resp):
+            downloader = pooch.HTTPDownloader(
+                progressbar=meter, chunk_size=chunk_size, timeout=timeout, headers={"User-Agent": USER_AGENT},
+                cookies=jar, hooks={"response": page_catcher(jar)})
+            try:
+                if urllib.parse.urlsplit(file_url).scheme == "file":  # a local mirror: pooch has no file:// downloader
+                    copy_local_file(file_url, part, meter, chunk_size)
+                else:
+                    downloader(file_url, str(part), None)
                 break
-            with resp:
-                page = resp.read(HTML_LIMIT)
-                page_url = resp.geturl()
-            nxt = confirmation_url(page.decode("utf-8", errors="replace"), page_url, cookie_tokens(opener))
-            if nxt is None:
+            except WebPage as answer:
+                nxt = confirmation_url(answer.page.decode("utf-8", errors="replace"), answer.url, cookie_tokens(jar))
+                if nxt is None:
+                    raise WeightsDownloadError(
+                        f"{host} sent a web page instead of {model.filename} ({page_title(answer.page)}): the file "
+                        f"may be over its download quota or no longer shared; nothing was kept. Try again later, "
+                        f"or {how_to}") from None
+                file_url = nxt
+            except requests.HTTPError as exc:
+                raise WeightsDownloadError(_http_message(exc.response, host, file_url, how_to)) from None
+            except requests.RequestException as exc:
+                got = part.stat().st_size if part.exists() else 0
+                if got == 0 and not isinstance(exc, requests.exceptions.ChunkedEncodingError):
+                    raise WeightsDownloadError(_offline_message(host, file_url, model, connection_reason(exc))) from None
                 raise WeightsDownloadError(
-                    f"{host} sent a web page instead of {model.filename} ({page_title(page)}): the file may be "
-                    f"over its download quota or no longer shared; nothing was kept. Try again later, or {how_to}")
-            resp = _open(opener, nxt, host, model, how_to, timeout)
+                    f"the download of {model.filename} from {host} was interrupted after "
+                    f"{got} bytes ({type(exc).__name__}); nothing was kept. Try again, or {how_to}"
+                ) from None
         else:
-            resp.close()
             raise WeightsDownloadError(f"{host} kept answering with web pages instead of {model.filename}; {how_to}")
-        with resp:
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            if progress:
-                progress(0, total)
-            with open(part, "wb") as fh:
-                while True:
-                    try:
-                        block = resp.read(chunk_size)
-                    except (HTTPException, OSError) as exc:
-                        raise WeightsDownloadError(
-                            f"the download of {model.filename} from {host} was interrupted after "
-                            f"{done} bytes ({type(exc).__name__}); nothing was kept. Try again, or {how_to}"
-                        ) from None
-                    if not block:
-                        break
-                    fh.write(block)
-                    sha.update(block)
-                    md.update(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
+        done = part.stat().st_size
+        total = meter.total
+        meter.finish(done)
         if total is not None and done != total:
             raise WeightsDownloadError(
                 f"the download of {model.filename} from {host} was interrupted after {done} of "
@@ -526,20 +521,22 @@ def download(
             raise WeightsDownloadError(
                 f"{model.filename} has {done} bytes, expected {model.size_bytes}; it was deleted. {how_to}"
             )
-        if want_sha and sha.hexdigest().lower() != want_sha.lower():
+        got_sha = pooch.file_hash(str(part), alg="sha256")
+        if want_sha and got_sha.lower() != want_sha.lower():
             raise WeightsDownloadError(
-                f"{model.filename} failed its SHA-256 check (expected {want_sha}, got {sha.hexdigest()}); "
+                f"{model.filename} failed its SHA-256 check (expected {want_sha}, got {got_sha}); "
                 f"the file was deleted. Try again, or {how_to}"
             )
-        if want_md5 and md.hexdigest().lower() != want_md5.lower():
+        got_md5 = pooch.file_hash(str(part), alg="md5") if want_md5 else None
+        if want_md5 and got_md5.lower() != want_md5.lower():
             raise WeightsDownloadError(
-                f"{model.filename} failed its MD5 check (expected {want_md5}, got {md.hexdigest()}); "
+                f"{model.filename} failed its MD5 check (expected {want_md5}, got {got_md5}); "
                 f"the file was deleted. Try again, or {how_to}"
             )
         recorded = recorded_sha256(model.name) if model.record_checksum else None
-        if recorded and not want_sha and sha.hexdigest() != recorded:
+        if recorded and not want_sha and got_sha != recorded:
             raise WeightsDownloadError(
-                f"{model.filename} differs from the file installed first (SHA-256 {sha.hexdigest()[:12]}..., "
+                f"{model.filename} differs from the file installed first (SHA-256 {got_sha[:12]}..., "
                 f"recorded {recorded[:12]}...); it was deleted. If the file was updated on purpose, download it "
                 f"in a browser and import it with `medsam-gui weights import {model.name} FILE`."
             )
@@ -549,29 +546,14 @@ def download(
     except BaseException:
         _unlink(part)
         raise
-    if model.record_checksum and recorded_sha256(model.name) is None:
-        _record_sha256(model.name, sha.hexdigest())
-    elif model.record_checksum and want_sha:
-        _record_sha256(model.name, sha.hexdigest())
+    if model.record_checksum and (recorded_sha256(model.name) is None or want_sha):
+        _record_sha256(model.name, got_sha)
     _record(model.name, dest)
     return dest
 
 
 # ------------------------------------------------------------------ download helpers
 
-def _open(opener, url: str, host: str, model: KnownModel, how_to: str, timeout: float):
-    """``opener.open(url)`` with the download's user-facing errors."""
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    try:
-        return opener.open(req, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        raise WeightsDownloadError(
-            f"the server {host} answered HTTP {exc.code} ({exc.reason}) for {url}; the file may "
-            f"have moved. {how_to[0].upper() + how_to[1:]}"
-        ) from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        detail = getattr(reason, "strerror", None) or str(reason)
-        raise WeightsDownloadError(_offline_message(host, url, model, detail)) from None
-    except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-        raise WeightsDownloadError(_offline_message(host, url, model, str(exc) or type(exc).__name__)) from None
+def _http_message(resp, host: str, url: str, how_to: str) -> str:
+    return (f"the server {host} answered HTTP {resp.status_code} ({resp.reason}) for {url}; the file may "
+            f"have moved. {how_to[0].upper() + how_to[1:]}")
