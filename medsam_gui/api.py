@@ -30,6 +30,7 @@ from .io import load_volume, save_labels
 __all__ = ["load_volume", "save_labels", "load_engine", "open_predictor", "segment_box", "segment_recist",
            "propagate", "segment_rest", "measure", "ENGINES"]
 __all__ += ["load_medsam2", "segment_lesion_3d"]  # MedSAM2 (issue 14)
+__all__ += ["run_batch"]  # cohort batches (issue 16)
 
 ENGINES = {  # engine name -> (model-manager weights name, display name)
     "medsam": ("medsam_vit_b", "MedSAM"),
@@ -369,3 +370,22 @@ def _propagate_medsam2(volume: Volume, key_boxes: Mapping[int, Sequence[float]],
     (z, box), = key_boxes.items()
     engine = kw.pop("engine")
     return segment_lesion_3d(volume, z, box, engine=None if isinstance(engine, str) else engine, **kw)
+
+
+# ------------------------------------------------------------------ cohort batches (issue 16)
+
+def run_batch(manifest, out, *, workers: int | None = None, scheduler: str | None = None, device: str | None = None,
+              checkpoints: Mapping[str, object] | None = None, resume: bool = False, report: bool = False,
+              quiet: bool = True):
+    """Run a batch manifest (CSV: scan, task, input[, engine, label, out]; see docs/batch.md)
+    on Dask distributed and write every case's outputs and ``out/report.csv`` (``report``: also
+    report.html). ``workers``: processes of a local cluster (default from the cores, memory and
+    GPUs), or ``scheduler``: an existing cluster's address; ``checkpoints``: {model: weights
+    file} for medsam, litemedsam, medsam2, universeg, hermes, universal (else the installed
+    weights); ``resume``: skip cases whose inputs and outputs are unchanged since the last report.
+    Returns a :class:`~medsam_gui.batch.runner.BatchSummary` (``rows``, ``ok``, ``failed``,
+    ``skipped``). A bad manifest raises ManifestError listing every bad row before any model loads."""
+    from .batch.runner import run_batch as run
+
+    return run(manifest, out, workers=workers, scheduler=scheduler, device=device, checkpoints=checkpoints,
+               resume=resume, report=report, quiet=quiet)
