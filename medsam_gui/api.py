@@ -385,7 +385,9 @@ def run_batch(manifest, out, *, workers: int | None = None, scheduler: str | Non
     weights); ``resume``: skip cases whose inputs and outputs are unchanged since the last report.
     Returns a :class:`~medsam_gui.batch.runner.BatchSummary` (``rows``, ``ok``, ``failed``,
     ``skipped``). A bad manifest raises ManifestError listing every bad row before any model loads."""
+    import medsam_gui.api as this_module
+
     from .batch.runner import run_batch as run
 
-    return run(manifest, out, workers=workers, scheduler=scheduler, device=device, checkpoints=checkpoints,
+    return run(this_module, manifest, out, workers=workers, scheduler=scheduler, device=device, checkpoints=checkpoints,
                resume=resume, report=report, quiet=quiet)

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import CheckpointError, MedsamGuiError
 from . import report as reports
@@ -83,10 +84,8 @@ def _check_checkpoints(checkpoints: Mapping[str, object] | None) -> dict[str, st
     return out
 
 
-def _installed(model: str) -> str:
+def _installed(api: ModuleType, model: str) -> str:
     """The installed weights of a model (CheckpointError saying how to get them otherwise)."""
-    from .. import api
-
     if model == "medsam2":
         return str(api.resolve_medsam2_checkpoint())
     if model == "universeg":
@@ -137,12 +136,14 @@ def _cluster(workers: int | None, scheduler: str | None, device: str):
         raise
 
 
-def run_batch(manifest, out, *, workers: int | None = None, scheduler: str | None = None, device: str | None = None,
+def run_batch(api: ModuleType, manifest, out, *, workers: int | None = None, scheduler: str | None = None, device: str | None = None,
               checkpoints: Mapping[str, object] | None = None, resume: bool = False, report: bool = False,
               quiet: bool = True, on_case: Callable[[dict], None] | None = None,
               before_case: Callable[[Case], None] | None = None) -> BatchSummary:
     """Run every case of the manifest (module docstring); returns the BatchSummary.
 
+    ``api``: the :mod:`medsam_gui.api` module, whose functions the cases use (``api.run_batch``
+    passes itself: the api imports this module, which therefore does not import the api).
     ``workers``: processes of the LocalCluster (default :func:`default_workers`); ``scheduler``:
     an existing cluster's address instead; ``device``: "auto" (default), "cpu" or "cuda";
     ``checkpoints``: {model: weights file} (else the installed weights); ``resume``: skip the
@@ -170,7 +171,7 @@ def run_batch(manifest, out, *, workers: int | None = None, scheduler: str | Non
                                "message": "unchanged since the last run"}
     todo = [c for c in cases if c.name not in rows]
     for model in sorted({c.model for c in todo if c.task != "auto"} - set(ckpts)):
-        ckpts[model] = _installed(model)
+        ckpts[model] = _installed(api, model)
     summary = BatchSummary(out_dir)
     progress = Progress(len(cases), skipped=len(rows), quiet=quiet)
 
@@ -188,7 +189,7 @@ def run_batch(manifest, out, *, workers: int | None = None, scheduler: str | Non
     if not todo:
         return finish(False)
     client, cluster, threads = _cluster(workers, scheduler, device)
-    settings = Settings(str(out_dir), device, ckpts, threads, before_case)
+    settings = Settings(api, str(out_dir), device, ckpts, threads, before_case)
     futures = {}
     try:
         from distributed import as_completed

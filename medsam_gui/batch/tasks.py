@@ -3,7 +3,9 @@
 :func:`run_case` is what the Dask workers run. It is idempotent (a rerun after a killed worker
 writes the same files again, each atomically) and never raises for a case's own problem: a
 failure becomes ``status="failed"`` with the message. Models are loaded once per worker process
-and kept (:func:`cached_model`, keyed by (model, checkpoint, device)).
+and kept (:func:`cached_model`, keyed by (model, checkpoint, device)). The segmentation goes
+through :mod:`medsam_gui.api`, handed in as ``Settings.api`` by ``api.run_batch`` (the api
+imports this package, so this package does not import the api back).
 
 Boxes are applied on axial slices (array axis 0), as ``medsam-gui segment`` does: without a
 propagation range each prompt gives its slice's mask; with one, each label's boxes are the key
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -38,11 +41,12 @@ class BatchCaseError(MedsamGuiError):
 
 @dataclass(frozen=True)
 class Settings:
-    """What every case of a run shares: the output folder, the device ("auto", "cpu", "cuda";
+    """What every case of a run shares: ``api`` (the :mod:`medsam_gui.api` module), the output folder, the device ("auto", "cpu", "cuda";
     with "cuda" a LocalCluster worker n takes GPU n modulo the count), the checkpoint path of
     each model (None: the installed weights), torch threads per worker (None: leave as is) and
     ``before_case(case)``, called on the worker before each case (tests kill a worker there)."""
 
+    api: ModuleType
     out_dir: str
     device: str = "auto"
     checkpoints: dict[str, str | None] = field(default_factory=dict)
@@ -76,10 +80,8 @@ def worker_device(device: str) -> str:
     return f"cuda:{name % count}" if count > 1 and isinstance(name, int) else device
 
 
-def cached_model(model: str, checkpoint: str | None, device: str) -> tuple[object, float]:
+def cached_model(api: ModuleType, model: str, checkpoint: str | None, device: str) -> tuple[object, float]:
     """(the loaded model, seconds spent loading it now: 0.0 when this process had it already)."""
-    from .. import api
-
     key = (model, checkpoint, device)
     if key in _MODELS:
         return _MODELS[key], 0.0
@@ -128,8 +130,7 @@ def _key_prompt(p, z: int, box) -> tuple[int, str, np.ndarray]:
     return z, "box", np.array([[box.x0, box.y0], [box.x1, box.y1]])
 
 
-def _boxes(volume, case: Case, model, device: str) -> CaseLabels:
-    from .. import api
+def _boxes(api: ModuleType, volume, case: Case, model, device: str) -> CaseLabels:
     from ..core.prompts import key_boxes
 
     placed, z_range = _placed(volume, case)
@@ -166,8 +167,7 @@ def _boxes(volume, case: Case, model, device: str) -> CaseLabels:
     return out
 
 
-def _universeg(volume, case: Case, model, device: str) -> CaseLabels:
-    from .. import api
+def _universeg(api: ModuleType, volume, case: Case, model, device: str) -> CaseLabels:
     from ..core.example_sets import load_example_set
 
     support = load_example_set(case.input_path)
@@ -177,9 +177,7 @@ def _universeg(volume, case: Case, model, device: str) -> CaseLabels:
 
 
 def _auto(volume, case: Case, settings: Settings) -> CaseLabels:
-    from .. import api
-
-    auto_segment = getattr(api, "auto_segment", None)
+    auto_segment = getattr(settings.api, "auto_segment", None)
     if auto_segment is None:
         raise BatchCaseError(f"automatic model {case.engine} is not available in this installation.")
     masks = auto_segment(volume, case.engine, list(case.structures), settings.checkpoints.get(case.engine),
@@ -196,10 +194,10 @@ def _segment(volume, case: Case, settings: Settings, row: dict) -> CaseLabels:
     if case.task == "auto":
         return _auto(volume, case, settings)
     device = worker_device(settings.device)
-    model, row["load_s"] = cached_model(case.model, settings.checkpoints.get(case.model), device)
+    model, row["load_s"] = cached_model(settings.api, case.model, settings.checkpoints.get(case.model), device)
     if case.task == "boxes":
-        return _boxes(volume, case, model, device)
-    return _universeg(volume, case, model, device)
+        return _boxes(settings.api, volume, case, model, device)
+    return _universeg(settings.api, volume, case, model, device)
 
 
 def run_case(case: Case, settings: Settings) -> dict:
