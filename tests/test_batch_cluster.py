@@ -32,8 +32,8 @@ torch.set_num_threads(2)
 
 HIPPO = Path(__file__).resolve().parent / "data" / "msd_hippocampus"
 BOX_003 = (6, 25, 30, 38)  # label 1 (anterior hippocampus) on slice 15 of hippocampus_003
-RECIST_003 = np.array([[22, 20, 10], [22, 30, 24]], float)  # (z, y, x): label 2 on slice 22
-BOX_001 = (9, 27, 31, 41)  # label 1 on slice 13 of hippocampus_001, propagated over 12..14
+RECIST_003 = np.array([[15, 18, 7], [15, 29, 18]], float)  # (z, y, x): label 2, also on slice 15
+BOX_001 = (9, 27, 31, 41)  # label 1 on slice 13 of hippocampus_001, propagated over 13..14
 
 
 def scan(n: str) -> Path:
@@ -73,7 +73,7 @@ def cohort(tmp_path_factory, universeg_checkpoint):
     write_prompts_file(d / "h003.json", PromptsFile(ScanGrid.of(v003), (
         _box_prompt(1, 15, BOX_003), Prompt("recist", 2, RECIST_003)), None))
     write_prompts_file(d / "h001.json", PromptsFile(ScanGrid.of(v001), (_box_prompt(1, 13, BOX_001),),
-                                                    Propagation(0, 12, 14)))
+                                                    Propagation(0, 13, 14)))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(HIPPO / "hippocampus_003_label.nii.gz")))
     save_example_set(d / "anterior.npz", SupportSet.from_partial_labels(
         v003.array, labels, 1, bounds=(0.0, 800.0), slices=[8, 12], modality="MR", label_name="anterior"))
@@ -126,11 +126,12 @@ def test_killed_worker_case_is_rescheduled_and_matches_the_api(first_run, cohort
     assert written.same_grid(vol)
     got = written.array.astype(np.uint8)
     engine = api.load_engine("litemedsam", cohort["checkpoints"]["litemedsam"], device="cpu")
-    with api.open_predictor(vol, engine=engine) as p:
-        want = p.segment_box(15, BOX_003)
-    assert want.any() and np.array_equal(got[15] == 1, want)
-    assert (got[22] == 2).any() and set(np.unique(got[22])) == {0, 2}  # the RECIST line's label
-    assert set(np.flatnonzero(got.reshape(len(got), -1).any(axis=1))) == {15, 22}
+    with api.open_predictor(vol, engine=engine) as p:  # one embedding: both prompts are on slice 15
+        box = p.segment_box(15, BOX_003)
+        line = p.segment_recist(15, (7, 18), (18, 29), 5.0)[0]
+    assert box.any() and np.array_equal(got[15] == 1, box)
+    assert (line & ~box).any() and np.array_equal(got[15] == 2, line & ~box)  # labels never overwrite
+    assert set(np.flatnonzero(got.reshape(len(got), -1).any(axis=1))) == {15}
     assert row["output_sha256"] and row["input_sha256"] and row["worker"].startswith("tcp://")
 
 
@@ -140,7 +141,7 @@ def test_propagation_and_universeg_cases(first_run):
     assert report["h001"]["status"] == "ok" and report["h367"]["status"] == "ok"
     prop = api.load_volume(out / "h001.nii.gz").array
     slices = set(np.flatnonzero(prop.reshape(len(prop), -1).any(axis=1)))
-    assert 13 in slices and slices <= {12, 13, 14}
+    assert 13 in slices and slices <= {13, 14}
     fill = api.load_volume(out / "h367.nii.gz").array
     assert set(np.unique(fill)) <= {0, 3} and (fill == 3).any()  # the manifest's label value
     assert "anterior" in (out / "h367.label").read_text()
