@@ -11,11 +11,16 @@ KeyboardInterrupt; a rerun with ``resume=True`` goes on from there.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+
+from distributed import WorkerPlugin
 
 from ..errors import CheckpointError, MedsamGuiError
 from . import report as reports
@@ -58,6 +63,18 @@ class BatchSummary:
     @property
     def skipped(self) -> int:
         return self.count("skipped")
+
+
+class LeaveCtrlCToTheBatch(WorkerPlugin):
+    """On the workers of our own LocalCluster: ignore SIGINT. Ctrl-C in a terminal reaches the
+    whole process group; the batch process then stops the workers itself (report written,
+    cluster closed) instead of each worker dying with a traceback."""
+
+    name = "medsam-gui-leave-ctrl-c-to-the-batch"
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers() -> int:
@@ -128,9 +145,12 @@ def _cluster(workers: int | None, scheduler: str | None, device: str):
     if n < 1:
         raise BatchError(f"--workers must be at least 1, got {n}.")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=logging.ERROR)
     try:
-        return Client(cluster), cluster, (max(1, cores // n) if device != "cuda" else None)
+        client = Client(cluster)
+        client.register_plugin(LeaveCtrlCToTheBatch())
+        return client, cluster, (max(1, cores // n) if device != "cuda" else None)
     except BaseException:
         cluster.close()
         raise
