@@ -77,7 +77,7 @@ def cohort(tmp_path_factory, universeg_checkpoint):
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(HIPPO / "hippocampus_003_label.nii.gz")))
     save_example_set(d / "anterior.npz", SupportSet.from_partial_labels(
         v003.array, labels, 1, bounds=(0.0, 800.0), slices=[8, 12], modality="MR", label_name="anterior"))
-    sitk.WriteImage(sitk.ReadImage(str(scan("367")))[:, :, 12:20], str(d / "h367_crop.nii.gz"))  # 8 slices
+    sitk.WriteImage(sitk.ReadImage(str(scan("367")))[:, :, 14:18], str(d / "h367_crop.nii.gz"))  # 4 slices
     raw = scan("001").read_bytes()
     (d / "broken.nii.gz").write_bytes(raw[: len(raw) // 2])
     lite = d / "lite_medsam.pth"

@@ -176,12 +176,31 @@ def _universeg(api: ModuleType, volume, case: Case, model, device: str) -> CaseL
     return CaseLabels(labels, names={value: support.label_name or f"label {value}"}, kinds={value: "universeg"})
 
 
+AUTO_WEIGHTS = {"hermes": "hermes_r", "universal": "universal_model",
+                "universal_text_embedding": "universal_text_embedding"}  # model manager names
+
+
+def _auto_weights(settings: Settings, key: str) -> str:
+    """The ``--checkpoint`` of ``key``, else the model manager's installed file."""
+    from ..errors import CheckpointError
+    from ..models import weights
+
+    if settings.checkpoints.get(key):
+        return settings.checkpoints[key]
+    found = weights.resolve(AUTO_WEIGHTS[key])
+    if found is None:
+        raise CheckpointError(f"no {AUTO_WEIGHTS[key]} weights installed: pass --checkpoint {key}=FILE, or install "
+                              f"them once with `medsam-gui weights download {AUTO_WEIGHTS[key]}`.")
+    return str(found)
+
+
 def _auto(volume, case: Case, settings: Settings) -> CaseLabels:
     auto_segment = getattr(settings.api, "auto_segment", None)
     if auto_segment is None:
         raise BatchCaseError(f"automatic model {case.engine} is not available in this installation.")
-    masks = auto_segment(volume, case.engine, list(case.structures), settings.checkpoints.get(case.engine),
-                         text_embedding=settings.checkpoints.get(f"{case.engine}_text_embedding"))
+    embedding = _auto_weights(settings, "universal_text_embedding") if case.engine == "universal" else None
+    names = [int(s) if s.isdigit() else s for s in case.structures]  # official indices or catalogue names
+    masks = auto_segment(volume, case.engine, names, _auto_weights(settings, case.engine), text_embedding=embedding)
     first = case.label or 1
     out = CaseLabels(np.zeros(volume.shape, _label_dtype(first + len(masks))))
     for value, (key, mask) in enumerate(masks.items(), start=first):
