@@ -24,7 +24,7 @@ from medsam_gui.batch.manifest import ManifestError
 from medsam_gui.batch.runner import run_batch
 from medsam_gui.cli import main
 from medsam_gui.core.example_sets import save_example_set
-from medsam_gui.core.prompts import Prompt, box_corners, prompt_slice_box
+from medsam_gui.core.prompts import Prompt, box_corners
 from medsam_gui.core.prompts_file import Propagation, PromptsFile, ScanGrid, write_prompts_file
 from medsam_gui.core.support_set import SupportSet
 

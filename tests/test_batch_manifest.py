@@ -65,7 +65,8 @@ def test_every_bad_row_is_listed(folder):
     msg = str(err.value)
     assert "8 bad row(s)" in msg and "row 2:" not in msg
     for expected in ("row 3: scan", "nowhere.nii.gz does not exist", "row 4: unknown task 'segment'",
-                     "row 5: ", "is not valid JSON", "row 6: ", "unknown engine 'sam'", "label '0' is not a whole number",
+                     "row 5: ", "is not valid JSON", "row 6: ", "unknown engine 'sam'",
+                     "label '0' is not a whole number",
                      "row 7: input 'liver' is not MODEL:STRUCTURE", "row 8: ", "not an example set",
                      "row 9: output name 'dup' is also row 2's", "row 10: out '../escape' must be a plain file name"):
         assert expected in msg

@@ -34,8 +34,8 @@ def test_auto_case_writes_each_structure_as_a_label(tmp_path):
     (tmp_path / "emb.pth").write_bytes(b"embedding")
     (tmp_path / "m.csv").write_text(f"scan,task,input,label\n{SCAN},auto,universal:liver+1,5\n")
     case, = read_manifest(tmp_path / "m.csv")
-    settings = Settings(fake_api, str(tmp_path / "out"), "cpu",
-                        {"universal": str(tmp_path / "ckpt.pth"), "universal_text_embedding": str(tmp_path / "emb.pth")})
+    weights = {"universal": str(tmp_path / "ckpt.pth"), "universal_text_embedding": str(tmp_path / "emb.pth")}
+    settings = Settings(fake_api, str(tmp_path / "out"), "cpu", weights)
     row = run_case(case, settings)
     assert row["status"] == "ok", row["message"]
     assert calls == [("universal", ["liver", 1], str(tmp_path / "ckpt.pth"), str(tmp_path / "emb.pth"))]

@@ -71,7 +71,8 @@ class Progress:
             self.draw()
         else:
             what = "ok" if row["status"] == "ok" else f"failed: {row['message']}"
-            print(f"{row['case']}: {what} ({float(row['seconds']):.1f} s) -- {self.line()}", file=self.stream, flush=True)
+            print(f"{row['case']}: {what} ({float(row['seconds']):.1f} s) -- {self.line()}", file=self.stream,
+                  flush=True)
 
     def close(self) -> None:
         if not self.quiet and self._live:

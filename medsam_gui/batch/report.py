@@ -85,8 +85,8 @@ def html_text(out_dir: Path, rows: list[dict]) -> str:
         rel = os.path.relpath(qc, out_dir) if qc and Path(qc).exists() else ""
         thumb = f'<a href="{html.escape(rel)}"><img src="{html.escape(rel)}" alt="QC"></a>' if rel else ""
         cells = "".join(f"<td>{html.escape(_cell(c, row.get(c)))}</td>" for c in _HTML_COLUMNS)
-        body.append(f'<tr class="{html.escape(str(row.get("status")))}"><td data-sort="{html.escape(str(row["case"]))}">'
-                    f"{thumb}</td>{cells}</tr>")
+        status, case = html.escape(str(row.get("status"))), html.escape(str(row["case"]))
+        body.append(f'<tr class="{status}"><td data-sort="{case}">{thumb}</td>{cells}</tr>')
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medsam-gui batch report</title>"
             f"<style>{_STYLE}</style></head><body><h1>Batch report</h1><p>{len(rows)} cases: {summary}</p>"

@@ -156,7 +156,8 @@ def _cluster(workers: int | None, scheduler: str | None, device: str):
         raise
 
 
-def run_batch(api: ModuleType, manifest, out, *, workers: int | None = None, scheduler: str | None = None, device: str | None = None,
+def run_batch(api: ModuleType, manifest, out, *, workers: int | None = None, scheduler: str | None = None,
+              device: str | None = None,
               checkpoints: Mapping[str, object] | None = None, resume: bool = False, report: bool = False,
               quiet: bool = True, on_case: Callable[[dict], None] | None = None,
               before_case: Callable[[Case], None] | None = None) -> BatchSummary:
@@ -218,11 +219,15 @@ def run_batch(api: ModuleType, manifest, out, *, workers: int | None = None, sch
         if summary.dashboard:
             progress.say(f"Dask dashboard: {summary.dashboard}")
         progress.draw()
-        futures = {client.submit(run_case, case, settings, pure=False, key=f"case-{case.row}-{case.name}-{os.urandom(4).hex()}"): case
+        run_id = os.urandom(4).hex()
+        futures = {client.submit(run_case, case, settings, pure=False, key=f"case-{case.row}-{case.name}-{run_id}"): case
                    for case in todo}
         for fut in as_completed(futures):
             case = futures[fut]
-            row = fut.result() if fut.status == "finished" else _failed_row(case, f"the worker failed: {fut.exception()}")
+            if fut.status == "finished":
+                row = fut.result()
+            else:
+                row = _failed_row(case, f"the worker failed: {fut.exception()}")
             rows[case.name] = row
             reports.write_csv(out_dir, sorted(rows.values(), key=lambda r: int(r["row"])))
             progress.case_finished(row)

@@ -41,10 +41,11 @@ class BatchCaseError(MedsamGuiError):
 
 @dataclass(frozen=True)
 class Settings:
-    """What every case of a run shares: ``api`` (the :mod:`medsam_gui.api` module), the output folder, the device ("auto", "cpu", "cuda";
-    with "cuda" a LocalCluster worker n takes GPU n modulo the count), the checkpoint path of
-    each model (None: the installed weights), torch threads per worker (None: leave as is) and
-    ``before_case(case)``, called on the worker before each case (tests kill a worker there)."""
+    """What every case of a run shares: ``api`` (the :mod:`medsam_gui.api` module), the output
+    folder, the device ("auto", "cpu", "cuda"; with "cuda" a LocalCluster worker n takes GPU n
+    modulo the count), the checkpoint path of each model (None: the installed weights), torch
+    threads per worker (None: leave as is) and ``before_case(case)``, called on the worker
+    before each case (tests kill a worker there)."""
 
     api: ModuleType
     out_dir: str
