@@ -385,7 +385,7 @@ def run_batch(manifest, out, *, workers: int | None = None, scheduler: str | Non
     weights); ``resume``: skip cases whose inputs and outputs are unchanged since the last report.
     Returns a :class:`~medsam_gui.batch.runner.BatchSummary` (``rows``, ``ok``, ``failed``,
     ``skipped``). A bad manifest raises ManifestError listing every bad row before any model loads."""
-    import medsam_gui.api as this_module
+    import medsam_gui.api as this_module  # the workers use the api's functions: handed in, so batch never imports it
 
     from .batch.runner import run_batch as run
 
