@@ -41,7 +41,7 @@ class BatchError(MedsamGuiError):
 @dataclass
 class BatchSummary:
     """The outcome: ``rows`` (report rows in manifest order), the output folder, the report
-    files, the dashboard link (None for an existing cluster we did not start)."""
+    files, the Dask dashboard link."""
 
     out_dir: Path
     rows: list[dict] = field(default_factory=list)
@@ -215,7 +215,7 @@ def run_batch(api: ModuleType, manifest, out, *, workers: int | None = None, sch
     try:
         from distributed import as_completed
 
-        summary.dashboard = client.dashboard_link if cluster is not None else None
+        summary.dashboard = client.dashboard_link
         if summary.dashboard:
             progress.say(f"Dask dashboard: {summary.dashboard}")
         progress.draw()
