@@ -31,6 +31,8 @@ from .models.box_engines import BOX_ENGINES
 __all__ = ["load_volume", "save_labels", "load_engine", "open_predictor", "segment_box", "segment_recist",
            "propagate", "segment_rest", "measure", "ENGINES"]
 __all__ += ["load_medsam2", "segment_lesion_3d"]  # MedSAM2 (issue 14)
+__all__ += ["run_batch"]  # cohort batches (issue 16)
+__all__ += ["auto_segment"]  # automatic models (issue 15)
 
 ENGINES = {name: (info.weights, info.title) for name, info in BOX_ENGINES.items()}  # name -> (weights, title)
 
@@ -371,9 +373,6 @@ def _propagate_medsam2(volume: Volume, key_boxes: Mapping[int, Sequence[float]],
 
 # ------------------------------------------------------------------ automatic models (issue 15)
 
-__all__ += ["auto_segment"]
-
-
 def auto_segment(volume: Volume, model, structures: Sequence[str | int], checkpoint=None, text_embedding=None,
                  modality: str | None = None, overlap: float | None = None,
                  progress: Callable[[int, int], None] | None = None,
@@ -414,3 +413,24 @@ def auto_segment(volume: Volume, model, structures: Sequence[str | int], checkpo
                                  f"{tuple(volume.shape)}.")
         out[s.key] = (mask > 0).astype(np.uint8)
     return out
+
+
+# ------------------------------------------------------------------ cohort batches (issue 16)
+
+def run_batch(manifest, out, *, workers: int | None = None, scheduler: str | None = None, device: str | None = None,
+              checkpoints: Mapping[str, object] | None = None, resume: bool = False, report: bool = False,
+              quiet: bool = True):
+    """Run a batch manifest (CSV: scan, task, input[, engine, label, out]; see docs/batch.md)
+    on Dask distributed and write every case's outputs and ``out/report.csv`` (``report``: also
+    report.html). ``workers``: processes of a local cluster (default from the cores, memory and
+    GPUs), or ``scheduler``: an existing cluster's address; ``checkpoints``: {model: weights
+    file} for medsam, litemedsam, medsam2, universeg, hermes, universal (else the installed
+    weights); ``resume``: skip cases whose inputs and outputs are unchanged since the last report.
+    Returns a :class:`~medsam_gui.batch.runner.BatchSummary` (``rows``, ``ok``, ``failed``,
+    ``skipped``). A bad manifest raises ManifestError listing every bad row before any model loads."""
+    import medsam_gui.api as this_module  # the workers use the api's functions: handed in, so batch never imports it
+
+    from .batch.runner import run_batch as run
+
+    return run(this_module, manifest, out, workers=workers, scheduler=scheduler, device=device, checkpoints=checkpoints,
+               resume=resume, report=report, quiet=quiet)

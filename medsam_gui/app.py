@@ -55,7 +55,7 @@ def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show:
         raise MedsamGuiError("Opening a session needs the session panel (install_panels=True).")
     import napari
 
-    from .gui import auto_panel, medsam_panel, session as session_panel, session_files, universeg_panel
+    from .gui import auto_panel, medsam_panel, prompts_file_actions, session as session_panel, session_files, universeg_panel
     from .gui.controller import Controller
     from .gui.main_window import MainWindow
     from .gui.panels import Panels
@@ -68,6 +68,7 @@ def build_app(scan=None, labels=None, demo: bool = False, session=None, *, show:
         medsam = medsam_panel.install(controller)
         universeg = universeg_panel.install(controller, medsam=medsam)
         auto = auto_panel.install(controller)
+        prompts_file_actions.install(controller)  # File > Save/Open prompts (the batch input)
         window.raise_dock("MedSAM")  # where a new user starts
         window.panels = Panels(session=sessions, medsam=medsam, measurements=medsam.measurements,
                                universeg=universeg, auto=auto)

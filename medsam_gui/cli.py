@@ -17,7 +17,7 @@ from typing import Sequence
 
 from .errors import MedsamGuiError
 
-COMMANDS = ("info", "segment", "universeg", "measure", "weights", "auto")
+COMMANDS = ("info", "segment", "universeg", "measure", "weights", "auto", "batch")
 
 
 def _gui_parser() -> argparse.ArgumentParser:
