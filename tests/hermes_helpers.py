@@ -68,3 +68,15 @@ def network():
             net.load_state_dict(sd, strict=True)
             _memo["net"] = net.eval()
         return _memo["net"]
+
+
+def prepared():
+    """The demo CT (tests/data) read and prepared as the official pipeline does (CT)."""
+    with _lock:
+        if "prepared" not in _memo:
+            from medsam_gui.io.readers import load_volume
+            from medsam_gui.models.hermes.preprocess import prepare
+
+            ct = load_volume(CT)
+            _memo["prepared"] = (ct, prepare(ct, "CT"))
+        return _memo["prepared"]

@@ -18,12 +18,12 @@ from medsam_gui.models.hermes import preprocess as P
 
 @pytest.fixture(scope="module")
 def ct():
-    return load_volume(H.CT)
+    return H.prepared()[0]
 
 
 @pytest.fixture(scope="module")
-def prepared(ct):
-    return P.prepare(ct, "CT")
+def prepared():
+    return H.prepared()[1]
 
 
 def test_source_is_the_golden_scan(ct):
