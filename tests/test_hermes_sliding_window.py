@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hermes_helpers as H
+from medsam_gui.models.hermes import sliding_window as sw
 from medsam_gui.models.hermes.sliding_window import (WindowPlan, WindowsStopped, axis_starts, sliding_window,
                                                      stride_for)
 
@@ -50,6 +51,20 @@ def test_average_weights_repeated_windows_like_the_official_loop():
     assert np.abs(centred + 0.5 - expected).max() < 1e-6
     assert seen == [(i + 1, 9) for i in range(9)]  # z starts 0,4,8,8 -> 3 distinct; x starts 0,4,5
     assert len(WindowPlan((16, 5, 13), 8, 4).calls()) == 4 * 2 * 3  # y padded to 8: starts 0, 0
+
+
+def test_float16_sums_past_the_memory_budget(monkeypatch):
+    """Past the budget the centred sums are float16: probabilities stay within 1e-3 and masks
+    agree wherever |p - 0.5| >= 1e-3."""
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(16, 12, 13)).astype(np.float32)
+    exact = sliding_window(_toy_forward, volume, 2, window=8)
+    monkeypatch.setattr(sw, "ACCUMULATOR_BUDGET", 1000)
+    small = sliding_window(_toy_forward, volume, 2, window=8)
+    assert exact.dtype == np.float32 and small.dtype == np.float16
+    assert np.abs(small.astype(np.float32) - exact).max() < 1e-3
+    clear = np.abs(exact) >= 1e-3
+    assert np.array_equal((small >= 0)[clear], (exact >= 0)[clear])
 
 
 def test_stop_between_windows():
