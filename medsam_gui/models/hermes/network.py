@@ -318,10 +318,8 @@ def hermes_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
-def hermes_r(checkpoint: str | os.PathLike | None = None) -> HermesUNet:
-    """Hermes-R in eval mode on the CPU with the checkpoint's EMA weights (strict); ``None``
-    gives the network without trained weights (zero priors, default-initialised layers)."""
+def hermes_r(checkpoint: str | os.PathLike) -> HermesUNet:
+    """Hermes-R in eval mode on the CPU with the official checkpoint's EMA weights (strict)."""
     model = build_hermes_r()
-    if checkpoint is not None:
-        model.load_state_dict(hermes_state_dict(checkpoint), strict=True)
+    model.load_state_dict(hermes_state_dict(checkpoint), strict=True)
     return model.eval()
