@@ -88,11 +88,11 @@ def test_null_token_and_unknown_modality_are_the_last_prior_rows():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An official-layout checkpoint: EMA = golden weights, the raw model weights all zero."""
-    sd = H.state_dict()
+    """An official-layout checkpoint: EMA = golden weights; the raw model weights are a stub that
+    would fail validation if they were the ones loaded."""
     path = tmp_path_factory.mktemp("hermes") / "hermes_r.pth"
-    torch.save({"epoch": 199, "model_state_dict": {k: torch.zeros_like(v) for k, v in sd.items()},
-                "ema_model_state_dict": sd, "optimizer_state_dict": {}}, path)
+    torch.save({"epoch": 199, "model_state_dict": {"inc.conv1.weight": torch.zeros(32, 1, 3, 3, 3)},
+                "ema_model_state_dict": H.state_dict(), "optimizer_state_dict": {}}, path)
     return path
 
 
