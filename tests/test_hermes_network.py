@@ -97,6 +97,9 @@ def checkpoint(tmp_path_factory):
 
 
 def test_hermes_r_loads_the_ema_weights(checkpoint):
+    import medsam_gui.models
+
+    assert medsam_gui.models.hermes_r is hermes_r
     net = hermes_r(checkpoint)
     key = "prior_fuse_6.task_prior"
     assert torch.equal(net.state_dict()[key], H.state_dict()[key])
