@@ -16,7 +16,6 @@ import torch
 SOURCE = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/golden/hermes_seed2024.pt")
 TARGET = Path(__file__).resolve().parent / "hermes_seed2024_crop.pt"
 KEPT_CHANNELS = (5, 13)          # of net64_logits_channels (0, 5, 12, 13): liver and the null token
-CORNER = 64                      # sliding-window voxels y < 64, x < 64 lie in window (0, 0, 0) only
 HU_SLICES = (28, 32)             # a z slab of prep_resampled_hu, for a readable diff
 
 
@@ -26,7 +25,7 @@ def main() -> None:
            ("prep_resampled_hu", "sw_masks_packbits", "sw_probs_f16", "sw_time_s")}
     for k in ("format", "official_commit", "model_hparams", "tgt_idx", "mod_idx", "task_table",
               "net64_crop_start", "net64_input", "net64_mod_out", "net64_logits_stats",
-              "net64_classifier_weights", "net128_logits_stats"):
+              "net64_classifier_weights"):
         out[k] = g[k]
     chans = g["net64_logits_channels"].tolist()
     out["net64_logits_channels"] = torch.tensor(KEPT_CHANNELS)
@@ -37,17 +36,9 @@ def main() -> None:
     out["prep_resampled_hu_slab"] = torch.from_numpy(hu[slice(*HU_SLICES)].copy())
     out["prep_resampled_hu_slab_z"] = torch.tensor(HU_SLICES)
 
-    shape = g["sw_masks_shape"].tolist()
-    masks = np.unpackbits(g["sw_masks_packbits"].numpy(), count=int(np.prod(shape))).reshape(shape)
-    out["sw_masks_sha256"] = hashlib.sha256(np.ascontiguousarray(masks).tobytes()).hexdigest()
-    corner = np.ascontiguousarray(masks[:, :, :CORNER, :CORNER])
-    out["sw_corner"] = CORNER
-    out["sw_corner_masks_packbits"] = torch.from_numpy(np.packbits(corner))
-    out["sw_corner_masks_shape"] = torch.tensor(corner.shape)
-    out["sw_corner_probs_f16"] = g["sw_probs_f16"][:, :, :CORNER, :CORNER].clone()
     out["crop_readme"] = (f"Cut from {SOURCE.name} by tests/golden/hermes_crop.py: net64 logits channels "
-                          f"{KEPT_CHANNELS}, sliding-window masks/probs of the stored region's y,x < {CORNER} "
-                          f"corner, prep_resampled_hu z {HU_SLICES} + sha256 of the whole array.")
+                          f"{KEPT_CHANNELS}, prep_resampled_hu z {HU_SLICES} + sha256 of the whole array, the "
+                          f"sliding-window metadata (no masks or probabilities).")
     torch.save(out, TARGET)
     print(TARGET, TARGET.stat().st_size)
 
