@@ -1,11 +1,11 @@
 """Torch models and their plumbing (no Qt). Nothing is built or loaded at import time.
 
-Stable scripting API: ``from medsam_gui.models import universeg_v1``.
+Stable scripting API: ``from medsam_gui.models import universeg_v1, universal_model``.
 """
 
 from __future__ import annotations
 
-__all__ = ["universeg_v1"]
+__all__ = ["universeg_v1", "universal_model"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from .universeg import universeg_v1
 
         return universeg_v1
+    if name == "universal_model":
+        from .universal.network import universal_model
+
+        return universal_model
     raise AttributeError(f"module 'medsam_gui.models' has no attribute {name!r}")
