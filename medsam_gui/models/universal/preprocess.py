@@ -76,7 +76,7 @@ def orient_ras(array: np.ndarray, affine: np.ndarray):
     return np.ascontiguousarray(out), new, axes, flips
 
 
-def spacing_grid(shape, affine: np.ndarray, pixdim: float = TARGET_SPACING) -> tuple[tuple[int, ...], np.ndarray]:
+def spacing_grid(shape, affine: np.ndarray, pixdim: float | np.ndarray = TARGET_SPACING) -> tuple[tuple[int, ...], np.ndarray]:
     """Spacingd's output grid (diagonal=False): shape and affine covering the input's corners."""
     rzs = affine[:3, :3]
     zs = np.linalg.cholesky(rzs.T @ rzs).T
