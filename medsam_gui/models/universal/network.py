@@ -167,11 +167,14 @@ def universal_model(checkpoint: str | os.PathLike, text_embedding: str | os.Path
     """The released Universal Model in eval mode, weights loaded strict=True.
 
     ``text_embedding`` (txt_encoding.pth) replaces the checkpoint's organ_embedding, as the
-    official training does; None keeps the one stored in the checkpoint.
+    official training does; None keeps the one stored in the checkpoint. Both files are
+    checked before the network is built (on the meta device: no random initialisation).
     """
-    model = UniversalModel()
+    embedding = load_text_embedding(text_embedding) if text_embedding is not None else None
+    with torch.device("meta"):
+        model = UniversalModel()
     state = load_state_dict(checkpoint, model)
-    if text_embedding is not None:
-        state["organ_embedding"] = load_text_embedding(text_embedding)
-    model.load_state_dict(state, strict=True)
+    if embedding is not None:
+        state["organ_embedding"] = embedding
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval().to(device or "cpu")
