@@ -1,11 +1,15 @@
 """Cut ../shared/golden/universal_seed2024.pt (35.5 MB) into universal_seed2024_cut.npz.
 
-Usage: python tests/golden/universal_cut.py GOLDEN.pt HARD_MASKS.npy
+Usage (from the repository root): python tests/golden/universal_cut.py GOLDEN.pt HARD_MASKS.npy
 
-HARD_MASKS.npy: the (32, X, Y, Z) bool masks (sigmoid > 0.5, before post-processing) that our
-float32 sliding window produced on the golden ``pre_image``; the golden file stores only their
-counts (``sw_hard_counts``) and 8192 sampled logits, which they were checked against before
-cutting. Every other array is copied from the golden file (see tests/golden/README.md).
+HARD_MASKS.npy: the (32, X, Y, Z) bool masks (sigmoid > 0.5, before post-processing) of the
+golden ``pre_image``: our UniversalModel with the golden weights (tests/universal_helpers.py,
+organ_embedding from the golden file) run on it window by window at ``sw_window_starts`` after
+zero padding by ``sw_pad``, blended with medsam_gui.models.universal.sliding_window's
+importance_map in float32 (15 windows, about 3 minutes on 2 cores). The golden file stores only
+their counts (``sw_hard_counts``: all 32 equal) and the logits at 8192 voxels
+(``sw_logits_at_samples``: max difference 9.5e-7), checked before cutting. Every other array is
+copied from the golden file (see tests/golden/universal_README.md).
 """
 
 from __future__ import annotations
