@@ -3,6 +3,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python3 scripts/screenshot.py --out demo.png
     python3 scripts/screenshot.py SCAN [--labels LABELS] [--view coronal] [--size 1600x1000] --out x.png
     python3 scripts/screenshot.py --three-views --out linked.png   (View > Three views)
+    python3 scripts/screenshot.py --start-screen --out start.png   (no scan: the start screen)
 
 Starts the app under the current DISPLAY, waits until the scan is loaded and drawn, grabs the
 main window (QWidget.grab) and exits. Exit status 0 on success, 1 on a load error.
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--view", choices=("axial", "coronal", "sagittal"), default="axial")
     p.add_argument("--three-views", action="store_true",
                    help="show the three linked views (axial, coronal, sagittal) with the crosshair")
+    p.add_argument("--start-screen", action="store_true", help="open no scan: the start screen")
     p.add_argument("--size", default="1600x1000", help="window size WxH (default 1600x1000)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for loading")
@@ -36,12 +38,13 @@ def main(argv=None) -> int:
     from medsam_gui.app import build_app
 
     app = get_qapp()
-    window = build_app(scan=args.scan, labels=args.labels, demo=args.scan is None, show=True)
+    window = build_app(scan=args.scan, labels=args.labels, demo=args.scan is None and not args.start_screen,
+                       show=True)
     width, height = (int(v) for v in args.size.lower().split("x"))
     window.qt_window.resize(width, height)
     c = window.controller
     c.wait_idle(args.timeout)
-    if c.volume is None:
+    if c.volume is None and not args.start_screen:
         print(f"screenshot: the scan did not open: {c.last_error}", file=sys.stderr)
         window.close(force=True)
         return 1
@@ -51,7 +54,8 @@ def main(argv=None) -> int:
         window.linked_views.set_enabled(True)
         window.cursor_readout.show_display_point(window.linked_views.point)  # as if the mouse were there
         app.processEvents()
-    window.viewer.reset_view()
+    if c.volume is not None:
+        window.viewer.reset_view()
     end = time.monotonic() + 1.0  # let the canvas draw
     while time.monotonic() < end:
         app.processEvents()

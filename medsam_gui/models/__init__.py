@@ -1,11 +1,11 @@
 """Torch models and their plumbing (no Qt). Nothing is built or loaded at import time.
 
-Stable scripting API: ``from medsam_gui.models import universeg_v1, hermes_r``.
+Stable scripting API: ``from medsam_gui.models import universeg_v1, hermes_r, universal_model``.
 """
 
 from __future__ import annotations
 
-__all__ = ["universeg_v1", "hermes_r"]
+__all__ = ["universeg_v1", "hermes_r", "universal_model"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .hermes.network import hermes_r
 
         return hermes_r
+    if name == "universal_model":
+        from .universal.network import universal_model
+
+        return universal_model
     raise AttributeError(f"module 'medsam_gui.models' has no attribute {name!r}")
