@@ -66,3 +66,14 @@ def test_help_states_the_overlap_rule(capsys):
         cli.main(["auto", "--help"])
     assert exited.value.code == 0
     assert "the\nSMALLER structure wins" in capsys.readouterr().out
+
+
+def test_real_catalogues_resolve_names_titles_and_official_indices():
+    from medsam_gui.models.auto_models import catalogue, find_structures
+
+    hermes, universal = catalogue("hermes"), catalogue("universal")
+    assert [s.index for s in hermes] == list(range(71)) and [s.index for s in universal] == list(range(32))
+    assert [s.key for s in find_structures("universal", ["liver", 0, "Left Kidney"])] == ["liver", "spleen",
+                                                                                           "left_kidney"]
+    assert find_structures("hermes", [24])[0].key == "liver_bcv"  # BCV task ids 19..31 = labels 1..13; liver is 6
+    assert all(s.modalities and s.source for s in hermes + universal)
