@@ -27,6 +27,14 @@ def pytest_configure(config):
     tune_memory()  # as the app does at start-up (medsam_gui/runtime.py)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests of the napari plugin (napari's ``make_napari_viewer`` fixture) run last: that
+    fixture resets napari's plugin set-up, and a later ``napari.Viewer`` (every app window)
+    would then register the plugin's commands a second time ("command already registered")."""
+    plugin = [item for item in items if "make_napari_viewer" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in plugin] + plugin
+
+
 def pytest_unconfigure(config):
     if _SESSION_HOME:
         shutil.rmtree(_SESSION_HOME, ignore_errors=True)

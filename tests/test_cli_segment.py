@@ -137,7 +137,7 @@ def test_existing_output_and_missing_weights(fake_engine, data_dir, tmp_path, ca
     assert rc == 1 and "already exists" in capsys.readouterr().err and out.read_bytes() == b"keep me"
     rc = main(["segment", str(data_dir / HIPPO), "--box", "11,1,1,5,5", "--out", str(tmp_path / "n.nii.gz")])
     err = capsys.readouterr().err
-    assert rc == 1 and "no MedSAM weights installed" in err and "weights download medsam_vit_b" in err
+    assert rc == 1 and "no MedSAM ViT-B weights installed" in err and "weights download medsam_vit_b" in err
 
 
 def test_bad_box_syntax_is_usage_error(data_dir, tmp_path):

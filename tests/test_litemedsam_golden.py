@@ -145,7 +145,7 @@ def test_wrong_and_broken_checkpoints_are_refused(tmp_path):
     import medsam_fixtures
 
     vit_b = medsam_fixtures.vit_b_checkpoint()
-    with pytest.raises(CheckpointError, match=r"SAM ViT-B \(MedSAM or Segment Anything\).*not LiteMedSAM"):
+    with pytest.raises(CheckpointError, match=r"is a MedSAM / SAM ViT-B checkpoint, not LiteMedSAM"):
         load_litemedsam_state_dict(vit_b)
     full = H.golden_checkpoint()
     cut = tmp_path / "lite_medsam.pth"
