@@ -265,11 +265,14 @@ class AppWindows:
         """Close (force: no unsaved-labels question) the windows, newest first, then let Qt delete
         them and collect the garbage now, so that an object a window leaves behind fails the test
         that built it rather than a later one."""
+        from qtpy.QtCore import QEvent
         from qtpy.QtWidgets import QApplication
 
         while self._windows:
             self._windows.pop().close(force=True)
-        QApplication.processEvents()
+        for _ in range(2):  # as a running event loop would: the window, then its slots' proxies
+            QApplication.processEvents()
+            QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
         gc.collect()
         QApplication.processEvents()
 

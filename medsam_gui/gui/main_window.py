@@ -490,9 +490,13 @@ class MainWindow(WindowActionsMixin):
 
     # ------------------------------------------------------------------ geometry
     def restore_geometry(self) -> None:
-        """Put the window where it was when last closed; the first time, fill the screen."""
+        """Put the window where it was when last closed; the first time, fill the screen.
+        Hidden windows (scripts, tests) keep their size: a never-shown window that was
+        maximised is not torn down by napari's close."""
         saved = config.get_setting(GEOMETRY_KEY)
         w = self.qt_window
+        if not w.isVisible():
+            return
         if isinstance(saved, str) and w.restoreGeometry(QByteArray.fromBase64(saved.encode("ascii"))):
             return
         screen = w.screen() or QApplication.primaryScreen()
@@ -502,6 +506,8 @@ class MainWindow(WindowActionsMixin):
 
     def save_geometry(self) -> None:
         """Remember the window's size, position and maximised state for the next start."""
+        if not self.qt_window.isVisible():
+            return
         data = bytes(self.qt_window.saveGeometry().toBase64()).decode("ascii")
         config.try_set_setting(GEOMETRY_KEY, data)
 
@@ -541,13 +547,22 @@ class MainWindow(WindowActionsMixin):
         self.controller.cancel_all()
         if self._qt_alive():  # not when the user closed it already (Qt has deleted its widgets)
             self.save_geometry()
+            self._detach_start_screen()
             self.viewer.close()
+            if self._qt_alive():  # napari does not delete a never-shown window: Qt does it
+                self.qt_window.deleteLater()
         self.controller.shutdown()
         self._remove_filters()
+        self.start_screen = None
         # the Qt side is deleted: drop the wrappers so they are freed with it (a closed window
         # stays referenced from signal connections of the controller's panels)
         self.qt_viewer = None
         self.qt_window = None
+
+    def _detach_start_screen(self) -> None:
+        """Disconnect the start screen from this object before the Qt side goes."""
+        if self.start_screen is not None:
+            self.start_screen.detach()
 
     def _qt_alive(self) -> bool:
         """True while Qt has not deleted the window's QMainWindow and napari's QtViewer."""

@@ -76,6 +76,15 @@ class StartScreen(QFrame):
         self.setGeometry(canvas.rect())
         self.setVisible(window.controller.volume is None)
 
+    def detach(self) -> None:
+        """The window closes: take the event filter and the connection off, and let Qt delete
+        this widget (a never-shown napari window keeps its canvas, which would keep this
+        widget, and through it the window, alive)."""
+        self.parent().removeEventFilter(self)
+        self._window.controller.volume_changed.disconnect(self._on_volume_changed)
+        self._window = None
+        self.deleteLater()
+
     def refresh(self) -> None:
         """Fill the recent scans list from the settings."""
         self.recent_list.clear()
