@@ -4,10 +4,10 @@ weights (crc32-randn-v1) and one network on them."""
 
 from __future__ import annotations
 
-import math
 import threading
-import zlib
 from pathlib import Path
+
+from weight_rule import rule_tensor
 
 _lock = threading.Lock()
 _memo: dict = {}
@@ -17,23 +17,11 @@ CT = Path(__file__).resolve().parent / "data" / "totalsegmentator_example_ct" / 
 
 def rule_weights(index: str, seed: int) -> dict:
     """The crc32-randn-v1 golden weights for the "key<TAB>shape" lines of ``index``."""
-    import torch
-
     out = {}
     for line in index.strip().splitlines():
         key, dims = line.split("\t")
         shape = tuple(int(d) for d in dims.split(","))
-        g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % 2**63)
-        last = key.rsplit(".", 1)[-1]
-        if last == "running_var":
-            t = torch.rand(shape, generator=g) + 0.5
-        elif last == "running_mean":
-            t = torch.randn(shape, generator=g) * 0.1
-        elif len(shape) <= 1:
-            t = (1.0 if last == "weight" else 0.0) + torch.randn(shape, generator=g) * 0.1
-        else:
-            t = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-        out[key] = t
+        out[key] = rule_tensor(seed, key, shape)
     return out
 
 

@@ -3,14 +3,13 @@ trimmed golden file, and a checkpoint file in the official ``lite_medsam.pth`` l
 
 from __future__ import annotations
 
-import math
 import tempfile
-import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+from weight_rule import rule_tensor
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "litemedsam_seed2024_trim.npz"
 
@@ -21,17 +20,6 @@ def golden() -> dict:
         return {k: z[k] for k in z.files}
 
 
-def rule_tensor(seed: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """One float32 tensor of rule crc32-randn-v1 (tests/golden/README.md)."""
-    g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % 2**63)
-    last = key.rsplit(".", 1)[-1]
-    if last == "running_var":
-        return torch.rand(shape, generator=g) + 0.5
-    if last == "running_mean":
-        return torch.randn(shape, generator=g) * 0.1
-    if len(shape) <= 1:
-        return (1.0 if last == "weight" else 0.0) + torch.randn(shape, generator=g) * 0.1
-    return torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
 
 
 def golden_layout() -> list[tuple[str, tuple[int, ...]]]:

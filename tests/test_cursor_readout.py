@@ -62,7 +62,7 @@ def test_real_mouse_moves_over_the_canvas_update_the_readout(win, qtbot):
         pos = QPoint(canvas.width() // 2 + dx, canvas.height() // 2 + dy)
         qtbot.mouseMove(canvas, pos)
         qtbot.waitUntil(lambda: win.cursor_readout.sample is not None
-                        and win.cursor_readout.sample.display_index not in seen, timeout=2000)
+                        and win.cursor_readout.sample.display_index not in seen, timeout=10_000)
         sample = win.cursor_readout.sample
         under = tuple(int(v) for v in np.rint(c.image_layer.world_to_data(win.viewer.cursor.position)))
         assert sample.display_index == under

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 
 from medsam_gui.models.medsam2.engine import MedSAM2Engine
 from medsam_gui.models.medsam2.preprocessing import largest_component, slice_to_input, window_to_uint8
+from weight_rule import rule_tensor
 
 GOLD_NAME = "medsam2_seed2024_reduced.pt"
 OBJ_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
@@ -24,17 +24,8 @@ def rule_weights(keys, shapes, seed: int) -> dict:
     """The crc32-randn-v1 golden-weight rule (shared/golden/README.md)."""
     out = {}
     for key, shape in zip(keys, shapes):
-        g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % 2**63)
-        shape, last = tuple(shape), key.rsplit(".", 1)[-1]
-        if last == "running_var":
-            t = torch.rand(shape, generator=g) + 0.5
-        elif last == "running_mean":
-            t = torch.randn(shape, generator=g) * 0.1
-        elif len(shape) <= 1:
-            t = (1.0 if last == "weight" else 0.0) + torch.randn(shape, generator=g) * 0.1
-        else:
-            t = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-        out[key] = t
+        shape = tuple(shape)
+        out[key] = rule_tensor(seed, key, shape)
     return out
 
 

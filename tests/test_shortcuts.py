@@ -104,7 +104,9 @@ def test_f1_lists_every_live_key(window, qtbot):
     # napari keys that still work are listed from its keymaps; those turned off are not
     assert "Increment dims left" in dialog.actions_for("Left")
     assert "Activate labels paint mode" in dialog.actions_for("P")
-    assert dialog.actions_for("Ctrl+G") == [] and dialog.actions_for("Ctrl+Backspace") == []
+    assert dialog.actions_for("Ctrl+G") == []  # turned off
+    # the scan and labels layers are kept (gui/layer_protection): the key deletes the other selected layers
+    assert dialog.actions_for("Ctrl+Backspace") == ["Delete selected layers but scan and labels"]
     assert dialog.table.rowCount() == len(dialog.rows) > 60
     dialog.filter_edit.setText("redo")
     shown = [r for r in range(dialog.table.rowCount()) if not dialog.table.isRowHidden(r)]

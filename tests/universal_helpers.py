@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from weight_rule import rule_tensor
 
 GOLDEN = Path(__file__).parent / "golden" / "universal_seed2024_cut.npz"
 
@@ -18,17 +18,6 @@ def golden() -> dict:
         return {k: (z[k].item() if z[k].dtype.kind == "U" else z[k]) for k in z.files}
 
 
-def rule_tensor(seed: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """crc32-randn-v1: the golden weight of one floating-point tensor."""
-    g = torch.Generator().manual_seed((seed * 1000003 + zlib.crc32(key.encode())) % 2**63)
-    last = key.rsplit(".", 1)[-1]
-    if last == "running_var":
-        return torch.rand(shape, generator=g) + 0.5
-    if last == "running_mean":
-        return torch.randn(shape, generator=g) * 0.1
-    if len(shape) <= 1:
-        return (1.0 if last == "weight" else 0.0) + torch.randn(shape, generator=g) * 0.1
-    return torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
 
 
 def golden_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:

@@ -82,6 +82,9 @@ class CursorReadout(QLabel):
             self.clear_sample()
             return None
         ijk = source_voxel(orientation, display_index, volume.shape)
+        if ijk is None:  # the layers are being replaced (a new scan)
+            self.clear_sample()
+            return None
         i, j, k = ijk
         value = float(volume.array[k, j, i])
         label = int(labels[display_index])

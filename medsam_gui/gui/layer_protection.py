@@ -94,8 +94,11 @@ class LayerProtectionMixin:
         self._deletion_guarded = True
         viewer = self._viewer
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        def delete_selected_layers_but_scan_and_labels(_viewer) -> None:  # named: the F1 list shows it
+            self.delete_selected_layers()
+
         for key in DELETE_KEYS:
-            viewer.bind_key(key, lambda _viewer: self.delete_selected_layers(), overwrite=True)
+            viewer.bind_key(key, delete_selected_layers_but_scan_and_labels, overwrite=True)
         if self._window is not None:
             self._window.qt_viewer.layerButtons.deleteButton.clicked.connect(self._explain_kept_layers)
 
