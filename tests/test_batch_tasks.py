@@ -52,12 +52,15 @@ def test_auto_case_writes_each_structure_as_a_label(tmp_path):
     assert row["volumes_ml"][5] == labels[labels == 5].size * vol.voxel_volume_mm3 / 1000
 
 
-def test_auto_case_without_the_automatic_models(tmp_path):
-    (tmp_path / "m.csv").write_text(f"scan,task,input\n{SCAN},auto,hermes:liver\n")
+def test_auto_case_without_weights_fails_alone_with_how_to_get_them(tmp_path):
+    from medsam_gui import api
+
+    (tmp_path / "m.csv").write_text(f"scan,task,input\n{SCAN},auto,hermes:liver_bcv\n")
     case, = read_manifest(tmp_path / "m.csv")
-    row = run_case(case, Settings(types.ModuleType("api_without_auto"), str(tmp_path / "out")))
+    row = run_case(case, Settings(api, str(tmp_path / "out")))
     assert row["status"] == "failed"
-    assert row["message"] == "automatic model hermes is not available in this installation."
+    assert row["message"] == ("no hermes_r weights installed: pass --checkpoint hermes=FILE, or install them once "
+                              "with `medsam-gui weights download hermes_r`.")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

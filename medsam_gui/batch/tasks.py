@@ -196,12 +196,9 @@ def _auto_weights(settings: Settings, key: str) -> str:
 
 
 def _auto(volume, case: Case, settings: Settings) -> CaseLabels:
-    auto_segment = getattr(settings.api, "auto_segment", None)
-    if auto_segment is None:
-        raise BatchCaseError(f"automatic model {case.engine} is not available in this installation.")
     embedding = _auto_weights(settings, "universal_text_embedding") if case.engine == "universal" else None
     names = [int(s) if s.isdigit() else s for s in case.structures]  # official indices or catalogue names
-    masks = auto_segment(volume, case.engine, names, _auto_weights(settings, case.engine), text_embedding=embedding)
+    masks = settings.api.auto_segment(volume, case.engine, names, _auto_weights(settings, case.engine), text_embedding=embedding)
     first = case.label or 1
     out = CaseLabels(np.zeros(volume.shape, _label_dtype(first + len(masks))))
     for value, (key, mask) in enumerate(masks.items(), start=first):
