@@ -25,6 +25,7 @@ import argparse
 import sys
 
 from ..errors import MedsamGuiError
+from .validation import positive_int
 
 
 def _checkpoint(text: str) -> tuple[str, str]:
@@ -34,23 +35,13 @@ def _checkpoint(text: str) -> tuple[str, str]:
     return model.strip().lower(), path.strip()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("batch", help="segment a cohort of scans from a manifest on Dask (local or a cluster)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifest", help="manifest CSV (scan, task, input[, engine, label, out])")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created when missing)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive_int, metavar="N",
+    where.add_argument("--workers", type=positive_int, metavar="N",
                        help="worker processes of a local Dask cluster (default: from the cores, memory and GPUs)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -44,16 +44,6 @@ def _pair(kind: str, cast):
     return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(subparsers) -> argparse.ArgumentParser:
     from ..core.intensity import WINDOW_PRESETS
 
@@ -67,10 +57,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--support-labels", metavar="PARTIAL", help="label map with a few labeled slices (same grid)")
     src.add_argument("--example-set", metavar="FILE", help="saved example set (.npz) to use as support")
-    p.add_argument("--label", type=_positive_int, metavar="N", help="label value to segment (default: all present)")
+    p.add_argument("--label", type=validation.positive_int, metavar="N", help="label value to segment (default: all present)")
     p.add_argument("--z-range", type=_pair("--z-range", int), metavar="A,B",
                    help="slice range (inclusive, 0-based along --axis) to extend the targets to")
-    p.add_argument("--support-size", type=_positive_int, metavar="S",
+    p.add_argument("--support-size", type=validation.positive_int, metavar="S",
                    help="support slices per run (default 64 on GPU, 16 on CPU)")
     win = p.add_mutually_exclusive_group()
     win.add_argument("--window", type=_pair("--window", float), metavar="L,W", help="window level,width")
@@ -81,9 +71,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--save-example-set", metavar="FILE", help="also save the support set used (.npz)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--ensemble", type=_positive_int, default=1, metavar="K",
+    p.add_argument("--ensemble", type=validation.positive_int, default=1, metavar="K",
                    help="average K different support subsets (default 1)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="target slices per model call")
+    p.add_argument("--batch-size", type=validation.positive_int, metavar="B", help="target slices per model call")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), default=0,
                    help="slicing axis of the (z, y, x) array (default 0: z)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -10,6 +10,8 @@ and what to do; the CLI prints it and exits 1.
 
 from __future__ import annotations
 
+import argparse
+
 import os
 from pathlib import Path
 from typing import Iterable
@@ -111,3 +113,14 @@ def universeg_checkpoint(checkpoint) -> Path:
             "no UniverSeg weights installed: pass the weights file with --checkpoint "
             "universeg_v1_nf64_ss64_STA.pt, or install them once with `medsam-gui weights download universeg_v1`.")
     return Path(found)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
