@@ -26,8 +26,25 @@ from pathlib import Path
 
 import _common as C
 import numpy as np
-from gui_stall_app import Heartbeat, spin
+from gui_stall_app import Heartbeat
 from memory import prepare
+
+
+def spin(app, until, timeout: float) -> None:
+    """Run Qt's own event loop (idle between events, as in the app) until ``until()`` is true,
+    checked every 20 ms; TimeoutError after ``timeout`` s."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop, end = QEventLoop(), time.perf_counter() + timeout
+    check = QTimer()
+    check.setInterval(20)
+    check.timeout.connect(lambda: loop.quit() if until() or time.perf_counter() > end else None)
+    check.start()
+    if not until():
+        loop.exec()
+    check.stop()
+    if not until():
+        raise TimeoutError("the task did not finish in time")
 
 
 def lite_state_dict(torch, checkpoint):
