@@ -60,6 +60,7 @@ def test_real_mouse_moves_over_the_canvas_update_the_readout(win, qtbot):
     seen = []
     for dx, dy in ((0, 0), (37, -21), (-45, 33)):
         pos = QPoint(canvas.width() // 2 + dx, canvas.height() // 2 + dy)
+        qtbot.mouseMove(canvas, QPoint(pos.x() + 9, pos.y() + 7))  # the pointer may already be at pos
         qtbot.mouseMove(canvas, pos)
         qtbot.waitUntil(lambda: win.cursor_readout.sample is not None
                         and win.cursor_readout.sample.display_index not in seen, timeout=10_000)
