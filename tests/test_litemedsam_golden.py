@@ -172,19 +172,22 @@ def test_wrong_and_broken_checkpoints_are_refused(tmp_path):
 
 
 def test_fast_path_fallbacks_match(engines, embeddings):
-    """Without oneDNN's fused kernels, and without channels-last, the fast path gives the same
-    embedding (the fallbacks other torch builds and devices take)."""
-    from medsam_gui.models.tiny_vit_fast import FastTinyViT, fused_conv_available
+    """Without oneDNN's fused kernels and channels-last, and in one piece instead of cache-sized
+    bands, the fast path gives the same embedding (what other torch builds and devices run)."""
+    from medsam_gui.models.tiny_vit_fast import FastTinyViT
+    from medsam_gui.models.tiny_vit_kernels import onednn_fusions_available
 
     ref = engines[0]
     x = T.preprocess_slice_256(H.golden()["c1_slice_uint8"])
     plain = FastTinyViT(ref.model.image_encoder, fused=False, channels_last=False)
-    assert not plain.fused and engines[1]._fast_encoder().fused == fused_conv_available()
+    assert not plain.fused and engines[1]._fast_encoder().fused == onednn_fusions_available()
+    whole = FastTinyViT(ref.model.image_encoder, tiled=False)
     with torch.inference_mode():
         got = plain(x[:, :1])
         got3 = plain(x)  # the 3-channel input is accepted too
-    assert (got - embeddings[0][1:2]).abs().max().item() <= 1e-4
-    assert (got3 - embeddings[0][1:2]).abs().max().item() <= 1e-4
+        got_whole = whole(x[:, :1])
+    for g in (got, got3, got_whole):
+        assert (g - embeddings[0][1:2]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("c", CASES)
