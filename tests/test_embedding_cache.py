@@ -106,6 +106,24 @@ def test_disk_cap_evicts_least_recently_used_by_mtime():
     assert c.stats().disk_bytes <= c.disk_budget
 
 
+def test_disk_cap_holds_over_many_puts_and_counts_other_writers():
+    """The folder's size is counted once and then kept up to date: the cap holds put after put,
+    and files another cache (e.g. another session) wrote count too."""
+    c = EmbeddingCache(memory_bytes=0, disk_bytes=int(3.5 * 2 * MIB))  # 3 files fit
+    other = EmbeddingCache(memory_bytes=0, disk_bytes=64 * MIB)
+    d = config.embeddings_dir()
+    other.put(_key(100), _emb(100))
+    other.put(_key(101), _emb(101))
+    for i in range(6):
+        c.put(_key(i), _emb(i))
+        assert len(list(d.glob("*.npy"))) <= 3
+    c.put(_key(5), _emb(5))  # the same key again: replaced, not counted twice
+    assert c.stats().disk_bytes <= c.disk_budget and c.get(_key(5)) is not None
+    c.discard(_key(5))
+    c.put(_key(6), _emb(6))
+    assert len(list(d.glob("*.npy"))) <= 3 and c.get(_key(6)) is not None
+
+
 def test_rejects_non_fingerprint_keys():
     c = EmbeddingCache(disk_bytes=0)
     with pytest.raises(ValueError):

@@ -140,6 +140,41 @@ def test_cached_slices_are_skipped():
     assert fake.calls == [6]
 
 
+class CountingCache(EmbeddingCache):
+    """A memory cache that counts look-ups."""
+
+    def __init__(self):
+        super().__init__(disk_bytes=0)
+        self.lookups = 0
+
+    def contains(self, key):
+        self.lookups += 1
+        return super().contains(key)
+
+
+def test_progress_counts_cached_slices_without_cache_lookups():
+    cache = CountingCache()
+    for i in (0, 1, 9):  # e.g. on disk from an earlier session, far from the focus too
+        cache.put(key_fn(i), torch.zeros(1, 256, 64, 64))
+    gate = threading.Event()
+    fake = FakeEmbed(delay=0, gate=gate)
+    s = EmbeddingScheduler(fake, key_fn, 10, cache, focus=5, neighbours=1, prefetch_all=True)
+    try:
+        deadline = time.monotonic() + 10
+        while s.running_index is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        before = cache.lookups
+        assert s.progress() == (3, 7)  # 0, 1, 9 done; the other 7 planned
+        assert cache.lookups == before  # progress reads the worker's own record
+        gate.set()
+        assert s.wait_idle(10)
+        assert s.progress() == (10, 0)
+    finally:
+        gate.set()
+        s.stop()
+    assert sorted(fake.calls) == [2, 3, 4, 5, 6, 7, 8]
+
+
 def test_stop_cancels_pending_and_stops_between_slices():
     gate = threading.Event()
     fake = FakeEmbed(delay=0, gate=gate)

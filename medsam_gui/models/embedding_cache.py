@@ -95,6 +95,8 @@ class EmbeddingCache:
         self._mem_bytes = 0
         self._lock = threading.RLock()
         self._stats = CacheStats()
+        self._dir_made = False
+        self._disk_total: int | None = None  # bytes on disk, counted once then kept up to date
 
     # ------------------------------------------------------------ helpers
     @property
@@ -105,7 +107,9 @@ class EmbeddingCache:
             from .. import config
 
             self._disk_dir = config.embeddings_dir()
-        self._disk_dir.mkdir(parents=True, exist_ok=True)
+        if not self._dir_made:
+            self._disk_dir.mkdir(parents=True, exist_ok=True)
+            self._dir_made = True
         return self._disk_dir
 
     @staticmethod
@@ -170,6 +174,7 @@ class EmbeddingCache:
                     t = torch.from_numpy(np.ascontiguousarray(arr))
                 except Exception:
                     self._stats.corrupt_deleted += 1
+                    self._disk_total = None
                     try:
                         p.unlink()
                     except OSError:
@@ -194,23 +199,31 @@ class EmbeddingCache:
             self._mem_put(key, t)
             p = self._path(key)
         if p is not None:
-            self._write_disk(p, t.numpy())
-            self._enforce_disk_cap()
+            added = self._write_disk(p, t.numpy())
+            self._enforce_disk_cap(added)
 
-    def _write_disk(self, path: Path, arr: np.ndarray) -> None:
+    def _write_disk(self, path: Path, arr: np.ndarray) -> int:
+        """Write ``arr`` atomically; returns the bytes the folder grew by (0 on failure)."""
         try:
             fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".tmp", dir=path.parent)
         except OSError:
-            return  # disk cache is best effort (read-only / full disk)
+            return 0  # disk cache is best effort (read-only / full disk)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)
+            size = os.stat(tmp).st_size
+            try:
+                size -= path.stat().st_size  # replacing an older copy
+            except OSError:
+                pass
             os.replace(tmp, path)
+            return size
         except OSError:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+            return 0
 
     def _disk_entries(self) -> list[tuple[float, int, Path]]:
         d = self.disk_dir
@@ -225,8 +238,14 @@ class EmbeddingCache:
             out.append((st.st_mtime, st.st_size, p))
         return out
 
-    def _enforce_disk_cap(self) -> None:
+    def _enforce_disk_cap(self, added: int) -> None:
+        """Keep the folder under its cap. Its size is counted once, then kept up to date; the
+        folder is listed again only when it goes over the cap (oldest files deleted first)."""
         with self._lock:
+            if self._disk_total is not None:
+                self._disk_total += added
+                if self._disk_total <= self.disk_budget:
+                    return
             entries = sorted(self._disk_entries())
             total = sum(size for _, size, _ in entries)
             for _, size, p in entries:
@@ -237,6 +256,7 @@ class EmbeddingCache:
                     total -= size
                 except OSError:
                     pass
+            self._disk_total = total
 
     def discard(self, key: str) -> None:
         """Forget one key (memory and disk)."""
@@ -247,6 +267,7 @@ class EmbeddingCache:
                 self._mem_bytes -= t.numel() * t.element_size()
             p = self._path(key)
             if p is not None:
+                self._disk_total = None
                 try:
                     p.unlink()
                 except OSError:
@@ -257,6 +278,7 @@ class EmbeddingCache:
             self._mem.clear()
             self._mem_bytes = 0
             if disk:
+                self._disk_total = None
                 for _, _, p in self._disk_entries():
                     try:
                         p.unlink()

@@ -214,13 +214,15 @@ class EmbeddingScheduler:
 
     def progress(self) -> tuple[int, int]:
         """(slices embedded, slices planned and not embedded yet): the planned ones are the
-        requests and the focus's neighbourhood (the whole scan with ``prefetch_all``)."""
+        requests and the focus's neighbourhood (the whole scan with ``prefetch_all``). Cheap
+        (no cache look-ups): the worker keeps the set of embedded slices, starting with those
+        already cached when it starts."""
         with self._cond:
-            focus, radius, requests = self._focus, (None if self.prefetch_all else self.neighbours), set(self._requests)
-        planned = requests | (set() if focus is None else set(outward_order(focus, self.n_slices, radius)))
-        done = sum(1 for i in range(self.n_slices) if self.cache.contains(self.key_fn(i)))
-        left = sum(1 for i in planned if not self.cache.contains(self.key_fn(i)))
-        return done, left
+            focus, radius = self._focus, (None if self.prefetch_all else self.neighbours)
+            planned = set(self._requests)
+            if focus is not None:
+                planned.update(outward_order(focus, self.n_slices, radius))
+            return len(self._done), len(planned - self._done)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is left to do (or timeout); True when idle."""
@@ -282,7 +284,14 @@ class EmbeddingScheduler:
             self._cond.notify_all()
         return True
 
+    def _find_cached(self) -> None:
+        """Mark the slices already in the cache (e.g. on disk from an earlier session) as done."""
+        cached = [i for i in range(self.n_slices) if not self._stop and self.cache.contains(self.key_fn(i))]
+        with self._cond:
+            self._done.update(cached)
+
     def _run(self) -> None:
+        self._find_cached()
         while True:
             with self._cond:
                 index = None
