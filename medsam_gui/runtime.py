@@ -97,3 +97,23 @@ def _fixed_mmap_threshold() -> bool:
 def memory_tuned() -> bool:
     """Whether :func:`tune_memory` applied its setting in this process."""
     return bool(_state["applied"])
+
+
+BACKGROUND_NICE = 5  # CPU weight about 1/3 of the GUI thread's (Linux CFS)
+
+
+def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:
+    """Lower the calling thread's CPU priority by ``nice`` steps (Linux; threads it starts from
+    now on, such as torch's OpenMP workers, inherit it). Background work then gives way to the
+    GUI thread and to the box decoder at once, and runs at full speed when they are idle.
+    Returns True when applied (False elsewhere or when the system refuses)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import threading
+
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(nice)))
+    except OSError:
+        return False
+    return True

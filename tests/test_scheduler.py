@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -10,6 +12,7 @@ import torch
 
 from medsam_gui.models.embedding_cache import EmbeddingCache, embedding_key
 from medsam_gui.models.scheduler import EmbeddingScheduler, outward_order
+from medsam_gui.runtime import BACKGROUND_NICE
 
 import medsam_fixtures
 
@@ -173,6 +176,24 @@ def test_progress_counts_cached_slices_without_cache_lookups():
         gate.set()
         s.stop()
     assert sorted(fake.calls) == [2, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are a Linux feature")
+def test_worker_runs_at_lower_cpu_priority_than_the_caller():
+    seen = []
+
+    def embed(index):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return torch.zeros(1, 256, 64, 64)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    s = EmbeddingScheduler(embed, key_fn, 3, _cache(), focus=1, neighbours=1)
+    try:
+        assert s.wait_idle(10)
+    finally:
+        s.stop()
+    assert seen == [min(19, mine + BACKGROUND_NICE)] * 3
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 def test_stop_cancels_pending_and_stops_between_slices():

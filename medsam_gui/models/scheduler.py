@@ -17,6 +17,9 @@ stop point, and the abandoned slice (:class:`~medsam_gui.models.engine.EncoderIn
 goes back in the queue instead of failing. Event hooks run on the worker thread:
 ``on_started(index)``, ``on_done(index, seconds)``, ``on_error(exc)`` (the exception also
 has ``slice_index`` set and is stored in ``errors``). The GUI wraps these in Qt signals.
+The worker thread (and the OpenMP threads torch starts for it) runs at a lower CPU priority
+(:func:`~medsam_gui.runtime.lower_thread_priority`): it gives way to the GUI thread and to the
+box decoder, and has the cores to itself when they are idle.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from concurrent.futures import Future
 from typing import Callable, Iterator
 
 
+from ..runtime import lower_thread_priority
 from .embedding_cache import EmbeddingCache
 from .engine import EncoderInterrupted
 
@@ -291,6 +295,7 @@ class EmbeddingScheduler:
             self._done.update(cached)
 
     def _run(self) -> None:
+        lower_thread_priority()  # before torch starts this thread's OpenMP workers
         self._find_cached()
         while True:
             with self._cond:
