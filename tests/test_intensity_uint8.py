@@ -1,6 +1,7 @@
-"""volume_to_uint8 (MedSAM's whole-volume preprocessing) computed a few slices at a time: the
-same bytes as the one-shot formula on real scans and on awkward inputs, without the ~1.5 GiB
-of float64 temporaries a 512 x 512 x 300 CT used to cost when opened."""
+"""volume_to_uint8 (MedSAM's whole-volume preprocessing) computed a few slices at a time (or
+through a look-up table for integer scans): the same bytes as the one-shot formula on real scans
+and on awkward inputs, without the ~1.5 GiB of float64 temporaries a 512 x 512 x 300 CT used to
+cost when opened."""
 
 from __future__ import annotations
 
@@ -53,6 +54,19 @@ def test_chunked_equals_one_shot_on_odd_inputs(monkeypatch):
                 assert np.array_equal(intensity.volume_to_uint8(a, modality, bounds), _one_shot(a, modality, bounds))
     assert not intensity.volume_to_uint8(np.full((3, 4, 4), 7, np.int16), "CT", (-160, 240)).any()
     assert intensity.volume_to_uint8(np.zeros((0, 4, 4), np.int16), "CT", (0, 1)).shape == (0, 4, 4)
+
+
+def test_integer_scans_take_a_lookup_table_with_the_same_bytes(monkeypatch):
+    """8/16-bit scans (most CT and MR files) go through a per-value table; every dtype, sign,
+    window and the MR zero rule give the one-shot formula's bytes."""
+    monkeypatch.setattr(intensity, "UINT8_CHUNK_VOXELS", 37)
+    rng = np.random.default_rng(5)
+    for dtype, lo_v, hi_v in ((np.int16, -1024, 3000), (np.uint16, 0, 4095), (np.uint8, 0, 255), (np.int8, -100, 100)):
+        a = rng.integers(lo_v, hi_v, (4, 9, 7)).astype(dtype)
+        a[1, 2] = 0
+        for modality in ("CT", "MR"):
+            for bounds in ((-160, 240), (10, 3000), (5000, 6000), (0, 0)):
+                assert np.array_equal(intensity.volume_to_uint8(a, modality, bounds), _one_shot(a, modality, bounds))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB on Linux")
