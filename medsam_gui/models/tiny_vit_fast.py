@@ -8,7 +8,8 @@ reference on the golden inputs; tests/test_litemedsam_golden.py):
   each LayerNorm's affine into the projection after it (qkv, fc1), and the attention scale into
   the query rows of qkv;
 - on the CPU, convolutions and linear layers run with the GELU or residual add after them in
-  one oneDNN kernel (:mod:`~medsam_gui.models.tiny_vit_kernels`; plain ops otherwise);
+  one oneDNN kernel (:mod:`~medsam_gui.models.tiny_vit_kernels`; plain ops otherwise); other
+  devices run the window attention as one fused ``scaled_dot_product_attention``;
 - convolutions run in channels-last memory format, so the token layout (B, H, W, C) of the
   transformer stages *is* an NHWC image: local convs, patch merging and neck need no transposes;
 - on the CPU the work is cut into pieces that stay in the processor's caches instead of
@@ -166,7 +167,8 @@ class FastTinyViT:
         d, n = c // heads, win * win
         wp = _ceil_to(w, win)
         nwc = wp // win
-        band = win * max(1, CACHE_FLOATS // (3 * c * win * wp)) if self._pieces(x) else _ceil_to(h, win)
+        pieces = self._pieces(x)
+        band = win * max(1, CACHE_FLOATS // (3 * c * win * wp)) if pieces else _ceil_to(h, win)
         out = torch.empty_like(x)
         for r0 in range(0, h, band):
             r1 = min(h, r0 + band)
@@ -180,9 +182,14 @@ class FastTinyViT:
             qkv = self.k.linear(y.reshape(-1, c), p["qkv"])
             t = qkv.view(b, nwr, win, nwc, win, 3, heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7)
             q, kk, v = t.reshape(3, -1, n, d)  # (windows x heads, N, d) each, one copy
-            attn = torch.bmm(q, kk.transpose(1, 2))
-            attn.view(-1, heads, n, n).add_(p["bias"] if p["bias"].dtype == attn.dtype else p["bias"].to(attn.dtype))
-            o = torch.bmm(torch.softmax(attn, dim=-1), v)
+            bias = p["bias"] if p["bias"].dtype == q.dtype else p["bias"].to(q.dtype)
+            if pieces:  # explicit and in place: cheaper than masked SDPA on the CPU
+                attn = torch.bmm(q, kk.transpose(1, 2))
+                attn.view(-1, heads, n, n).add_(bias)
+                o = torch.bmm(torch.softmax(attn, dim=-1), v)
+            else:  # GPUs: one fused kernel (the scale is in q already)
+                o = F.scaled_dot_product_attention(*(u.view(-1, heads, n, d) for u in (q, kk, v)), attn_mask=bias,
+                                                   scale=1.0).view(-1, n, d)
             o = o.view(b, nwr, nwc, heads, win, win, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, c)
             proj = self.k.linear(o, p["proj"]).view(b, rbp, wp, c)
             torch.add(xb, proj[:, :rb, :w], out=out[:, r0:r1])
