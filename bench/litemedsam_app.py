@@ -8,6 +8,7 @@
 - a 30-slice lesion propagated end to end through ``medsam_gui.api.propagate`` (fresh cache:
   every slice embedded, then decoded), LiteMedSAM fast path;
 - peak RSS of the process over the whole session;
+- CPU seconds per embedded slice, of the whole process and of the GUI thread (Linux);
 - baseline: MedSAM ViT-B's reference encoder on one slice of the same scan (the time the same
   background embedding would take with it is 300 x that).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +47,12 @@ def spin(app, until, timeout: float) -> None:
     check.stop()
     if not until():
         raise TimeoutError("the task did not finish in time")
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """CPU seconds (user + system) of one thread of this process (Linux /proc)."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lite_state_dict(torch, checkpoint):
@@ -99,6 +107,8 @@ def main():
         z = int(round(d0[0]))
         box = (min(d0[2], d1[2]), min(d0[1], d1[1]), max(d0[2], d1[2]), max(d0[1], d1[1]))
         c.set_current_slice(0, z)
+        gui_tid = threading.get_native_id()
+        gui_cpu0, cpu0 = thread_cpu_seconds(gui_tid), time.process_time()
         hb.start()
         t0 = time.perf_counter()
         panel.set_engine(engine)  # LiteMedSAM: the whole scan in the background
@@ -106,6 +116,7 @@ def main():
         spin(app, lambda: (p := panel.service.embedding_progress()) is not None and p.done == n, 3600)
         t_embed = time.perf_counter() - t0
         hb.stop()
+        gui_cpu, cpu = thread_cpu_seconds(gui_tid) - gui_cpu0, time.process_time() - cpu0
         stall = hb.stall()
         status = panel.embed_label.text().replace("\n", " | ")
         rng = np.random.default_rng(0)
@@ -125,7 +136,8 @@ def main():
              f"{stall[1]:.1f}"]]
     print(f"weights: LiteMedSAM {what}\n")
     print(C.table(["GUI-thread work", "s", "longest stall ms", "p99 beat gap ms"], rows))
-    print(f"\nembedding: {t_embed / n:.2f} s per slice; the dock said: {status}")
+    print(f"\nembedding: {t_embed / n:.2f} s per slice; CPU per slice: {cpu / n:.2f} s for the process, "
+          f"{gui_cpu / n * 1000:.0f} ms on the GUI thread; the dock said: {status}")
     ms = {k: np.array([r[k] for r in t]) for k in ("decode_ms", "paint_ms", "total_ms")}
     print("box -> mask shown over {} boxes: ".format(len(t)) + ", ".join(
         f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
