@@ -123,7 +123,6 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         self._waiting_engine: list[int] = []
         self.last_propagation: list[tuple] = []
         self._auto_load_tried = False
-        self._progress_line = ""  # the whole-scan embedding progress last counted
         self.engine_name = self._initial_engine()
         self._build()
         self.prompts = PromptLayers(controller, self.recist_margin_spin.value, parent=self)
@@ -398,9 +397,8 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         self._update_embed_label()
 
     # ------------------------------------------------------------------ embedding status
-    def _update_embed_label(self, recount: bool = False) -> None:
-        """The slice on screen's state; ``recount`` (on embedding events, not on every scroll
-        step: it looks up every slice in the cache) also refreshes the whole-scan progress."""
+    def _update_embed_label(self) -> None:
+        """The slice on screen's state and the whole-scan embedding progress."""
         sv = self.service
         if sv.engine is None or self.controller.volume is None or sv.axis is None:
             return
@@ -411,11 +409,9 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         state = "ready" if sv.has_embedding(idx) else "not embedded yet"
         names = ("axial", "coronal", "sagittal")
         lines = [f"{names[sv.axis].capitalize()} slice {idx}: {state}"]
-        if recount:
-            progress = sv.embedding_progress()
-            self._progress_line = "" if progress is None else progress.describe()
-        if self._progress_line:
-            lines.append(self._progress_line)
+        progress = sv.embedding_progress()
+        if progress is not None:
+            lines.append(progress.describe())
         if sv.device_notice:
             lines.append(sv.device_notice)
         self.embed_label.setText("\n".join(lines))
@@ -423,11 +419,11 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
 
     def _on_embed_started(self, index: int) -> None:
         self.controller.status(f"MedSAM: embedding slice {index}…", 0)
-        self._update_embed_label(recount=True)
+        self._update_embed_label()
 
     def _on_embed_done(self, index: int, seconds: float) -> None:
         self.controller.status(f"MedSAM: slice {index} embedded in {seconds:.1f} s", 6000)
-        self._update_embed_label(recount=True)
+        self._update_embed_label()
 
     def _on_embed_error(self, index: int, exc) -> None:
         where = f" (slice {index})" if index >= 0 else ""
