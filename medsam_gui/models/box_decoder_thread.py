@@ -30,7 +30,9 @@ NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
 
 class BoxDecoderThread:
     """One decoder thread for a :class:`~medsam_gui.models.volume_predictor.VolumePredictor`
-    (started on the first box or warm-up; :meth:`stop` ends it)."""
+    (:meth:`stop` ends it). It starts with the object, on the caller's thread, so that it has the
+    caller's CPU priority (a thread started from the background embedding thread would inherit
+    that thread's lower priority, and boxes would wait for the background work)."""
 
     def __init__(self, predictor) -> None:
         self.predictor = predictor
@@ -42,6 +44,8 @@ class BoxDecoderThread:
         self._stopped = False
         self._warm: tuple[int, float] | None = None  # (index, monotonic time due)
         self.prepared: list[int] = []  # slices whose decoder work was done ahead (newest last)
+        with self._cond:
+            self._ensure_thread()
 
     def submit(self, token, index: int, box, axis: int | None) -> int:
         """Queue ``box`` on slice ``index`` (of ``axis``); returns the request's generation."""
