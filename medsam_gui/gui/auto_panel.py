@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -41,6 +40,7 @@ from ..models.auto_model import Structure
 from ..models.auto_models import MODALITIES
 from .auto_proposal import AutoProposalMixin
 from .auto_run import AutoRunMixin
+from .proposal_widgets import progress_bar, proposal_label, proposal_list
 
 DOCK_NAME = "Auto-segment"
 STATE_NAME = "auto_segment"
@@ -133,19 +133,16 @@ class AutoPanel(AutoRunMixin, AutoProposalMixin, QWidget):
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setVisible(False)
+        self.progress = progress_bar()
         layout.addWidget(self.progress)
         self.progress_label = QLabel("")
         layout.addWidget(self.progress_label)
 
         review = QGroupBox("Proposal")
         rl = QVBoxLayout(review)
-        self.proposal_label = QLabel("No proposal.")
-        self.proposal_label.setWordWrap(True)
+        self.proposal_label = proposal_label()
         rl.addWidget(self.proposal_label)
-        self.proposal_list = QListWidget()
-        self.proposal_list.setMinimumHeight(100)
+        self.proposal_list = proposal_list()
         self.proposal_list.itemChanged.connect(lambda _item: self._update_buttons())
         rl.addWidget(self.proposal_list)
         self.overwrite_check = QCheckBox("Overwrite existing labels")

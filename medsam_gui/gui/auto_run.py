@@ -7,13 +7,12 @@ from __future__ import annotations
 import threading
 import time
 
-from qtpy.QtCore import QTimer
-
 from ..models.auto_model import AutoSegmentationCancelled
+from .pending_run import PendingRunMixin
 from .workers import set_bar_value
 
 
-class AutoRunMixin:
+class AutoRunMixin(PendingRunMixin):
     """Run part of :class:`~medsam_gui.gui.auto_panel.AutoPanel` (its ``_progress_sig(done,
     total)`` is emitted by the worker thread and lands in :meth:`_on_progress`)."""
 
@@ -38,31 +37,13 @@ class AutoRunMixin:
         from .weights_dialog import WeightsDialog
 
         name = name or self._missing_weights() or model_spec(self.model_name).weights
-        dlg = WeightsDialog(self, model_name=name, reason=reason)
-        dlg.weights_ready.connect(self._on_weights_ready)
-        dlg.rejected.connect(self._drop_pending)
-        self._weights_dialog = dlg
-        dlg.open()
-        return dlg
-
-    @property
-    def weights_dialog(self):
-        return self._weights_dialog
-
-    def _drop_pending(self) -> None:
-        self._pending = None
+        return self._open_weights_dialog(WeightsDialog(self, model_name=name, reason=reason))
 
     def _on_weights_ready(self, path) -> None:
         self.controller.status(f"Weights installed: {path}", 6000)
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            QTimer.singleShot(0, pending)
+        self._start_pending()
 
     # ------------------------------------------------------------------ run
-    @property
-    def running(self) -> bool:
-        return self._handle is not None and not self._handle.finished
-
     def run(self) -> bool:
         """Segment the ticked structures (the Run button). True when the run started; False when
         there is nothing to do or the weights dialog opened (the run starts once the files are in)."""

@@ -41,7 +41,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QListWidget,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -52,6 +51,7 @@ from .. import config
 from ..core.support_selection import LiveSupport
 from ..core.support_set import labeled_slices
 from .collapsible import CollapsibleSection, dock_body
+from .proposal_widgets import progress_bar, proposal_label, proposal_list
 from .universeg_proposal import ProposalMixin
 from .universeg_run import RunMixin
 from .universeg_support_list import AXIS_NAMES, THUMB, SupportListMixin
@@ -136,16 +136,14 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         row.addWidget(self.medsam_button, 1)
         al.addLayout(row)
         row = QHBoxLayout()
-        self.progress = QProgressBar()
-        self.progress.setVisible(False)
+        self.progress = progress_bar()
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.setToolTip("Stop after the current batch; the finished slices stay proposed.")
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel_button)
         al.addLayout(row)
-        self.proposal_label = QLabel("No proposal.")
-        self.proposal_label.setWordWrap(True)
+        self.proposal_label = proposal_label()
         al.addWidget(self.proposal_label)
         row = QHBoxLayout()
         self.check_all_button = QPushButton("All")
@@ -238,9 +236,7 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         # --- proposed slices
         pr = QGroupBox("Proposed slices")
         pl = QVBoxLayout(pr)
-        self.proposal_list = QListWidget()
-        self.proposal_list.setMinimumHeight(100)
-        self.proposal_list.setToolTip("Untick the slices you do not want; click a slice to go to it.")
+        self.proposal_list = proposal_list("Untick the slices you do not want; click a slice to go to it.")
         pl.addWidget(self.proposal_list)
         layout.addWidget(pr)
 

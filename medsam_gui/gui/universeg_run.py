@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
 
 from ..core.support_set import SupportSlice
 from ..errors import CheckpointError, MedsamGuiError
+from .pending_run import PendingRunMixin
 from .workers import set_bar_value
 
 MODEL_NAME = "universeg_v1"
@@ -25,7 +25,7 @@ def make_weights_dialog(parent: QWidget | None, reason: str = ""):
     return WeightsDialog(parent, model_name=MODEL_NAME, reason=reason)
 
 
-class RunMixin:
+class RunMixin(PendingRunMixin):
     """Model and run part of :class:`~medsam_gui.gui.universeg_panel.UniversegPanel`."""
 
     # ------------------------------------------------------------------ model
@@ -75,19 +75,7 @@ class RunMixin:
                     return self._weights_dialog
             except RuntimeError:  # the dialog's C++ object is gone
                 pass
-        dlg = make_weights_dialog(self, reason)
-        dlg.weights_ready.connect(self._on_weights_ready)
-        dlg.rejected.connect(self._drop_pending)
-        self._weights_dialog = dlg
-        dlg.open()
-        return dlg
-
-    def _drop_pending(self) -> None:
-        self._pending = None
-
-    @property
-    def weights_dialog(self):
-        return self._weights_dialog
+        return self._open_weights_dialog(make_weights_dialog(self, reason))
 
     def _on_weights_ready(self, path) -> None:
         try:
@@ -96,15 +84,9 @@ class RunMixin:
             self.controller.show_error(exc, title="Could not load the UniverSeg weights")
             return
         self.controller.status(f"UniverSeg weights: {path}", 6000)
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            QTimer.singleShot(0, pending)
+        self._start_pending()
 
     # ------------------------------------------------------------------ starting
-    @property
-    def running(self) -> bool:
-        return self._handle is not None and not self._handle.finished
-
     def _device(self) -> str:
         return self.device_combo.currentText() or "auto"
 
