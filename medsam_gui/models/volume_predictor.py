@@ -45,6 +45,7 @@ from .scheduler import EmbeddingProgress
 log = logging.getLogger(__name__)
 
 KEEP_FLOAT32 = 16
+TRIM_EVERY = 16  # slices embedded between two trims of the C heap (runtime.HeapTrimmer)
 
 
 class PredictorListener:
@@ -148,6 +149,10 @@ class VolumePredictor:
         self.device_notice = ""
         self._closed = False
         self._decoder = BoxDecoderThread(self)
+        from ..runtime import HeapTrimmer
+
+        # the embedding worker's heap fragments by ~4 MiB a slice; trimmed every 16 slices
+        self._trimmer = HeapTrimmer(TRIM_EVERY)
         if engine is not None:
             self.set_engine(engine)
 
@@ -300,6 +305,7 @@ class VolumePredictor:
         def embed_fn(index: int):
             emb = scan.engine.embed([scan.slice_uint8(index)], stop=stop)
             self._remember(scan.key(index), emb)
+            self._trimmer.tick()
             return emb
 
         def on_started(index: int) -> None:
