@@ -41,6 +41,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .sparse_labels import nonzero_box
+
 Point = tuple[float, float]
 
 # Fraction of the pixel's extent along a diameter subtracted from the edge-midpoint polygon's
@@ -221,36 +223,6 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Seq
         short_mm = best_len - cv
         short = (to_px(t * u + s0 * v), to_px(t * u + s1 * v))
     return float(long_mm), (to_px(p), to_px(q)), float(short_mm), short
-
-
-def nonzero_box(array: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box (one slice per axis) of the non-zero elements of a 3D array, or None when
-    all are zero. Reads the array once in memory order, one 2D slice of its outermost axis at a
-    time, with no temporary larger than a slice (any strides: views of the labels layer too);
-    ~10 ms for 512 x 512 x 300 uint16."""
-    a = np.asarray(array)
-    if a.ndim != 3:
-        raise ValueError(f"nonzero_box needs a 3D array, got shape {a.shape}")
-    outer = int(np.argmax(np.abs(a.strides)))  # its slices are separate blocks of memory
-    rest = [d for d in range(3) if d != outer]
-    hit = np.zeros(a.shape[outer], dtype=bool)
-    proj = [np.zeros(a.shape[d], dtype=bool) for d in rest]
-    index: list = [slice(None)] * 3
-    for i in range(a.shape[outer]):
-        index[outer] = i
-        plane = a[tuple(index)]  # 2D view over axes ``rest``
-        if not plane.any():
-            continue
-        hit[i] = True
-        proj[0] |= plane.any(axis=1)
-        proj[1] |= plane.any(axis=0)
-    if not hit.any():
-        return None
-    box: list = [None] * 3
-    for d, used in zip([outer] + rest, [hit] + proj):
-        nz = np.flatnonzero(used)
-        box[d] = slice(int(nz[0]), int(nz[-1]) + 1)
-    return tuple(box)
 
 
 def measure_labels(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], label_table: Any = None,

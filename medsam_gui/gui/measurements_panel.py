@@ -176,7 +176,8 @@ class MeasurementsPanel(QWidget):
         if self._running:
             self._dirty = True
             return
-        from ..core.measurements import measure_labels, nonzero_box
+        from ..core.measurements import measure_labels
+        from ..core.sparse_labels import nonzero_box
 
         # snapshot on the GUI thread: a copy of the labelled box only (~10 ms to find it), not of
         # the whole map (150 MiB for 512 x 512 x 300, and ~3x that while measuring it)
