@@ -11,7 +11,10 @@
 - baseline: MedSAM ViT-B's reference encoder on one slice of the same scan (the time the same
   background embedding would take with it is 300 x that).
 
-The scan is the lung CT tiled to ``--slices`` slices (bench/memory.py's ``prepare``). Random
+The scan is the lung CT tiled to ``--slices`` slices (bench/memory.py's ``prepare``, run in a child
+process so that building its inputs - a ViT-B checkpoint among them - never counts against the
+session's memory). ``--propagate 0`` skips the propagation, ``--no-baseline`` the ViT-B
+baseline (both run after the session's peak RSS is taken). Random
 LiteMedSAM weights (seed 0) unless ``--checkpoint``; timings do not depend on them. Run under a
 display: ``xvfb-run -a python3 bench/litemedsam_app.py [--slices 300]``.
 """
@@ -19,7 +22,11 @@ display: ``xvfb-run -a python3 bench/litemedsam_app.py [--slices 300]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +34,6 @@ from pathlib import Path
 import _common as C
 import numpy as np
 from gui_stall_app import Heartbeat
-from memory import prepare
 
 
 def spin(app, until, timeout: float) -> None:
@@ -47,6 +53,18 @@ def spin(app, until, timeout: float) -> None:
         raise TimeoutError("the task did not finish in time")
 
 
+def prepare_in_child(tmp: Path, n_slices: int) -> dict:
+    """bench/memory.py's ``prepare`` (the tiled scan, its label, weights files) in a child process:
+    the memory it leaves behind (~0.5 GiB of heap) is not the session's. Returns its placement."""
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("memory.py")), "--prepare", str(tmp),
+                          "--slices", str(n_slices)], env=dict(os.environ), capture_output=True, text=True,
+                         check=False)
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr)
+        raise SystemExit(f"preparing the inputs failed (exit status {res.returncode})")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def lite_state_dict(torch, checkpoint):
     from medsam_gui.models.litemedsam import build_litemedsam, load_litemedsam_state_dict
 
@@ -63,12 +81,13 @@ def main():
     ap.add_argument("--boxes", type=int, default=20)
     ap.add_argument("--propagate", type=int, default=30, help="slices of the propagated lesion")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-baseline", action="store_true", help="skip MedSAM ViT-B's one-slice baseline")
     args = ap.parse_args()
     os.environ.setdefault("MEDSAM_GUI_HUGE_PAGES", "0")  # the GUI app's memory settings
     torch = C.setup_torch(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-lite-"))
     os.environ["MEDSAM_GUI_HOME"] = str(tmp / "home")
-    place = prepare(tmp, args.slices)
+    place = prepare_in_child(tmp, args.slices)
     from qtpy.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
@@ -130,9 +149,12 @@ def main():
     print("box -> mask shown over {} boxes: ".format(len(t)) + ", ".join(
         f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
     print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB")
-    propagate_end_to_end(sd, args.propagate)
-    vit_b_baseline(tmp, z_src, n, t_embed)
+    if args.propagate > 0:
+        propagate_end_to_end(sd, args.propagate)
+    if not args.no_baseline:
+        vit_b_baseline(tmp, z_src, n, t_embed)
     print(f"load average at the end: {C.load()}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def propagate_end_to_end(sd, n_slices: int) -> None:

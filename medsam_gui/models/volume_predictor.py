@@ -151,7 +151,8 @@ class VolumePredictor:
         self._decoder = BoxDecoderThread(self)
         from ..runtime import HeapTrimmer
 
-        # the embedding worker's heap fragments by ~4 MiB a slice; trimmed every 16 slices
+        # the embedding worker's heap fragments by ~4 MiB a slice; trimmed every 16 slices and
+        # when the worker goes idle
         self._trimmer = HeapTrimmer(TRIM_EVERY)
         if engine is not None:
             self.set_engine(engine)
@@ -331,8 +332,16 @@ class VolumePredictor:
         self._scheduler = EmbeddingScheduler(
             embed_fn, scan.key, scan.n_slices, self.cache, focus=focus, neighbours=self.neighbours,
             prefetch_all=self.prefetch_all, on_started=on_started, on_done=on_done, on_error=on_error,
+            on_idle=self._on_idle,
         )
         scheduler.append(self._scheduler)
+
+    def _on_idle(self) -> None:
+        """The scheduler has nothing left to embed: the encoder's working memory, free but
+        resident in the worker's heap (~200 MiB for LiteMedSAM), goes back to the system."""
+        from ..runtime import trim_heap
+
+        trim_heap()
 
     def _on_engine_notice(self, message: str) -> None:
         self.device_notice = f"MedSAM: {message}"
