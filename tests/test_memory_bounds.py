@@ -268,3 +268,29 @@ def test_heap_trimmer_trims_every_nth_item():
     assert got == [False, False, True, False, False, True, False] and len(calls) == 2 and t.trims == 2
     if LINUX:
         assert runtime.trim_heap() is True  # glibc here
+
+
+def test_engine_input_is_windowed_per_slice_bit_for_bit():
+    """The predictor keeps no uint8 copy of the scan; each slice it embeds equals that slice of
+    ``volume_to_uint8`` of the whole scan in display order (CT and MR, every axis)."""
+    from medsam_gui.core.intensity import mr_auto_bounds, volume_to_uint8
+    from medsam_gui.core.orientation import DisplayOrientation
+    from medsam_gui.core.volume import Volume
+    from medsam_gui.models.volume_predictor import VolumePredictor
+
+    rng = np.random.default_rng(3)
+    arr = rng.integers(-1200, 1500, (7, 24, 19)).astype(np.int16)
+    arr[2, 3:9, 4:8] = 0
+    orient = DisplayOrientation((0, 2, 1), (True, False, True))
+    for modality, bounds in (("CT", (-160.0, 240.0)), ("MR", None)):
+        vol = Volume(arr, modality=modality)
+        full = orient.to_display(volume_to_uint8(arr, modality, bounds or mr_auto_bounds(arr)))
+        pred = VolumePredictor(cache=EmbeddingCache(disk_bytes=0), background=False)
+        try:
+            for axis in range(3):
+                pred.set_volume(vol, bounds=bounds, orientation=orient, axis=axis)
+                for i in range(full.shape[axis]):
+                    assert np.array_equal(pred.slice_uint8(i), np.take(full, i, axis=axis))
+            assert np.array_equal(pred.input_uint8, full)
+        finally:
+            pred.shutdown()

@@ -85,6 +85,44 @@ def _clipped_f64(part: np.ndarray, lo: float, hi: float) -> np.ndarray:
 UINT8_CHUNK_VOXELS = 1 << 22  # float64 temporaries of volume_to_uint8: <= 32 MiB per chunk
 
 
+def _chunks(data: np.ndarray) -> list[tuple]:
+    if data.ndim == 0:
+        return [(Ellipsis,)]
+    per = max(1, UINT8_CHUNK_VOXELS // max(1, int(np.prod(data.shape[1:]))))
+    return [(slice(a, min(a + per, data.shape[0])),) for a in range(0, data.shape[0], per)]
+
+
+def uint8_scale(array: np.ndarray, bounds: tuple[float, float]) -> tuple[float, float] | None:
+    """(min, max) of the whole volume clipped to ``bounds``: the range :func:`volume_to_uint8`
+    maps to 0..255 (None for an empty or constant volume: everything maps to 0). One pass, a
+    few slices at a time."""
+    data = np.asarray(array)
+    if data.size == 0:
+        return None
+    lo, hi = float(bounds[0]), float(bounds[1])
+    cmin, cmax = np.inf, -np.inf
+    for sl in _chunks(data):
+        c = _clipped_f64(data[sl], lo, hi)
+        cmin, cmax = min(cmin, float(c.min())), max(cmax, float(c.max()))
+    return (cmin, cmax) if cmax > cmin else None
+
+
+def part_to_uint8(part: np.ndarray, modality: str, bounds: tuple[float, float],
+                  scale: tuple[float, float] | None) -> np.ndarray:
+    """:func:`volume_to_uint8` of a part of a volume (a slice, a slab: any sub-array), given the
+    whole volume's :func:`uint8_scale`: bit for bit the same values as the whole volume's
+    result there, without computing (or keeping) the rest of it."""
+    data = np.asarray(part)
+    if scale is None or data.size == 0:
+        return np.zeros(data.shape, dtype=np.uint8)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    cmin, cmax = scale
+    scaled = (_clipped_f64(data, lo, hi) - cmin) / (cmax - cmin) * 255.0
+    if modality == "MR":
+        scaled[data == 0] = 0
+    return scaled.astype(np.uint8)
+
+
 def volume_to_uint8(array: np.ndarray, modality: str, bounds: tuple[float, float]) -> np.ndarray:
     """MedSAM's reference whole-volume preprocessing to uint8 (z, y, x).
 
@@ -92,13 +130,17 @@ def volume_to_uint8(array: np.ndarray, modality: str, bounds: tuple[float, float
     uint8. For MR, voxels that were exactly 0 stay 0 (as in MedSAM's MR pre-processing).
     A constant volume maps to 0. Computed a few slices at a time (the same float64 operations
     on every voxel, so the same result as on the whole volume at once) so that a 512 x 512 x 300
-    CT needs ~32 MiB of temporaries instead of ~1.5 GiB.
+    CT needs ~32 MiB of temporaries instead of ~1.5 GiB. One slice of it alone:
+    :func:`part_to_uint8` with :func:`uint8_scale`.
     """
     data = np.asarray(array)
-    lo, hi = float(bounds[0]), float(bounds[1])
     out = np.zeros(data.shape, dtype=np.uint8)
-    if data.size == 0:
+    scale = uint8_scale(data, bounds)
+    if scale is None:
         return out
+    for sl in _chunks(data):
+        out[sl] = part_to_uint8(data[sl], modality, bounds, scale)
+    return out
     if data.ndim == 0:
         parts = [(Ellipsis,)]
     else:
