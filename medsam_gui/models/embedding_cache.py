@@ -83,8 +83,9 @@ def page_backed_empty(shape: Sequence[int], dtype=np.float16) -> np.ndarray:
     n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if n == 0:
         return np.empty(shape, dt)
-    if hasattr(mmap, "MAP_PRIVATE"):  # POSIX (Python's default there is a shared mapping)
-        buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    anonymous = getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0))
+    if hasattr(mmap, "MAP_PRIVATE") and anonymous:  # POSIX (Python's default there is shared)
+        buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | anonymous)
     else:  # Windows: anonymous memory backed by the paging file
         buf = mmap.mmap(-1, n)
     return np.frombuffer(buf, dtype=dt).reshape(tuple(int(s) for s in shape))
