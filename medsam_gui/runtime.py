@@ -125,8 +125,10 @@ def trim_heap() -> bool:
 
 
 class HeapTrimmer:
-    """Calls :func:`trim_heap` on every ``every``-th :meth:`tick` (thread-safe enough: a lost
-    count only delays a trim). For loops that allocate large tensors item after item."""
+    """Calls :func:`trim_heap` on the first :meth:`tick` and then on every ``every``-th (ticks
+    1, 1 + every, 1 + 2 every, ...; thread-safe enough: a lost count only delays a trim). For
+    loops that allocate large tensors item after item: the first trim also returns what came
+    before the loop (e.g. a checkpoint loaded and copied into a model)."""
 
     def __init__(self, every: int = 16) -> None:
         self.every = max(1, int(every))
@@ -136,7 +138,7 @@ class HeapTrimmer:
     def tick(self) -> bool:
         """Count one item; True when the heap was trimmed now."""
         self.count += 1
-        if self.count % self.every:
+        if (self.count - 1) % self.every:
             return False
         if trim_heap():
             self.trims += 1

@@ -254,7 +254,7 @@ def test_scheduler_calls_on_idle_once_per_busy_spell():
         s.stop()
 
 
-def test_heap_trimmer_trims_every_nth_item():
+def test_heap_trimmer_trims_on_the_first_item_then_every_nth():
     from medsam_gui import runtime
 
     calls = []
@@ -265,7 +265,7 @@ def test_heap_trimmer_trims_every_nth_item():
         got = [t.tick() for _ in range(7)]
     finally:
         runtime.trim_heap = orig
-    assert got == [False, False, True, False, False, True, False] and len(calls) == 2 and t.trims == 2
+    assert got == [True, False, False, True, False, False, True] and len(calls) == 3 and t.trims == 3
     if LINUX:
         assert runtime.trim_heap() is True  # glibc here
 

@@ -173,11 +173,6 @@ class VolumePredictor:
         self.device_notice = ""
         self._closed = False
         self._decoder = BoxDecoderThread(self)
-        from ..runtime import HeapTrimmer
-
-        # the embedding worker's heap fragments by ~4 MiB a slice; trimmed every 16 slices and
-        # when the worker goes idle
-        self._trimmer = HeapTrimmer(TRIM_EVERY)
         if engine is not None:
             self.set_engine(engine)
 
@@ -322,9 +317,14 @@ class VolumePredictor:
         self.listener.prepared()
 
     def _start_scheduler(self, scan: _Scan) -> None:
+        from ..runtime import HeapTrimmer
         from .scheduler import EmbeddingScheduler
 
         scheduler = []
+        # the C heap is trimmed after the first slice (what loading the engine left free), then
+        # every 16 slices (the embedding worker's heap fragments by up to ~4 MiB a slice) and when
+        # the worker goes idle (_on_idle)
+        trimmer = HeapTrimmer(TRIM_EVERY)
 
         def stop() -> bool:  # the scan changed, the app closes, or a requested slice goes first
             return self._closed or (bool(scheduler) and (scheduler[0].cancelled or scheduler[0].should_yield()))
@@ -332,7 +332,7 @@ class VolumePredictor:
         def embed_fn(index: int):
             emb = scan.engine.embed([scan.slice_uint8(index)], stop=stop)
             self._remember(scan.key(index), emb)
-            self._trimmer.tick()
+            trimmer.tick()
             return emb
 
         def on_started(index: int) -> None:
