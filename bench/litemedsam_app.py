@@ -97,12 +97,20 @@ def main():
 
     dialogs.ask_unsaved = lambda parent, what: "discard"  # noqa: ARG005 - no modal dialogs here
     print(f"# LiteMedSAM in the real app, {place['shape']} CT\nmachine: {C.machine()}\n")
+    stages = []  # (stage, RSS at its end, peak RSS so far) in MiB
+
+    def stage(name: str) -> None:
+        stages.append([name, f"{rss._rss():.0f}", f"{rss.peak:.0f}"])
+
     with C.PeakRSS() as rss:
+        stage("start (inputs prepared in a child process)")
         win = build_app(show=True)
         win.qt_window.resize(1400, 900)
         c, panel = win.controller, win.panels.medsam
+        stage("main window")
         c.open_scan(tmp / "scan.nii.gz", confirm=False)
         c.wait_idle(120)
+        stage("scan open")
         hb = Heartbeat()
         hb.start()
         t_end = time.perf_counter() + 2.0
@@ -112,6 +120,7 @@ def main():
         sd, what = lite_state_dict(torch, args.checkpoint)
         engine = LiteMedSAMEngine(sd, device="cpu", precision="fast")
         engine.embed([np.zeros((512, 512), np.uint8)])  # one-off build of the fast path, excluded
+        stage("LiteMedSAM built (one pass on the GUI thread)")
         z_src, (x0, y0, x1, y1) = place["slice"], place["box"]
         d0 = c.orientation.index_to_display([z_src, y0, x0])
         d1 = c.orientation.index_to_display([z_src, y1, x1])
@@ -124,6 +133,7 @@ def main():
         n = c.volume.shape[0]
         spin(app, lambda: (p := panel.service.embedding_progress()) is not None and p.done == n, 3600)
         t_embed = time.perf_counter() - t0
+        stage(f"whole scan embedded ({c.volume.shape[0]} slices)")
         hb.stop()
         stall = hb.stall()
         status = panel.embed_label.text().replace("\n", " | ")
@@ -136,6 +146,7 @@ def main():
             spin(app, lambda: bool(done), 60)
             panel.slice_painted.disconnect()
         t = panel.timings[-args.boxes:]
+        stage(f"{args.boxes} boxes -> masks")
         session_peak = rss.peak
         win.close(force=True)
 
@@ -148,7 +159,8 @@ def main():
     ms = {k: np.array([r[k] for r in t]) for k in ("decode_ms", "paint_ms", "total_ms")}
     print("box -> mask shown over {} boxes: ".format(len(t)) + ", ".join(
         f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
-    print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB")
+    print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB\n")
+    print(C.table(["stage", "RSS at its end MiB", "peak so far MiB"], stages))
     if args.propagate > 0:
         propagate_end_to_end(sd, args.propagate)
     if not args.no_baseline:
