@@ -18,7 +18,8 @@ Memory: each float16 embedding the cache keeps lives in its own anonymous memory
 tensor next to its 2 MiB float16 copy: the long-lived 2 MiB copies were carved out of the 4 MiB
 holes the freed float32 tensors left, so every cached slice also pinned 2 MiB of heap that no
 later allocation could use (a 300-slice scan: 512 MiB cached, 1.1 GiB resident). A mapping of
-its own holds exactly its pages and goes back to the system when the entry is evicted.
+its own holds exactly its pages and goes back to the system when the entry is evicted
+(:func:`page_backed_copy`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,21 @@ def page_backed_empty(shape: Sequence[int], dtype=np.float16) -> np.ndarray:
     else:  # Windows: anonymous memory backed by the paging file
         buf = mmap.mmap(-1, n)
     return np.frombuffer(buf, dtype=dt).reshape(tuple(int(s) for s in shape))
+
+
+def page_backed_copy(tensor, dtype=None):
+    """A contiguous CPU torch copy of ``tensor`` (cast to numpy ``dtype`` when given) in
+    page-backed memory (:func:`page_backed_empty`): for tensors kept among short-lived ones."""
+    import torch
+
+    t = torch.as_tensor(tensor).detach()
+    try:
+        np_dtype = np.dtype(dtype) if dtype is not None else torch.empty(0, dtype=t.dtype).numpy().dtype
+    except TypeError:  # no numpy twin (bfloat16): an ordinary copy
+        return t.to("cpu", copy=True).contiguous()
+    out = torch.from_numpy(page_backed_empty(tuple(t.shape), np_dtype))
+    out.copy_(t)  # casts and moves to the CPU in one step
+    return out
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -171,12 +187,7 @@ class EmbeddingCache:
     @staticmethod
     def _to_half(tensor):
         """A float16 CPU copy of ``tensor`` in page-backed memory (:func:`page_backed_empty`)."""
-        import torch
-
-        t = torch.as_tensor(tensor).detach()
-        out = torch.from_numpy(page_backed_empty(tuple(t.shape), np.float16))
-        out.copy_(t)  # casts and moves to the CPU in one step
-        return out
+        return page_backed_copy(tensor, np.float16)
 
     def _path(self, key: str) -> Path | None:
         d = self.disk_dir
