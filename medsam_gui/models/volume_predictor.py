@@ -322,7 +322,7 @@ class VolumePredictor:
 
         scheduler = []
         # the C heap is trimmed after the first slice (what loading the engine left free), then
-        # every 16 slices (the embedding worker's heap fragments by up to ~4 MiB a slice) and when
+        # every 16 slices (the embedding worker's heap fragments by several MiB a slice) and when
         # the worker goes idle (_on_idle)
         trimmer = HeapTrimmer(TRIM_EVERY)
 
@@ -364,7 +364,7 @@ class VolumePredictor:
 
     def _on_idle(self) -> None:
         """The scheduler has nothing left to embed: the encoder's working memory, free but
-        resident in the worker's heap (~200 MiB for LiteMedSAM), goes back to the system."""
+        resident in the worker's heap (a few hundred MiB for LiteMedSAM), goes back to the system."""
         from ..runtime import trim_heap
 
         trim_heap()
