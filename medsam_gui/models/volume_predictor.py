@@ -126,7 +126,11 @@ class _Scan:
         whole scan, in display order, there."""
         from ..core.intensity import part_to_uint8
 
-        part = np.take(self.display, int(index), axis=self.axis)
+        # a view (basic indexing): np.take would first copy the whole scan when the display order
+        # is a flipped or transposed view of it (150 MiB and ~80 ms a slice for 512 x 512 x 300)
+        where: list = [slice(None)] * 3
+        where[self.axis] = int(index)
+        part = self.display[tuple(where)]
         return np.ascontiguousarray(part_to_uint8(part, self.modality, self.bounds, self.scale))
 
     def display_uint8(self) -> np.ndarray:
