@@ -294,3 +294,28 @@ def test_engine_input_is_windowed_per_slice_bit_for_bit():
             assert np.array_equal(pred.input_uint8, full)
         finally:
             pred.shutdown()
+
+
+def test_a_slice_of_the_engine_input_does_not_copy_the_scan():
+    """Each embedded slice is windowed from a view of the scan: no whole-scan temporary (np.take
+    on the flipped display view copied all of it, for every slice)."""
+    from medsam_gui.core.orientation import DisplayOrientation
+    from medsam_gui.core.volume import Volume
+    from medsam_gui.models.volume_predictor import VolumePredictor
+
+    arr = np.random.default_rng(1).integers(-1000, 1000, (100, 256, 256)).astype(np.int16)  # 12.5 MiB
+    pred = VolumePredictor(cache=EmbeddingCache(disk_bytes=0), background=False)
+    try:
+        for axis in range(3):
+            pred.set_volume(Volume(arr, modality="CT"), bounds=(-160.0, 240.0),
+                            orientation=DisplayOrientation((0, 1, 2), (False, True, True)), axis=axis)
+            pred.slice_uint8(3)
+            tracemalloc.start()
+            try:
+                pred.slice_uint8(7)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 3 * MIB, f"axis {axis}: {peak / MIB:.1f} MiB allocated for one slice"
+    finally:
+        pred.shutdown()
