@@ -176,7 +176,9 @@ class LabelEditsMixin:
         if label <= 0:
             raise ValueError(f"label must be >= 1, got {label}")
         mask = np.asarray(mask2d, dtype=bool)
-        current = np.take(data, index, axis=axis)
+        # a view of the slice: np.take copies the whole map first when the layer holds a flipped
+        # or transposed view (150 MiB for 512 x 512 x 300, on the GUI thread)
+        current = np.asarray(data[(slice(None),) * axis + (index,)])
         if mask.shape != current.shape:
             raise ValueError(f"mask shape {mask.shape} does not match the slice shape {current.shape}")
         new = current.copy()

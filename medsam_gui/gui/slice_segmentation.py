@@ -89,7 +89,8 @@ class SliceSegmentation(QObject):
         if c.volume is None:
             return
         tp = time.perf_counter()
-        keep = np.take(c.display_labels(), int(index), axis=int(axis)) == label
+        # a view of the slice (np.take would copy the whole map when it is a flipped view)
+        keep = np.asarray(c.display_labels()[(slice(None),) * int(axis) + (int(index),)]) == label
         old = self._painted.get(token)
         if old is not None and old[:3] == (axis, index, label):
             keep &= ~old[3]
