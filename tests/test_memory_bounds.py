@@ -319,3 +319,15 @@ def test_a_slice_of_the_engine_input_does_not_copy_the_scan():
             assert peak < 3 * MIB, f"axis {axis}: {peak / MIB:.1f} MiB allocated for one slice"
     finally:
         pred.shutdown()
+
+
+def test_plane_is_np_take_without_the_copy():
+    from medsam_gui.core.orientation import plane
+
+    a = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    for v in _views(a):
+        for axis in range(3):
+            for i in (0, v.shape[axis] - 1):
+                p = plane(v, i, axis)
+                assert np.array_equal(p, np.take(v, i, axis=axis)) and np.shares_memory(p, a)
+    assert np.array_equal(plane(a, -1, -1), np.take(a, -1, axis=-1))

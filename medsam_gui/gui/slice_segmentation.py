@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
+from ..core.orientation import plane
+
 
 class SliceSegmentation(QObject):
     """Box -> mask -> labels for ``controller``, through ``service`` (an EmbeddingService).
@@ -89,8 +91,7 @@ class SliceSegmentation(QObject):
         if c.volume is None:
             return
         tp = time.perf_counter()
-        # a view of the slice (np.take would copy the whole map when it is a flipped view)
-        keep = np.asarray(c.display_labels()[(slice(None),) * int(axis) + (int(index),)]) == label
+        keep = plane(c.display_labels(), index, axis) == label  # a view, no whole-map copy
         old = self._painted.get(token)
         if old is not None and old[:3] == (axis, index, label):
             keep &= ~old[3]
