@@ -12,7 +12,10 @@
 - baseline: MedSAM ViT-B's reference encoder on one slice of the same scan (the time the same
   background embedding would take with it is 300 x that).
 
-The scan is the lung CT tiled to ``--slices`` slices (bench/memory.py's ``prepare``). Random
+The scan is the lung CT tiled to ``--slices`` slices (bench/memory.py's ``prepare``, run in a child
+process so that building its inputs - a ViT-B checkpoint among them - never counts against the
+session's memory). ``--propagate 0`` skips the propagation, ``--no-baseline`` the ViT-B
+baseline (both run after the session's peak RSS is taken). Random
 LiteMedSAM weights (seed 0) unless ``--checkpoint``; timings do not depend on them. Run under a
 display: ``xvfb-run -a python3 bench/litemedsam_app.py [--slices 300]``.
 """
@@ -20,7 +23,11 @@ display: ``xvfb-run -a python3 bench/litemedsam_app.py [--slices 300]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +36,6 @@ from pathlib import Path
 import _common as C
 import numpy as np
 from gui_stall_app import Heartbeat
-from memory import prepare
 
 
 def spin(app, until, timeout: float) -> None:
@@ -55,6 +61,18 @@ def thread_cpu_seconds(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def prepare_in_child(tmp: Path, n_slices: int) -> dict:
+    """bench/memory.py's ``prepare`` (the tiled scan, its label, weights files) in a child process:
+    the memory it leaves behind (~0.5 GiB of heap) is not the session's. Returns its placement."""
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("memory.py")), "--prepare", str(tmp),
+                          "--slices", str(n_slices)], env=dict(os.environ), capture_output=True, text=True,
+                         check=False)
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr)
+        raise SystemExit(f"preparing the inputs failed (exit status {res.returncode})")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def lite_state_dict(torch, checkpoint):
     from medsam_gui.models.litemedsam import build_litemedsam, load_litemedsam_state_dict
 
@@ -71,12 +89,13 @@ def main():
     ap.add_argument("--boxes", type=int, default=20)
     ap.add_argument("--propagate", type=int, default=30, help="slices of the propagated lesion")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-baseline", action="store_true", help="skip MedSAM ViT-B's one-slice baseline")
     args = ap.parse_args()
     os.environ.setdefault("MEDSAM_GUI_HUGE_PAGES", "0")  # the GUI app's memory settings
     torch = C.setup_torch(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-lite-"))
     os.environ["MEDSAM_GUI_HOME"] = str(tmp / "home")
-    place = prepare(tmp, args.slices)
+    place = prepare_in_child(tmp, args.slices)
     from qtpy.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
@@ -86,12 +105,20 @@ def main():
 
     dialogs.ask_unsaved = lambda parent, what: "discard"  # noqa: ARG005 - no modal dialogs here
     print(f"# LiteMedSAM in the real app, {place['shape']} CT\nmachine: {C.machine()}\n")
+    stages = []  # (stage, RSS at its end, peak RSS so far) in MiB
+
+    def stage(name: str) -> None:
+        stages.append([name, f"{rss._rss():.0f}", f"{rss.peak:.0f}"])
+
     with C.PeakRSS() as rss:
+        stage("start (inputs prepared in a child process)")
         win = build_app(show=True)
         win.qt_window.resize(1400, 900)
         c, panel = win.controller, win.panels.medsam
+        stage("main window")
         c.open_scan(tmp / "scan.nii.gz", confirm=False)
         c.wait_idle(120)
+        stage("scan open")
         hb = Heartbeat()
         hb.start()
         t_end = time.perf_counter() + 2.0
@@ -101,6 +128,7 @@ def main():
         sd, what = lite_state_dict(torch, args.checkpoint)
         engine = LiteMedSAMEngine(sd, device="cpu", precision="fast")
         engine.embed([np.zeros((512, 512), np.uint8)])  # one-off build of the fast path, excluded
+        stage("LiteMedSAM built (one pass on the GUI thread)")
         z_src, (x0, y0, x1, y1) = place["slice"], place["box"]
         d0 = c.orientation.index_to_display([z_src, y0, x0])
         d1 = c.orientation.index_to_display([z_src, y1, x1])
@@ -115,6 +143,7 @@ def main():
         n = c.volume.shape[0]
         spin(app, lambda: (p := panel.service.embedding_progress()) is not None and p.done == n, 3600)
         t_embed = time.perf_counter() - t0
+        stage(f"whole scan embedded ({c.volume.shape[0]} slices)")
         hb.stop()
         gui_cpu, cpu = thread_cpu_seconds(gui_tid) - gui_cpu0, time.process_time() - cpu0
         stall = hb.stall()
@@ -128,6 +157,7 @@ def main():
             spin(app, lambda: bool(done), 60)
             panel.slice_painted.disconnect()
         t = panel.timings[-args.boxes:]
+        stage(f"{args.boxes} boxes -> masks")
         session_peak = rss.peak
         win.close(force=True)
 
@@ -141,10 +171,14 @@ def main():
     ms = {k: np.array([r[k] for r in t]) for k in ("decode_ms", "paint_ms", "total_ms")}
     print("box -> mask shown over {} boxes: ".format(len(t)) + ", ".join(
         f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
-    print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB")
-    propagate_end_to_end(sd, args.propagate)
-    vit_b_baseline(tmp, z_src, n, t_embed)
+    print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB\n")
+    print(C.table(["stage", "RSS at its end MiB", "peak so far MiB"], stages))
+    if args.propagate > 0:
+        propagate_end_to_end(sd, args.propagate)
+    if not args.no_baseline:
+        vit_b_baseline(tmp, z_src, n, t_embed)
     print(f"load average at the end: {C.load()}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def propagate_end_to_end(sd, n_slices: int) -> None:

@@ -479,9 +479,7 @@ def object_sizes(c, panel, up, torch) -> list[list]:
     rows = []
     vol = c.volume
     rows.append(["scan array (volume.array)", f"{vol.array.nbytes / MiB:.0f}", f"{vol.array.dtype} {vol.shape}"])
-    u8 = panel.service.predictor.input_uint8
-    if u8 is not None:
-        rows.append(["MedSAM input uint8 volume", f"{u8.nbytes / MiB:.0f}", "embedding service, per (scan, window)"])
+    rows.append(["MedSAM input uint8 volume", "0", "not kept: each slice is windowed when it is embedded"])
     lab = np.asarray(c.display_labels())
     rows.append(["labels layer", f"{lab.nbytes / MiB:.0f}", f"{lab.dtype}"])
     try:

@@ -94,6 +94,59 @@ def _fixed_mmap_threshold() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def trim_heap() -> bool:
+    """Give the free pages inside the C heap back to the system (glibc ``malloc_trim(0)``, every
+    arena); False where that is not available (not glibc).
+
+    Why: with blocks up to 32 MiB kept on the heap, a thread that allocates large short-lived
+    tensors slice after slice while small long-lived allocations land in the holes the freed
+    ones leave (a hole then no longer fits the next, 64-byte-aligned, block of its size) grows
+    its arena by several MiB a slice of memory that is free but resident (the app's embedding
+    worker: +1.1 GiB over a 300-slice scan for 576 MiB of embeddings). Trimming keeps the
+    address space but drops those pages from the resident set. Costs ~15 ms plus the page faults
+    of re-used pages (a LiteMedSAM pass after a trim: ~5 % slower), so call it every few slices
+    (:class:`HeapTrimmer`), not after each.
+    """
+    fn = _state.get("malloc_trim")
+    if fn is None:
+        fn = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                fn = libc.malloc_trim
+                fn.argtypes = (ctypes.c_size_t,)
+                fn.restype = ctypes.c_int
+            except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+                fn = False
+        _state["malloc_trim"] = fn
+    if not fn:
+        return False
+    fn(0)
+    return True
+
+
+class HeapTrimmer:
+    """Calls :func:`trim_heap` on the first :meth:`tick` and then on every ``every``-th (ticks
+    1, 1 + every, 1 + 2 every, ...; thread-safe enough: a lost count only delays a trim). For
+    loops that allocate large tensors item after item: the first trim also returns what came
+    before the loop (e.g. a checkpoint loaded and copied into a model)."""
+
+    def __init__(self, every: int = 16) -> None:
+        self.every = max(1, int(every))
+        self.count = 0
+        self.trims = 0
+
+    def tick(self) -> bool:
+        """Count one item; True when the heap was trimmed now."""
+        self.count += 1
+        if (self.count - 1) % self.every:
+            return False
+        if trim_heap():
+            self.trims += 1
+            return True
+        return False
+
+
 def memory_tuned() -> bool:
     """Whether :func:`tune_memory` applied its setting in this process."""
     return bool(_state["applied"])

@@ -41,6 +41,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .sparse_labels import nonzero_box
+
 Point = tuple[float, float]
 
 # Fraction of the pixel's extent along a diameter subtracted from the edge-midpoint polygon's
@@ -167,17 +169,21 @@ def _chords_at(t_values: np.ndarray, a: np.ndarray, b: np.ndarray, u: np.ndarray
     return best, s_lo, s_hi
 
 
-def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float]):
+def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Sequence[int] = (0, 0)):
     """Long and short axis of a 2D bool mask (rows, cols) with pixel spacing (sx, sy) mm.
 
     Returns ``(long_mm, (p0, p1), short_mm, (q0, q1) or None)`` with endpoints as (x, y) float
-    pixel coordinates. An empty mask gives zeros and None endpoints.
+    pixel coordinates. An empty mask gives zeros and None endpoints. ``origin_yx``: the (row,
+    col) of ``mask_2d[0, 0]`` in a larger image (a crop): the result is that of the larger image.
     """
     mask = np.asarray(mask_2d, dtype=bool)
     if not mask.any():
         return 0.0, None, 0.0, None
     sxy = np.asarray([float(spacing_xy[0]), float(spacing_xy[1])])
     polys = boundary_polygons(mask)
+    if any(origin_yx):  # integer shifts of half-integer vertices: exact
+        shift = np.asarray([float(origin_yx[0]), float(origin_yx[1])])
+        polys = [p + shift for p in polys]
     pts = np.vstack([p[:, ::-1] for p in polys]) * sxy  # physical (x, y)
     long_mm, p, q = longest_diameter(pts)
     to_px = lambda m: (float(m[0] / sxy[0]), float(m[1] / sxy[1]))  # noqa: E731
@@ -220,38 +226,56 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float]):
 
 
 def measure_labels(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], label_table: Any = None,
-                   values: Iterable[int] | None = None) -> list[LabelMeasurement]:
+                   values: Iterable[int] | None = None,
+                   origin_zyx: Sequence[int] = (0, 0, 0)) -> list[LabelMeasurement]:
     """Measure every label value > 0 (or ``values``) of ``labels_zyx`` (z, y, x int array).
 
     spacing_xyz: voxel size (x, y, z) mm. label_table: a LabelTable (``.get(value).name``), a
     {value: name} mapping, or None. Returns measurements ordered by label value; values absent
-    from the map are skipped.
+    from the map are skipped. ``origin_zyx``: where ``labels_zyx[0, 0, 0]`` lies in the whole
+    label map when a part of it is given (e.g. :func:`nonzero_box`'s crop): slice numbers and
+    endpoints are then those of the whole map, and equal to measuring the whole map.
+
+    Memory: only the bounding box of the non-zero voxels is looked at, slice by slice (a
+    512 x 512 x 300 map needs a few MiB of temporaries, not copies of the whole map).
     """
     labels = np.asarray(labels_zyx)
     if labels.ndim != 3:
         raise ValueError(f"labels must be a 3D (z, y, x) array, got shape {labels.shape}")
     sx, sy, sz = (float(s) for s in spacing_xyz)
     voxel_ml = sx * sy * sz / 1000.0
-    if values is None:
-        present = np.unique(labels)
-        values = [int(v) for v in present if v > 0]
+    wanted = None if values is None else sorted({int(v) for v in values})
+    oz, oy, ox = (int(o) for o in origin_zyx)
+    if wanted is None or 0 not in wanted:  # value 0 is measured over the whole map
+        box = nonzero_box(labels)
+        if box is None:
+            return []
+        labels = labels[box]
+        oz, oy, ox = oz + box[0].start, oy + box[1].start, ox + box[2].start
+    # per-slice voxel counts of every value, one axial slice of the box at a time
+    counts: dict[int, np.ndarray] = {}
+    for z in range(labels.shape[0]):
+        found, n_found = np.unique(labels[z], return_counts=True)
+        for v, n in zip(found.tolist(), n_found.tolist()):
+            if (wanted is None and v > 0) or (wanted is not None and v in wanted):
+                counts.setdefault(int(v), np.zeros(labels.shape[0], dtype=np.int64))[z] = n
     out: list[LabelMeasurement] = []
-    for value in sorted(int(v) for v in values):
-        m = labels == value
-        per_slice = m.sum(axis=(1, 2))
+    for value in sorted(counts):
+        per_slice = counts[value]
         n = int(per_slice.sum())
         if n == 0:
             continue
         zs = np.flatnonzero(per_slice)
         z_best = int(np.argmax(per_slice))
-        long_mm, long_pts, short_mm, short_pts = recist_axes(m[z_best], (sx, sy))
+        long_mm, long_pts, short_mm, short_pts = recist_axes(labels[z_best] == value, (sx, sy),
+                                                             origin_yx=(oy, ox))
         out.append(LabelMeasurement(
             value=value,
             name=_label_name(label_table, value),
             voxels=n,
             volume_ml=n * voxel_ml,
-            slice_range=(int(zs[0]), int(zs[-1])),
-            axial_slice=z_best,
+            slice_range=(int(zs[0]) + oz, int(zs[-1]) + oz),
+            axial_slice=z_best + oz,
             axial_area_mm2=float(per_slice[z_best]) * sx * sy,
             long_axis_mm=long_mm,
             long_axis_endpoints=long_pts,

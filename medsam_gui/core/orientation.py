@@ -213,6 +213,16 @@ class DisplayOrientation:
         return self.axis_letters
 
 
+def plane(array: np.ndarray, index: int, axis: int) -> np.ndarray:
+    """``np.take(array, index, axis)`` of a 3D array as a view (read it, do not write to it).
+
+    np.take first makes the whole array contiguous when it is not, i.e. copies every display-order
+    view of a flipped or transposed scan (150 MiB and tens of ms for 512 x 512 x 300, per call);
+    basic indexing costs nothing. Non-numpy arrays (dask, zarr) give their plane as numpy."""
+    axis = int(axis) % np.ndim(array)
+    return np.asarray(array[(slice(None),) * axis + (int(index),)])
+
+
 def _opposite(letter: str) -> str:
     pairs = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
     return pairs.get(letter, "?")

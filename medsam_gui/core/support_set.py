@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MedsamGuiError
+from .orientation import plane
 
 SIZE = (128, 128)
 # where an example comes from: the labels (follows them), added by hand, a frozen copy, a file
@@ -299,7 +300,7 @@ class SupportSet:
             if not slices:
                 raise SupportSetError(f"label {label} is not drawn on any slice: label it on a few slices "
                                       "first (or use an example set).")
-        items = [SupportSlice.from_slice(np.take(volume, i, axis), np.take(labels, i, axis) == label, bounds,
+        items = [SupportSlice.from_slice(plane(volume, i, axis), plane(labels, i, axis) == label, bounds,
                                          index=i, axis=axis, label=label, origin=origin, source=source,
                                          modality=modality) for i in slices]
         return cls(items, label_name, label)

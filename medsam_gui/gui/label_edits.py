@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from ..core.labels import LabelInfo, LabelTable
+from ..core.orientation import plane
 from . import dialogs
 from .layers import label_colormap
 
@@ -176,7 +177,7 @@ class LabelEditsMixin:
         if label <= 0:
             raise ValueError(f"label must be >= 1, got {label}")
         mask = np.asarray(mask2d, dtype=bool)
-        current = np.take(data, index, axis=axis)
+        current = plane(data, index, axis)  # a view (np.take would copy the whole map first)
         if mask.shape != current.shape:
             raise ValueError(f"mask shape {mask.shape} does not match the slice shape {current.shape}")
         new = current.copy()

@@ -18,6 +18,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from ..core.orientation import plane
 from .layers import VIEW_ORDERS, view_spec
 from .linked_views_crosshair import CanvasCrosshair, crosshair_segments
 from .linked_views_pane import SlicePane, render_plane
@@ -203,7 +204,7 @@ class LinkedViews(QObject):
         scale = tuple(float(s) for s in image.scale)
         for pane in self.panes:
             s, r, col = pane.axes
-            rgb = render_plane(np.take(scan, self.point[s], axis=s), np.take(lab, self.point[s], axis=s),
+            rgb = render_plane(plane(scan, self.point[s], s), plane(lab, self.point[s], s),
                                c.window_bounds, c.label_table, labels.opacity if labels.visible else 0.0)
             pane.set_content(rgb, (scale[r], scale[col]), self.point, scan.shape)
         if self._viewer.dims.ndisplay == 2:

@@ -177,8 +177,14 @@ class MeasurementsPanel(QWidget):
             self._dirty = True
             return
         from ..core.measurements import measure_labels
+        from ..core.sparse_labels import nonzero_box
 
-        labels = np.array(c.source_labels())  # snapshot (copy) on the GUI thread
+        # snapshot on the GUI thread: a copy of the labelled box only (~10 ms to find it), not of
+        # the whole map (150 MiB for 512 x 512 x 300, and ~3x that while measuring it)
+        src = c.source_labels()
+        box = nonzero_box(src)
+        labels = np.zeros((0, 0, 0), dtype=src.dtype) if box is None else np.array(src[box])
+        origin = (0, 0, 0) if box is None else tuple(b.start for b in box)
         spacing = c.volume.spacing
         names = {info.value: info.name for info in c.label_table}
         self._gen += 1
@@ -188,7 +194,7 @@ class MeasurementsPanel(QWidget):
 
         def work():
             try:
-                result, error = measure_labels(labels, spacing, names), None
+                result, error = measure_labels(labels, spacing, names, origin_zyx=origin), None
             except BaseException as exc:  # noqa: BLE001 - shown in the panel
                 result, error = None, exc
             try:

@@ -83,6 +83,7 @@ from .. import config
 from ..core import autosave as _autosave
 from ..core.labels import LabelTable
 from ..core.session import ScanRef, Session, read_session_summary
+from ..core.sparse_labels import copy_labelled
 from ..errors import MedsamGuiError, SessionError
 from . import recovery_dialog
 from .session_menu import install_menu
@@ -271,7 +272,9 @@ class SessionManager(QObject):
         volume = c.volume
         if volume is None:
             raise SessionError("No scan is open, so there is no session to save.")
-        labels = np.array(c.source_labels(), copy=True, order="C")
+        # only the labelled box is copied (the rest stays untouched zero pages): ~10 ms and a few
+        # MiB instead of a 150 MiB memcpy for a 512 x 512 x 300 scan
+        labels = copy_labelled(c.source_labels())
         prompts, support, providers = self.provider_states()
         view: dict[str, Any] = {}
         try:

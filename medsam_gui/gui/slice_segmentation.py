@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
+from ..core.orientation import plane
+
 
 class SliceSegmentation(QObject):
     """Box -> mask -> labels for ``controller``, through ``service`` (an EmbeddingService).
@@ -89,7 +91,7 @@ class SliceSegmentation(QObject):
         if c.volume is None:
             return
         tp = time.perf_counter()
-        keep = np.take(c.display_labels(), int(index), axis=int(axis)) == label
+        keep = plane(c.display_labels(), index, axis) == label  # a view, no whole-map copy
         old = self._painted.get(token)
         if old is not None and old[:3] == (axis, index, label):
             keep &= ~old[3]

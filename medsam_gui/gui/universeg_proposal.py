@@ -10,6 +10,8 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidgetItem
 
+from ..core.orientation import plane
+
 PROPOSAL_LAYER_NAME = "UniverSeg proposal"
 
 
@@ -210,7 +212,7 @@ class ProposalMixin:
         try:
             with c.edit_group():
                 for i in chosen:
-                    masks, user_slice = prop.writes(i, np.take(data, i, axis=prop.axis))
+                    masks, user_slice = prop.writes(i, plane(data, i, prop.axis))
                     skipped += user_slice
                     wrote = {v for v, m in masks
                              if c.write_slice_mask(prop.axis, i, m, v, overwrite_other=overwrite)}

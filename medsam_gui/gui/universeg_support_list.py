@@ -14,6 +14,7 @@ from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
 from .. import config
+from ..core.orientation import plane
 from ..core.support_set import SupportSet, SupportSlice, thumbnail
 from ..errors import MedsamGuiError
 
@@ -60,8 +61,8 @@ class SupportListMixin:
     # ------------------------------------------------------------------ building examples
     def _make_item(self, index: int, axis: int, label: int, bounds, origin: str = "labels") -> SupportSlice:
         c = self.controller
-        img = np.take(c.display_volume(), int(index), axis=axis)
-        mask = np.take(c.display_labels(), int(index), axis=axis) == int(label)
+        img = plane(c.display_volume(), int(index), axis)
+        mask = plane(c.display_labels(), int(index), axis) == int(label)
         key = (id(c.volume), axis, int(index), int(label), bounds, hash(np.packbits(mask).tobytes()))
         item = self._live.cached(key, lambda: SupportSlice.from_slice(
             img, mask, bounds, index=index, axis=axis, label=label, source=self._scan_name(),
@@ -183,7 +184,7 @@ class SupportListMixin:
         else:
             self._live.add(i)
             self.refresh_support()
-        if not np.any(np.take(c.display_labels(), i, axis=axis) == int(c.active_label)):
+        if not np.any(plane(c.display_labels(), i, axis) == int(c.active_label)):
             c.status(f"Slice {i} has no voxel of the active label: it is a negative example.", 6000)
 
     def remove_selected(self) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.orientation import plane
 from ..core.support_set import SupportSet, labeled_slices, resize_images, window_unit
 from ..errors import MedsamGuiError
 from .oom import OomFallback
@@ -339,7 +340,7 @@ def _run(volume, labels, label_value, *, model, bounds, support, support_size, t
     def run_batch(a: int, b: int, _size: int) -> np.ndarray:
         d, sup_tensors = placed["dev"], placed["sup"]
         idx = tgt[a:b]
-        imgs = resize_images(window_unit(np.stack([np.take(volume, i, axis) for i in idx]), bounds))
+        imgs = resize_images(window_unit(np.stack([plane(volume, i, axis) for i in idx]), bounds))
         x = torch.from_numpy(imgs)[:, None].to(d)
         acc = None
         with torch.inference_mode():

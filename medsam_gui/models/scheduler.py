@@ -16,7 +16,9 @@ first: the cancel flag is checked between slices). A background slice yields to 
 stop point, and the abandoned slice (:class:`~medsam_gui.models.engine.EncoderInterrupted`)
 goes back in the queue instead of failing. Event hooks run on the worker thread:
 ``on_started(index)``, ``on_done(index, seconds)``, ``on_error(exc)`` (the exception also
-has ``slice_index`` set and is stored in ``errors``). The GUI wraps these in Qt signals.
+has ``slice_index`` set and is stored in ``errors``), ``on_idle()`` (nothing is left to do after
+at least one embedding was computed; called without the scheduler's lock held, once per busy
+spell). The GUI wraps these in Qt signals.
 The worker thread (and the OpenMP threads torch starts for it) runs at a lower CPU priority
 (:func:`~medsam_gui.runtime.lower_thread_priority`): it gives way to the GUI thread and to the
 box decoder, and has the cores to itself when they are idle.
@@ -109,6 +111,7 @@ class EmbeddingScheduler:
         on_started: Callable[[int], None] | None = None,
         on_done: Callable[[int, float], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
         autostart: bool = True,
     ) -> None:
         self.embed_fn = embed_fn
@@ -120,6 +123,8 @@ class EmbeddingScheduler:
         self.on_started = on_started
         self.on_done = on_done
         self.on_error = on_error
+        self.on_idle = on_idle
+        self._busy = False  # an embedding was computed since on_idle was last called
         self.errors: dict[int, BaseException] = {}
         self.computed: list[int] = []  # indices computed by this scheduler, in order
         self.yielded: list[int] = []  # background slices abandoned for a request, in order
@@ -298,6 +303,7 @@ class EmbeddingScheduler:
         lower_thread_priority()  # before torch starts this thread's OpenMP workers
         self._find_cached()
         while True:
+            idle = False
             with self._cond:
                 index = None
                 while not self._stop:
@@ -306,12 +312,21 @@ class EmbeddingScheduler:
                     if index is not None:
                         break
                     self._cond.notify_all()  # wake wait_idle
+                    if self._busy and self.on_idle is not None:
+                        self._busy, idle = False, True
+                        break
                     self._cond.wait()
                 if self._stop:
                     self._cond.notify_all()
                     return
-                self._inflight = index
-                self._inflight_background = background
+                if idle:
+                    index = None
+                else:
+                    self._inflight = index
+                    self._inflight_background = background
+            if idle:  # outside the lock: requests and focus changes are never held up by it
+                self._emit(self.on_idle)
+                continue
             key = self.key_fn(index)
             cached = self.cache.get(key)
             if cached is not None:
@@ -347,6 +362,7 @@ class EmbeddingScheduler:
             with self._cond:
                 self._done.add(index)
                 self.computed.append(index)
+                self._busy = True
                 self._inflight = None
                 self._cond.notify_all()
             self._resolve(index, result)

@@ -2,7 +2,8 @@
 
 :class:`VolumePredictor` owns the expensive state for one scan and one engine
 (:class:`~medsam_gui.models.engine.BoxPromptEngine`): the engine input of the whole scan
-(``intensity.volume_to_uint8`` with the window bounds, computed once per (scan, window)), the
+(``intensity.volume_to_uint8`` with the window bounds: its scale computed once per (scan,
+window), each slice windowed when it is embedded, so no uint8 copy of the scan is kept), the
 embedding cache, a background scheduler that embeds slices nearest to the focus first, and a
 decoder thread for interactive boxes. The viewer uses it through a thin Qt adapter
 (``gui.embedding_service``); the CLI, the Python API and batches use it directly.
@@ -15,9 +16,9 @@ decoder thread for interactive boxes. The viewer uses it through a thin Qt adapt
 - ``shutdown()`` stops and joins every thread it started.
 
 Events go to a :class:`PredictorListener` (called on worker threads). Slices are
-``np.take(display_uint8, i, axis)`` of the scan in *display order* (``orientation.to_display``;
-without an orientation, the scan's own (z, y, x) order). Boxes are (x0, y0, x1, y1) in pixels
-of that 2D slice (x = column, y = row).
+``np.take(display_uint8, i, axis)`` of the scan's uint8 engine input in *display order*
+(``orientation.to_display``; without an orientation, the scan's own (z, y, x) order). Boxes
+are (x0, y0, x1, y1) in pixels of that 2D slice (x = column, y = row).
 
 Cache keys (``engine.cache_key``) include the scan fingerprint, the axis and index, the window
 bounds, the engine, its weights and precision, so nothing stale is ever reused. The cache
@@ -45,6 +46,7 @@ from .scheduler import EmbeddingProgress
 log = logging.getLogger(__name__)
 
 KEEP_FLOAT32 = 16
+TRIM_EVERY = 16  # slices embedded between two trims of the C heap (runtime.HeapTrimmer)
 
 
 class PredictorListener:
@@ -88,7 +90,12 @@ class _Scan:
         self.engine = engine
         self.modality = modality
         self.fingerprint: str | None = None
-        self.display_uint8: np.ndarray | None = None
+        # the scan in display order (a view) and the range volume_to_uint8 scales: each slice is
+        # windowed when it is embedded (~3 ms), not the whole scan kept as uint8 (75 MiB for
+        # 512 x 512 x 300) - bit for bit the same engine input
+        self.display: np.ndarray | None = None
+        self.scale: tuple[float, float] | None = None
+        self.prepared = False
         self.shape = tuple(int(s) for s in (volume.shape if orientation is None
                                              else orientation.display_shape(volume.shape)))
         self.n_slices = self.shape[self.axis]
@@ -99,17 +106,39 @@ class _Scan:
                 and other.modality == self.modality and other.orientation == self.orientation)
 
     def prepare(self) -> None:
-        from ..core.intensity import mr_auto_bounds, volume_to_uint8
+        from ..core.intensity import mr_auto_bounds, uint8_scale
 
         if self.bounds is None:
             self.bounds = mr_auto_bounds(self.volume.array)
-        vol8 = volume_to_uint8(self.volume.array, self.modality, self.bounds)
-        self.display_uint8 = vol8 if self.orientation is None else self.orientation.to_display(vol8)
+        arr = self.volume.array
+        self.scale = uint8_scale(arr, self.bounds)
+        self.display = arr if self.orientation is None else self.orientation.to_display(arr)
         self.fingerprint = self.volume.fingerprint() + ("" if self.orientation is None else ":display")
+        self.prepared = True
+
+    def take_prepared(self, old: "_Scan") -> None:
+        """Use ``old``'s preparation (same scan, window and orientation)."""
+        self.bounds, self.scale, self.display, self.fingerprint = old.bounds, old.scale, old.display, old.fingerprint
+        self.prepared = True
 
     def slice_uint8(self, index: int) -> np.ndarray:
-        """(H, W) uint8 slice ``index`` along ``axis`` (contiguous copy)."""
-        return np.ascontiguousarray(np.take(self.display_uint8, int(index), axis=self.axis))
+        """(H, W) uint8 slice ``index`` along ``axis`` (contiguous): ``volume_to_uint8`` of the
+        whole scan, in display order, there."""
+        from ..core.intensity import part_to_uint8
+
+        # a view (basic indexing): np.take would first copy the whole scan when the display order
+        # is a flipped or transposed view of it (150 MiB and ~80 ms a slice for 512 x 512 x 300)
+        where: list = [slice(None)] * 3
+        where[self.axis] = int(index)
+        part = self.display[tuple(where)]
+        return np.ascontiguousarray(part_to_uint8(part, self.modality, self.bounds, self.scale))
+
+    def display_uint8(self) -> np.ndarray:
+        """The whole engine input (uint8, display order), computed now (75 MiB for 512 x 512 x 300)."""
+        from ..core.intensity import volume_to_uint8
+
+        vol8 = volume_to_uint8(self.volume.array, self.modality, self.bounds)
+        return vol8 if self.orientation is None else self.orientation.to_display(vol8)
 
     def key(self, index: int) -> str:
         return self.engine.cache_key(self.fingerprint, self.axis, int(index), self.bounds)
@@ -180,8 +209,10 @@ class VolumePredictor:
 
     @property
     def input_uint8(self) -> np.ndarray | None:
-        """The engine input of the whole scan (uint8, display order), once prepared."""
-        return None if self._scan is None else self._scan.display_uint8
+        """The engine input of the whole scan (uint8, display order), once prepared; computed on
+        each call (slices are windowed one at a time when embedded, the whole is not kept)."""
+        scan = self._scan
+        return None if scan is None or not scan.prepared else scan.display_uint8()
 
     @property
     def axis(self) -> int | None:
@@ -238,14 +269,14 @@ class VolumePredictor:
                 self._ready.wait()
             return
         self._stop_scheduler()
-        reuse = same and old.display_uint8 is not None and self._scan_error is None
+        reuse = same and old.prepared and self._scan_error is None
         with self._lock:
             self._scan = scan
             self._ready = threading.Event()
             self._scan_error = None
             ready = self._ready
-        if reuse:  # only the axis or the engine changed: the uint8 volume stays
-            scan.bounds, scan.display_uint8, scan.fingerprint = old.bounds, old.display_uint8, old.fingerprint
+        if reuse:  # only the axis or the engine changed: the preparation stays
+            scan.take_prepared(old)
             self._on_prepared(scan, ready, None)
         elif wait:
             self._prepare(scan, ready)
@@ -290,9 +321,14 @@ class VolumePredictor:
         self.listener.prepared()
 
     def _start_scheduler(self, scan: _Scan) -> None:
+        from ..runtime import HeapTrimmer
         from .scheduler import EmbeddingScheduler
 
         scheduler = []
+        # the C heap is trimmed after the first slice (what loading the engine left free), then
+        # every 16 slices (the embedding worker's heap fragments by several MiB a slice) and when
+        # the worker goes idle (_on_idle)
+        trimmer = HeapTrimmer(TRIM_EVERY)
 
         def stop() -> bool:  # the scan changed, the app closes, or a requested slice goes first
             return self._closed or (bool(scheduler) and (scheduler[0].cancelled or scheduler[0].should_yield()))
@@ -300,6 +336,7 @@ class VolumePredictor:
         def embed_fn(index: int):
             emb = scan.engine.embed([scan.slice_uint8(index)], stop=stop)
             self._remember(scan.key(index), emb)
+            trimmer.tick()
             return emb
 
         def on_started(index: int) -> None:
@@ -325,8 +362,16 @@ class VolumePredictor:
         self._scheduler = EmbeddingScheduler(
             embed_fn, scan.key, scan.n_slices, self.cache, focus=focus, neighbours=self.neighbours,
             prefetch_all=self.prefetch_all, on_started=on_started, on_done=on_done, on_error=on_error,
+            on_idle=self._on_idle,
         )
         scheduler.append(self._scheduler)
+
+    def _on_idle(self) -> None:
+        """The scheduler has nothing left to embed: the encoder's working memory, free but
+        resident in the worker's heap (a few hundred MiB for LiteMedSAM), goes back to the system."""
+        from ..runtime import trim_heap
+
+        trim_heap()
 
     def _on_engine_notice(self, message: str) -> None:
         self.device_notice = f"MedSAM: {message}"
