@@ -10,19 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from box_filler import box_filler
 
 pytestmark = pytest.mark.gui
 
 SCAN = Path(__file__).resolve().parent / "data" / "msd_hippocampus" / "hippocampus_003_image.nii.gz"
-
-
-def _box_filler(hw):
-    def segment(_index, box):
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        m = np.zeros(hw, bool)
-        m[y0:y1 + 1, x0:x1 + 1] = True
-        return m
-    return segment
 
 
 def test_box_and_recist_line_survive_a_session_round_trip(app_window, qtbot, tmp_path, monkeypatch):
@@ -46,7 +38,7 @@ def test_box_and_recist_line_survive_a_session_round_trip(app_window, qtbot, tmp
     o = c.orientation
     assert any(o.flips), "display and source voxels differ on this scan"
     d, h, w = c.display_labels().shape
-    panel.set_segmenter(_box_filler((h, w)))
+    panel.set_segmenter(box_filler((h, w)))
     zb, zr = 12, 20
     c.set_active_label(1)
     c.set_current_slice(0, zb)

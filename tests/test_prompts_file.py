@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from box_filler import box_filler
 
 from medsam_gui.core.prompts import Prompt
 from medsam_gui.core.prompts_file import (
@@ -91,15 +92,6 @@ def test_not_json_and_missing_file(tmp_path):
         read_prompts_file(tmp_path / "none.json")
 
 
-def _box_filler(hw):
-    def segment(_index, box):
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        m = np.zeros(hw, bool)
-        m[y0:y1 + 1, x0:x1 + 1] = True
-        return m
-    return segment
-
-
 @pytest.mark.gui
 def test_save_and_open_prompts_in_the_app(app_window, qtbot, tmp_path, monkeypatch):
     from medsam_gui.gui import prompts_file_actions
@@ -112,7 +104,7 @@ def test_save_and_open_prompts_in_the_app(app_window, qtbot, tmp_path, monkeypat
     vol = load_volume(SCAN)
     c.set_volume(vol)
     d, h, w = c.display_labels().shape
-    panel.set_segmenter(_box_filler((h, w)))
+    panel.set_segmenter(box_filler((h, w)))
     c.set_active_label(1)
     c.set_current_slice(0, 12)
     panel.activate_box_tool()

@@ -40,6 +40,7 @@ from ..models.auto_model import Structure
 from ..models.auto_models import MODALITIES
 from .auto_proposal import AutoProposalMixin
 from .auto_run import AutoRunMixin
+from .model_dock import install_model_dock
 from .proposal_widgets import progress_bar, proposal_label, proposal_list
 
 DOCK_NAME = "Auto-segment"
@@ -314,13 +315,7 @@ class AutoPanel(AutoRunMixin, AutoProposalMixin, QWidget):
 def install(controller) -> AutoPanel:
     """Create the Auto-segment dock (tabbed with the docks on the right), its Models menu entry
     (with a main window), its session state provider and shutdown hook; returns the panel."""
-    panel = AutoPanel(controller)
-    controller.add_dock(panel, DOCK_NAME, "right", tabify=True)
-    if controller.window is not None:
-        controller.window.add_action(
-            "models", "load_auto_weights", "Load automatic model weights…",
-            lambda _checked=False: panel.show_weights_dialog(),
-            tip="Download or choose the weights of the model chosen in the Auto-segment dock")
-    controller.register_state_provider(STATE_NAME, panel.get_state, panel.set_state)
-    controller.add_shutdown_hook(panel.shutdown)
-    return panel
+    return install_model_dock(
+        controller, AutoPanel(controller), title=DOCK_NAME, tabify=True, state_name=STATE_NAME,
+        action="load_auto_weights", action_text="Load automatic model weights…",
+        tip="Download or choose the weights of the model chosen in the Auto-segment dock")

@@ -51,6 +51,7 @@ from .. import config
 from ..core.support_selection import LiveSupport
 from ..core.support_set import labeled_slices
 from .collapsible import CollapsibleSection, dock_body
+from .model_dock import install_model_dock
 from .proposal_widgets import progress_bar, proposal_label, proposal_list
 from .universeg_proposal import ProposalMixin
 from .universeg_run import RunMixin
@@ -465,13 +466,7 @@ def install(controller, medsam=None) -> UniversegPanel:
     """Create the UniverSeg dock (tabbed with the MedSAM dock when ``medsam`` is given), its
     Models menu entry (with a main window), its session state provider
     and shutdown hook; returns the panel."""
-    panel = UniversegPanel(controller, medsam)
-    controller.add_dock(panel, "UniverSeg", "right", tabify=medsam is not None)
-    if controller.window is not None:
-        controller.window.add_action(
-            "models", "load_universeg_weights", "Load UniverSeg weights…",
-            lambda _checked=False: panel.show_weights_dialog(),
-            tip="Download UniverSeg's weights or choose universeg_v1_nf64_ss64_STA.pt")
-    controller.register_state_provider(STATE_NAME, panel.get_state, panel.set_state)
-    controller.add_shutdown_hook(panel.shutdown)
-    return panel
+    return install_model_dock(
+        controller, UniversegPanel(controller, medsam), title="UniverSeg", tabify=medsam is not None,
+        state_name=STATE_NAME, action="load_universeg_weights", action_text="Load UniverSeg weights…",
+        tip="Download UniverSeg's weights or choose universeg_v1_nf64_ss64_STA.pt")

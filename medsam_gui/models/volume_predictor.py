@@ -15,9 +15,10 @@ decoder thread for interactive boxes. The viewer uses it through a thin Qt adapt
 - ``segment_async(token, i, box)`` and ``warm_decoder(i)`` for the viewer (decoder thread);
 - ``shutdown()`` stops and joins every thread it started.
 
-Events go to a :class:`PredictorListener` (called on worker threads). Slices are
-``np.take(display_uint8, i, axis)`` of the scan's uint8 engine input in *display order*
-(``orientation.to_display``; without an orientation, the scan's own (z, y, x) order). Boxes
+Events go to a :class:`~medsam_gui.models.predictor_listener.PredictorListener` (called on
+worker threads). Slice ``i`` is the engine input of plane ``i`` along the axis of the scan in
+*display order* (``orientation.to_display``; without an orientation, the scan's own (z, y, x)
+order), see :class:`~medsam_gui.models.predictor_scan.PredictorScan`. Boxes
 are (x0, y0, x1, y1) in pixels of that 2D slice (x = column, y = row).
 
 Cache keys (``engine.cache_key``) include the scan fingerprint, the axis and index, the window
@@ -41,107 +42,14 @@ import numpy as np
 from ..errors import CheckpointError, MedsamGuiError
 from .box_decoder_thread import NO_ENGINE, BoxDecoderThread
 from .engine import EmbeddingCancelled
+from .predictor_listener import PredictorListener
+from .predictor_scan import PredictorScan
 from .scheduler import EmbeddingProgress
 
 log = logging.getLogger(__name__)
 
 KEEP_FLOAT32 = 16
 TRIM_EVERY = 16  # slices embedded between two trims of the C heap (runtime.HeapTrimmer)
-
-
-class PredictorListener:
-    """What a :class:`VolumePredictor` reports (no-ops here; called on worker threads)."""
-
-    def prepared(self) -> None:
-        """The scan's engine input is ready (after ``set_volume``)."""
-
-    def embedding_started(self, index: int) -> None:
-        """The engine started embedding slice ``index``."""
-
-    def embedding_done(self, index: int, seconds: float) -> None:
-        """Slice ``index`` was embedded in ``seconds``."""
-
-    def embedding_failed(self, index: int, exc: BaseException) -> None:
-        """Preparing the scan (index -1) or embedding slice ``index`` failed."""
-
-    def mask_ready(self, token, index: int, box, mask: np.ndarray, decode_ms: float, gen: int) -> None:
-        """A :meth:`VolumePredictor.segment_async` request was decoded."""
-
-    def mask_failed(self, token, exc: BaseException) -> None:
-        """A :meth:`VolumePredictor.segment_async` request failed."""
-
-    def waiting(self, token, index: int) -> None:
-        """A box waits for slice ``index``'s embedding."""
-
-    def notice(self, message: str) -> None:
-        """The engine changed device or batch size (out of GPU memory)."""
-
-
-class _Scan:
-    """What the predictor works on: (scan, display orientation, window, axis, engine)."""
-
-    def __init__(self, volume, orientation, bounds, axis: int, engine, modality: str) -> None:
-        self.volume = volume
-        self.orientation = orientation
-        # None: the MR/unknown auto window (intensity.mr_auto_bounds), computed in prepare()
-        self.requested_bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
-        self.bounds = self.requested_bounds
-        self.axis = int(axis)
-        self.engine = engine
-        self.modality = modality
-        self.fingerprint: str | None = None
-        # the scan in display order (a view) and the range volume_to_uint8 scales: each slice is
-        # windowed when it is embedded (~3 ms), not the whole scan kept as uint8 (75 MiB for
-        # 512 x 512 x 300) - bit for bit the same engine input
-        self.display: np.ndarray | None = None
-        self.scale: tuple[float, float] | None = None
-        self.prepared = False
-        self.shape = tuple(int(s) for s in (volume.shape if orientation is None
-                                             else orientation.display_shape(volume.shape)))
-        self.n_slices = self.shape[self.axis]
-        self.hw = tuple(s for j, s in enumerate(self.shape) if j != self.axis)
-
-    def same_input(self, other: "_Scan") -> bool:
-        return (other.volume is self.volume and other.requested_bounds == self.requested_bounds
-                and other.modality == self.modality and other.orientation == self.orientation)
-
-    def prepare(self) -> None:
-        from ..core.intensity import mr_auto_bounds, uint8_scale
-
-        if self.bounds is None:
-            self.bounds = mr_auto_bounds(self.volume.array)
-        arr = self.volume.array
-        self.scale = uint8_scale(arr, self.bounds)
-        self.display = arr if self.orientation is None else self.orientation.to_display(arr)
-        self.fingerprint = self.volume.fingerprint() + ("" if self.orientation is None else ":display")
-        self.prepared = True
-
-    def take_prepared(self, old: "_Scan") -> None:
-        """Use ``old``'s preparation (same scan, window and orientation)."""
-        self.bounds, self.scale, self.display, self.fingerprint = old.bounds, old.scale, old.display, old.fingerprint
-        self.prepared = True
-
-    def slice_uint8(self, index: int) -> np.ndarray:
-        """(H, W) uint8 slice ``index`` along ``axis`` (contiguous): ``volume_to_uint8`` of the
-        whole scan, in display order, there."""
-        from ..core.intensity import part_to_uint8
-
-        # a view (basic indexing): np.take would first copy the whole scan when the display order
-        # is a flipped or transposed view of it (150 MiB and ~80 ms a slice for 512 x 512 x 300)
-        where: list = [slice(None)] * 3
-        where[self.axis] = int(index)
-        part = self.display[tuple(where)]
-        return np.ascontiguousarray(part_to_uint8(part, self.modality, self.bounds, self.scale))
-
-    def display_uint8(self) -> np.ndarray:
-        """The whole engine input (uint8, display order), computed now (75 MiB for 512 x 512 x 300)."""
-        from ..core.intensity import volume_to_uint8
-
-        vol8 = volume_to_uint8(self.volume.array, self.modality, self.bounds)
-        return vol8 if self.orientation is None else self.orientation.to_display(vol8)
-
-    def key(self, index: int) -> str:
-        return self.engine.cache_key(self.fingerprint, self.axis, int(index), self.bounds)
 
 
 class VolumePredictor:
@@ -164,11 +72,11 @@ class VolumePredictor:
         self.listener = listener or PredictorListener()
         self._lock = threading.RLock()
         self._engine = None
-        self._scan: _Scan | None = None
+        self._scan: PredictorScan | None = None
         self._ready = threading.Event()
         self._scan_error: BaseException | None = None
         self._scheduler = None
-        self._pending: list[tuple[_Scan, int, Future]] = []
+        self._pending: list[tuple[PredictorScan, int, Future]] = []
         self._focus: int | None = None
         self._memo: OrderedDict[str, Any] = OrderedDict()
         self._threads: list[threading.Thread] = []
@@ -262,7 +170,7 @@ class VolumePredictor:
         """
         modality = modality or volume.modality
         old = self._scan
-        scan = _Scan(volume, orientation, bounds, axis, self._engine, modality)
+        scan = PredictorScan(volume, orientation, bounds, axis, self._engine, modality)
         same = old is not None and scan.same_input(old)
         if same and old.axis == scan.axis and old.engine is self._engine and self._scan_error is None:
             if wait:
@@ -292,7 +200,7 @@ class VolumePredictor:
         t.start()
         return t
 
-    def _prepare(self, scan: _Scan, ready: threading.Event) -> None:
+    def _prepare(self, scan: PredictorScan, ready: threading.Event) -> None:
         err = None
         try:
             t0 = time.perf_counter()
@@ -302,7 +210,7 @@ class VolumePredictor:
             err = exc
         self._on_prepared(scan, ready, err)
 
-    def _on_prepared(self, scan: _Scan, ready: threading.Event, err) -> None:
+    def _on_prepared(self, scan: PredictorScan, ready: threading.Event, err) -> None:
         with self._lock:
             if scan is not self._scan:
                 return
@@ -320,7 +228,7 @@ class VolumePredictor:
             self.warm_decoder(self._focus)  # e.g. a reopened scan whose embeddings are on disk
         self.listener.prepared()
 
-    def _start_scheduler(self, scan: _Scan) -> None:
+    def _start_scheduler(self, scan: PredictorScan) -> None:
         from ..runtime import HeapTrimmer
         from .scheduler import EmbeddingScheduler
 
@@ -497,7 +405,7 @@ class VolumePredictor:
         self._forward(scan, int(index), fut)
         return fut
 
-    def _forward(self, scan: _Scan, index: int, fut: Future) -> None:
+    def _forward(self, scan: PredictorScan, index: int, fut: Future) -> None:
         if self._scan_error is not None:
             fut.set_exception(self._scan_error)
             return
@@ -556,7 +464,7 @@ class VolumePredictor:
                 raise TimeoutError(f"slice {index}'s embedding did not arrive in time")
 
     # ------------------------------------------------------------------ prompts
-    def _require_engine(self) -> _Scan:
+    def _require_engine(self) -> PredictorScan:
         scan = self._scan
         if scan is None:
             raise MedsamGuiError("No scan is open. Open a scan first.")
