@@ -10,13 +10,15 @@ Weights: random (seed 0) in the official layouts (timings are those of the real 
 - "fast": ``precision="fast"`` (folded batch norms, channels-last convolutions, one-channel
   first layer, in-place biased attention), one slice per forward, then ``--batch`` slices per
   forward; agreement with fp32 (max |difference| of the embeddings, Dice of the masks);
+- "bf16": ``precision="bf16"``, the same fast path in bfloat16 through oneDNN's bf16 kernels
+  (what "auto" picks on CPUs with bf16 units); relative L2 error of the embeddings, mask Dice;
 - MedSAM ViT-B ``MedSAMEngine(precision="fp32")`` on one slice (skimage resize to 1024 + SAM
   ViT-B encoder) for scale;
 - decode: box -> bool mask (prompt encoder + mask decoder + crop/resize/sigmoid), p50/p90 ms
   over ``--boxes`` boxes jittered around the lesion's box: segment-anything's decoder ("fp32")
   and MedSAM's FastDecoder (the fast precisions), interleaved.
 
-The fp32 and fast paths run interleaved (fp32, fast, fp32, fast, ...), so both see the same
+The fp32, fast and bf16 paths run interleaved (fp32, fast, bf16, fp32, ...), so all see the same
 machine load; medians (and minima) of the wall time are reported, and the median CPU seconds
 of the process per slice (``time.process_time``: with 2 threads ~2x the wall time on an idle
 machine), which shared cores disturb less than wall time.
@@ -72,11 +74,14 @@ def main() -> None:
     hw = slices[0].shape
     ref = LiteMedSAMEngine(sd, device="cpu", precision="fp32")
     fast = LiteMedSAMEngine(sd, device="cpu", precision="fast")
+    bf16 = LiteMedSAMEngine(sd, device="cpu", precision="bf16")
     t_build, _ = C.timed(lambda: fast._fast_encoder())
     ref.embed(slices[:1])
     fast.embed(slices[:1])  # warm-up (allocator, kernels)
+    bf16.embed(slices[:1])
 
     t_ref, t_fast, c_ref, c_fast, e_ref, e_fast = [], [], [], [], [], []
+    t_bf, c_bf, e_bf = [], [], []
     load0 = C.load()
     for s in slices:
         dt, dc, e = _timed_cpu(ref.embed, [s])
@@ -87,10 +92,16 @@ def main() -> None:
         t_fast.append(dt)
         c_fast.append(dc)
         e_fast.append(e)
+        dt, dc, e = _timed_cpu(bf16.embed, [s], 1)
+        t_bf.append(dt)
+        c_bf.append(dc)
+        e_bf.append(e)
     dt_batch, dc_batch, e_batch = _timed_cpu(fast.embed, slices, args.batch)
     load1 = C.load()
     e_ref = torch.cat(e_ref)
     e_fast = torch.cat(e_fast)
+    e_bf = torch.cat(e_bf)
+    rel_bf = float((e_bf - e_ref).norm() / e_ref.norm())
     err = float((e_fast - e_ref).abs().max())
     err_b = float((e_batch - e_ref).abs().max())
 
@@ -125,9 +136,13 @@ def main() -> None:
     m_ref = ref.decode(e_ref[:1], boxes[0], hw)
     m_fast = fast.decode(e_fast[:1], boxes[0], hw)
     d = dice(m_ref, m_fast)
+    n_sl = min(3, len(slices))
+    d_bf = [dice(ref.decode(e_ref[i:i + 1], b, hw), bf16.decode(e_bf[i:i + 1], b, hw))
+            for i in range(n_sl) for b in boxes[:3]]
 
     med_ref, med_fast = statistics.median(t_ref), statistics.median(t_fast)
     cpu_ref, cpu_fast = statistics.median(c_ref), statistics.median(c_fast)
+    med_bf, cpu_bf = statistics.median(t_bf), statistics.median(c_bf)
     n = len(slices)
     rows = [
         ["LiteMedSAM fp32 (official computation), 1 slice/forward", f"{med_ref:.2f}", f"{min(t_ref):.2f}",
@@ -136,6 +151,8 @@ def main() -> None:
          f"{med_ref / med_fast:.2f}x / {cpu_ref / cpu_fast:.2f}x", f"{err:.1e}"],
         [f"LiteMedSAM fast, {args.batch} slices/forward", f"{dt_batch / n:.2f}", "-", f"{dc_batch / n:.2f}",
          f"{med_ref * n / dt_batch:.2f}x / {cpu_ref * n / dc_batch:.2f}x", f"{err_b:.1e}"],
+        ["LiteMedSAM bf16 (CPU bf16 kernels), 1 slice/forward", f"{med_bf:.2f}", f"{min(t_bf):.2f}", f"{cpu_bf:.2f}",
+         f"{med_ref / med_bf:.2f}x / {cpu_ref / cpu_bf:.2f}x", f"rel. L2 {rel_bf:.1e}"],
     ]
     if medsam_s is not None:
         rows.append(["MedSAM ViT-B fp32 reference (1 slice, for scale)", f"{medsam_s:.2f}", "-", f"{medsam_c:.2f}",
@@ -146,6 +163,10 @@ def main() -> None:
                    "max |emb - fp32|"], rows))
     print(f"\nper-slice fp32 s: {', '.join(f'{v:.2f}' for v in t_ref)}; fast s: {', '.join(f'{v:.2f}' for v in t_fast)}")
     print(f"masks from fp32 vs fast embeddings: Dice {d:.4f} (foreground {m_ref.mean():.3f} / {m_fast.mean():.3f})")
+    print(f"masks from fp32 vs bf16 ({len(d_bf)} boxes on {n_sl} slices): Dice min {min(d_bf):.4f}, "
+          f"mean {statistics.mean(d_bf):.4f}; bf16 speed-up over fast: {med_fast / med_bf:.2f}x wall")
+    if medsam_s is not None:
+        print(f"MedSAM ViT-B reference / LiteMedSAM: fast {medsam_s / med_fast:.1f}x, bf16 {medsam_s / med_bf:.1f}x")
     print(f"\ndecode box -> mask ({len(dec_ms)} boxes, {hw[0]}x{hw[1]}), load {C.load()}:")
     print(C.table(["decoder", "p50 ms", "p90 ms"], [
         ["segment-anything's (fp32)", f"{C.pct(dec_ms, 50):.1f}", f"{C.pct(dec_ms, 90):.1f}"],

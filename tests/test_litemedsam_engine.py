@@ -77,6 +77,7 @@ def test_out_of_memory_halves_batches_then_gives_up_on_cpu(engine, slices):
 
 
 def test_gpu_out_of_memory_moves_to_cpu_and_re_resolves_precision(engine, slices, monkeypatch):
+    monkeypatch.setattr("medsam_gui.models.litemedsam.cpu_has_native_bf16", lambda: False)
     expected = engine.embed(slices, batch_size=1)
     engine.device, engine.requested_precision, engine.precision = CUDA, "auto", "bf16"
     real = engine._embed_range
@@ -101,6 +102,16 @@ def test_gpu_out_of_memory_moves_to_cpu_and_re_resolves_precision(engine, slices
     torch.testing.assert_close(torch.cat([e for _, e in got]), expected, rtol=0, atol=0)
     assert notices[-1] == "The GPU ran out of memory: continuing on the CPU (slower)" and len(notices) == 5
     assert engine.device.type == "cpu" and engine.precision == "fast" and engine._fast_enc is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_the_cpu_follows_its_bf16_units(native, monkeypatch):
+    monkeypatch.setattr("medsam_gui.models.litemedsam.cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert LiteMedSAMEngine._resolve("auto", cpu) == ("bf16" if native else "fast")
+    assert [LiteMedSAMEngine._resolve(p, cpu) for p in ("fast", "fp32", "int8", "bf16")] == [
+        "fast", "fp32", "fast", "bf16"]
+    assert LiteMedSAMEngine._resolve("auto", CUDA) == "bf16"
 
 
 def test_decoder_falls_back_to_cpu_and_decodes(engine, slices, monkeypatch):

@@ -1,6 +1,7 @@
 """LiteMedSAM reproduces the official inference (tests/golden/litemedsam_seed2024_trim.npz):
 preprocessing exactly, embeddings and logits within 1e-4, masks identical except where the
-probability is within 1e-4 of 0.5; the fast CPU path matches "fp32" within 1e-4."""
+probability is within 1e-4 of 0.5; the fast CPU path matches "fp32" within 1e-4; the CPU's
+bfloat16 path keeps the masks at Dice >= 0.99."""
 
 from __future__ import annotations
 
@@ -205,3 +206,28 @@ def test_fast_decoder_matches_reference_decoder(engines, embeddings, c):
                                                          size=hw, mode="bilinear", align_corners=False))[0, 0]
     differ = fast.decode(emb, box, hw) != ref.decode(emb, box, hw)
     assert not (differ & (np.abs(prob.numpy() - 0.5) >= 1e-4)).any()
+
+
+def test_cpu_bf16_path_keeps_the_masks(engines, embeddings):
+    """The CPU's bfloat16 encoder ("auto" on CPUs with bf16 units) against the official fp32
+    computation on the three real golden slices: embeddings within 3 % (relative L2), masks of
+    the golden box and of four shifted boxes at Dice >= 0.99."""
+    from medsam_gui.models.agreement import dice
+
+    ref = engines[0]
+    eng = LiteMedSAMEngine(H.golden_state_dict(), device="cpu", precision="bf16")
+    assert eng.precision == "bf16" and eng._fast_encoder().dtype == torch.bfloat16
+    g = H.golden()
+    rng = np.random.default_rng(5)
+    for c in CASES:
+        s = g[f"c{c}_slice_uint8"]
+        want = embeddings[0][c:c + 1]
+        got = eng.embed_slice(s)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        rel = ((got - want).norm() / want.norm()).item()
+        assert 1e-4 < rel <= 0.03  # really bfloat16, and close
+        box = np.asarray(g[f"c{c}_box_xyxy"], float).reshape(4)
+        for shift in [np.zeros(4)] + [rng.integers(-3, 4, 4) for _ in range(4)]:
+            m_ref = ref.decode(want, box + shift, s.shape)
+            m_bf16 = eng.decode(got, box + shift, s.shape)
+            assert m_ref.any() and dice(m_bf16, m_ref) >= 0.99, (c, shift)

@@ -14,11 +14,12 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QPushBu
 from ..models.box_engines import BOX_ENGINES
 from ..models.device import PRECISION_CHOICES
 
-PRECISION_TIP = ("auto: bfloat16 on a GPU, 'fast' on the CPU\n"
-                 "fp32: MedSAM's reference inference, bit for bit\n"
-                 "fast: the reference's float32 numbers, ~1.7x faster on a CPU\n"
-                 "int8: ~1.9x faster on a CPU, masks agree with fp32 (Dice >= 0.98)\n"
-                 "bf16 / fp16: for GPUs")
+PRECISION_TIP = ("auto: bfloat16 on a GPU; 'fast' on the CPU, or bf16 for LiteMedSAM on CPUs with bf16 units\n"
+                 "fp32: the official inference, bit for bit\n"
+                 "fast: the official float32 numbers, ~1.7x faster on a CPU\n"
+                 "int8: MedSAM ~1.9x faster on a CPU, masks agree with fp32 (Dice >= 0.98)\n"
+                 "bf16: GPUs; LiteMedSAM ~1.8x faster on CPUs with bf16 units (masks: Dice >= 0.99)\n"
+                 "fp16: GPUs")
 
 
 PREFETCH_ALL_KEY = {"medsam": "prefetch_all", "litemedsam": "prefetch_all_lite"}

@@ -154,6 +154,11 @@ class BoxEngineBase:
     def _resolve(precision: str, device) -> str:
         return resolve_precision(precision, device)
 
+    def precision_context(self):
+        """The context the model runs under for this precision on this device (autocast for
+        bf16 / fp16)."""
+        return autocast(self.device, self.precision)
+
     def _cpu_batch(self) -> int:
         """Encoder batch size after a move to the CPU."""
         return 1
@@ -189,7 +194,7 @@ class BoxEngineBase:
 
     def _encode_once(self, x, stop: Callable[[], bool] | None = None):
         torch = self._torch
-        with self._encoder_pass(stop), torch.inference_mode(), autocast(self.device, self.precision):
+        with self._encoder_pass(stop), torch.inference_mode(), self.precision_context():
             enc = self._fast_encoder() if self.fast else self.model.image_encoder
             emb = enc(x.to(self.device))
         return emb.float().cpu()
@@ -343,7 +348,7 @@ class BoxEngineBase:
 
     def _decode_once(self, embedding, model_boxes: np.ndarray):
         torch = self._torch
-        with self._dec_lock, torch.inference_mode(), autocast(self.device, self.precision):
+        with self._dec_lock, torch.inference_mode(), self.precision_context():
             emb = torch.as_tensor(embedding).to(self.device, dtype=torch.float32)
             if emb.ndim == 3:
                 emb = emb[None]

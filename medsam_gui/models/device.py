@@ -7,7 +7,8 @@
 - ``"auto"``: bfloat16 on CUDA (batched fast encoder, GPU preprocessing), ``CPU_AUTO_PRECISION``
   on the CPU ("fast": the reference's float32 numbers ~1.7x faster), float32 on MPS;
 - ``"bf16"``: bfloat16 autocast on CUDA or CPU (explicit opt-in; slow on CPUs without native
-  bf16 units, e.g. AVX2-only ones);
+  bf16 units, e.g. AVX2-only ones). LiteMedSAM runs it on the CPU with its own bf16 kernels and
+  picks it for "auto" where :func:`cpu_has_native_bf16` (see ``LiteMedSAMEngine._resolve``);
 - ``"fp16"``: float16 autocast on CUDA or MPS; float32 on the CPU (fp16 GEMMs are ~10x slower
   than fp32 on AVX2 CPUs);
 - ``"int8"``: the fast CPU encoder (dynamic int8 Linear layers, SDPA attention, matrix-product
@@ -99,6 +100,15 @@ def resolve_precision(precision: str, device) -> str:
     if device.type not in ("cuda", "cpu"):
         return "fp32"
     return "bf16"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN's
+    bf16 kernels run about twice as fast as float32 ones; elsewhere bf16 is emulated (slower)."""
+    import torch
+
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
 
 
 def autocast(device, effective_precision: str) -> ContextManager:

@@ -47,8 +47,8 @@ class FastDecoder:
     embeddings are accepted as they are (converted to float32 like the reference). Thread-safe
     (the cache is behind a lock, buffers are per thread, the decoder modules are only read; no
     engine lock is taken, so a box decodes while the encoder runs in another thread). Follows
-    the engine's device (which becomes the CPU when the GPU ran out of memory) and its autocast
-    precision on CUDA (there without buffers and without the upscaling fold).
+    the engine's device (which becomes the CPU when the GPU ran out of memory) and its
+    ``precision_context()`` (under autocast without buffers and without the upscaling fold).
 
     ``record_stages``: when True, ``last_stages`` holds the seconds spent per stage of the last
     call (``prompt``, ``cache``, ``layer0``, ``layer1``, ``final``, ``upscale``, ``to_cpu``;
@@ -175,10 +175,8 @@ class FastDecoder:
     def prepare(self, embedding) -> bool:
         """Do the box-independent work for ``embedding`` now (e.g. when a slice is shown, before
         the first box); True when it was not cached yet."""
-        from .device import autocast
-
         emb = self._as_embedding(embedding)
-        with self._torch.inference_mode(), autocast(self.device, self.engine.precision):
+        with self._torch.inference_mode(), self.engine.precision_context():
             return not self._entry(emb, self.device, full=True)[1]
 
     def clear_cache(self) -> None:
@@ -199,8 +197,6 @@ class FastDecoder:
         import time
 
         torch = self._torch
-        from .device import autocast
-
         boxes = np.asarray(box_xyxy, dtype=np.float64).reshape(-1, 4)
         boxes_1024 = np.stack([box_to_1024(b, hw) for b in boxes])
         emb = self._as_embedding(embedding)
@@ -218,7 +214,7 @@ class FastDecoder:
                 clock[0] = now
 
         _, pos = self._pe_pair()
-        with torch.inference_mode(), autocast(dev, self.engine.precision):
+        with torch.inference_mode(), self.engine.precision_context():
             box_t = torch.as_tensor(boxes_1024, dtype=torch.float, device=dev)[:, None, :]
             sparse, _ = self.model.prompt_encoder(points=None, boxes=box_t, masks=None)
             mark("prompt")
