@@ -6,7 +6,7 @@
 - box -> mask shown: p50/p90 of the panel's own timings (decode, paint, total) over ``--boxes``
   boxes jittered around the lesion, drawn once the scan is embedded;
 - a 30-slice lesion propagated end to end through ``medsam_gui.api.propagate`` (fresh cache:
-  every slice embedded, then decoded), LiteMedSAM fast path;
+  every slice embedded, then decoded);
 - peak RSS of the process over the whole session;
 - CPU seconds per embedded slice, of the whole process and of the GUI thread (Linux);
 - baseline: MedSAM ViT-B's reference encoder on one slice of the same scan (the time the same
@@ -16,7 +16,8 @@ The scan is the lung CT tiled to ``--slices`` slices (bench/memory.py's ``prepar
 process so that building its inputs - a ViT-B checkpoint among them - never counts against the
 session's memory). ``--propagate 0`` skips the propagation, ``--no-baseline`` the ViT-B
 baseline (both run after the session's peak RSS is taken). Random
-LiteMedSAM weights (seed 0) unless ``--checkpoint``; timings do not depend on them. Run under a
+LiteMedSAM weights (seed 0) unless ``--checkpoint``; timings do not depend on them. Precision
+``--precision`` (default "auto", as the app: bf16 on CPUs with bf16 units, else "fast"). Run under a
 display: ``xvfb-run -a python3 bench/litemedsam_app.py [--slices 300]``.
 """
 
@@ -74,12 +75,19 @@ def prepare_in_child(tmp: Path, n_slices: int) -> dict:
 
 
 def lite_state_dict(torch, checkpoint):
+    """The weights, made on the engines' CPU thread as the app loads them (tensor work on the GUI
+    thread would give it an OpenMP pool of its own, which slows the engine's thread)."""
+    from medsam_gui.models.cpu_worker import cpu_worker
     from medsam_gui.models.litemedsam import build_litemedsam, load_litemedsam_state_dict
 
     if checkpoint:
-        return load_litemedsam_state_dict(checkpoint), f"checkpoint {checkpoint}"
-    torch.manual_seed(0)
-    return {k: v.detach().clone() for k, v in build_litemedsam().state_dict().items()}, "random (seed 0)"
+        return cpu_worker().call(lambda: load_litemedsam_state_dict(checkpoint)), f"checkpoint {checkpoint}"
+
+    def random_weights():
+        torch.manual_seed(0)
+        return {k: v.detach().clone() for k, v in build_litemedsam().state_dict().items()}
+
+    return cpu_worker().call(random_weights), "random (seed 0)"
 
 
 def main():
@@ -89,6 +97,7 @@ def main():
     ap.add_argument("--boxes", type=int, default=20)
     ap.add_argument("--propagate", type=int, default=30, help="slices of the propagated lesion")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", help="LiteMedSAM's precision (default auto, as the app)")
     ap.add_argument("--no-baseline", action="store_true", help="skip MedSAM ViT-B's one-slice baseline")
     args = ap.parse_args()
     os.environ.setdefault("MEDSAM_GUI_HUGE_PAGES", "0")  # the GUI app's memory settings
@@ -126,7 +135,7 @@ def main():
         hb.stop()
         idle = hb.stall()
         sd, what = lite_state_dict(torch, args.checkpoint)
-        engine = LiteMedSAMEngine(sd, device="cpu", precision="fast")
+        engine = LiteMedSAMEngine(sd, device="cpu", precision=args.precision)
         engine.embed([np.zeros((512, 512), np.uint8)])  # one-off build of the fast path, excluded
         stage("LiteMedSAM built (one pass on the GUI thread)")
         z_src, (x0, y0, x1, y1) = place["slice"], place["box"]
@@ -164,7 +173,7 @@ def main():
     rows = [["idle heartbeat (baseline)", "2.0", f"{idle[0]:.1f}", f"{idle[1]:.1f}"],
             [f"whole scan embedded in the background ({n} slices)", f"{t_embed:.1f}", f"{stall[0]:.1f}",
              f"{stall[1]:.1f}"]]
-    print(f"weights: LiteMedSAM {what}\n")
+    print(f"weights: LiteMedSAM {what}; precision {engine.precision}\n")
     print(C.table(["GUI-thread work", "s", "longest stall ms", "p99 beat gap ms"], rows))
     print(f"\nembedding: {t_embed / n:.2f} s per slice; CPU per slice: {cpu / n:.2f} s for the process, "
           f"{gui_cpu / n * 1000:.0f} ms on the GUI thread; the dock said: {status}")
@@ -174,14 +183,14 @@ def main():
     print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB\n")
     print(C.table(["stage", "RSS at its end MiB", "peak so far MiB"], stages))
     if args.propagate > 0:
-        propagate_end_to_end(sd, args.propagate)
+        propagate_end_to_end(sd, args.propagate, args.precision)
     if not args.no_baseline:
         vit_b_baseline(tmp, z_src, n, t_embed)
     print(f"load average at the end: {C.load()}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def propagate_end_to_end(sd, n_slices: int) -> None:
+def propagate_end_to_end(sd, n_slices: int, precision: str) -> None:
     from medsam_gui import api
     from medsam_gui.models.litemedsam import LiteMedSAMEngine
 
@@ -190,7 +199,7 @@ def propagate_end_to_end(sd, n_slices: int) -> None:
     key = int(np.argmax(label.sum(axis=(1, 2))))
     z0 = max(0, key - n_slices // 2)
     z_range = (z0, min(vol.shape[0] - 1, z0 + n_slices - 1))
-    engine = LiteMedSAMEngine(sd, device="cpu", precision="fast")
+    engine = LiteMedSAMEngine(sd, device="cpu", precision=precision)
     engine.embed([np.zeros((512, 512), np.uint8)])  # build, excluded
     t = time.perf_counter()
     mask = api.propagate(vol, {key: C.bbox(label[key])}, z_range=z_range, engine=engine)

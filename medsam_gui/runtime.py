@@ -170,3 +170,20 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:
     except OSError:
         return False
     return True
+
+
+def single_threaded_torch() -> bool:
+    """Run torch's CPU kernels on the calling thread alone, without an OpenMP pool of its own.
+
+    For threads that only orchestrate model work (the embedding scheduler, the box decoder):
+    libgomp keeps a pool per thread that ran a parallel kernel, and once pools hold more threads
+    than there are CPUs it stops spinning between kernels, which slows the engine's own thread
+    (:mod:`medsam_gui.models.cpu_worker`) by 1.3-4x per kernel. Other threads keep their
+    setting. Returns True when torch now uses one thread here."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.get_num_threads()  # torch's per-thread set-up first: it would undo the limit later
+    threadpool_limits(limits=1, user_api="openmp")
+    return torch.get_num_threads() == 1
+

@@ -69,7 +69,9 @@ def test_api_engines_and_default():
 
 def test_load_engine_builds_litemedsam():
     eng = api.load_engine("litemedsam", H.golden_checkpoint(), device="cpu", precision="auto")
+    from medsam_gui.models.device import cpu_has_native_bf16
     from medsam_gui.models.litemedsam import LiteMedSAMEngine
 
-    assert isinstance(eng, LiteMedSAMEngine) and eng.precision == "fast" and eng.name == "litemedsam"
+    auto = "bf16" if cpu_has_native_bf16() else "fast"
+    assert isinstance(eng, LiteMedSAMEngine) and eng.precision == auto and eng.name == "litemedsam"
     assert len(eng.checkpoint_id) == 64

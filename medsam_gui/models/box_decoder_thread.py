@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, MedsamGuiError
+from ..runtime import single_threaded_torch
 from .engine import EmbeddingCancelled
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class BoxDecoderThread:
             log.debug("decoder warm-up for slice %s failed", index, exc_info=True)
 
     def _loop(self) -> None:
+        single_threaded_torch()  # the engine decodes on its CPU thread; this one only waits
         p = self.predictor
         while True:
             job = self._next_job()

@@ -17,8 +17,10 @@ the last two). A subclass (``MedSAMEngine``, ``LiteMedSAMEngine``) gives only wh
 - optionally ``_resolve(precision, device)`` and ``_cpu_batch()``.
 
 Thread-safety: encoder calls hold ``_enc_lock`` and decoder calls ``_dec_lock``, so a box is
-decoded while a background thread runs the encoder on another slice. No Qt, no work at import
-time.
+decoded while a background thread runs the encoder on another slice. On the CPU every model call
+runs on the process's one inference thread (:mod:`~medsam_gui.models.cpu_worker`: one OpenMP
+pool); boxes are urgent there and served at the encoder's pause points. No Qt, no work at
+import time.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .checkpoints import file_sha256
+from .cpu_worker import cpu_worker
 from .device import autocast, pick_device, resolve_precision
 from .engine import EncoderInterrupted
 from .oom import OomFallback, free_device_memory
@@ -87,6 +90,18 @@ class BoxEngineBase:
         self.requested_precision = precision
         self.precision = self._resolve(precision, self.device)
         self._batch_cap: int | None = None  # largest encoder batch that fitted after an OOM
+        # built on the CPU thread (tensor work here would give the caller's thread an OpenMP pool)
+        self._on_cpu_worker(lambda: self._load(checkpoint))
+        self._fast_enc = None
+        self._stop: Callable[[], bool] | None = None  # the running pass's stop() (passes hold _enc_lock)
+        for mod in self._stop_modules(self.model):
+            mod.register_forward_pre_hook(self._stop_point)
+        self._enc_lock = threading.Lock()
+        self._dec_lock = threading.Lock()
+
+    def _load(self, checkpoint) -> None:
+        """Validate the weights and set ``model``, ``checkpoint_path`` and ``checkpoint_id``."""
+        torch = self._torch
         if isinstance(checkpoint, Mapping):
             sd = dict(checkpoint)
             self.checkpoint_path: Path | None = None
@@ -111,12 +126,6 @@ class BoxEngineBase:
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self._fast_enc = None
-        self._stop: Callable[[], bool] | None = None  # the running pass's stop() (passes hold _enc_lock)
-        for mod in self._stop_modules(self.model):
-            mod.register_forward_pre_hook(self._stop_point)
-        self._enc_lock = threading.Lock()
-        self._dec_lock = threading.Lock()
 
     # -- what subclasses give
     def _load_state_dict(self, path: Path) -> dict:  # pragma: no cover - abstract
@@ -186,6 +195,12 @@ class BoxEngineBase:
         """(H, W) uint8 slice -> image embedding (1, *embedding_shape) float32 on the CPU."""
         return self.embed([slice_uint8_hw], stop=stop)
 
+    def _on_cpu_worker(self, fn: Callable[[], Any], urgent: bool = False) -> Any:
+        """``fn()`` on the CPU inference thread when the model is on the CPU, else here."""
+        if self.device.type == "cpu":
+            return cpu_worker().call(fn, urgent=urgent)
+        return fn()
+
     def embed_preprocessed(self, x, stop: Callable[[], bool] | None = None):
         """Encoder input (B, 3, S, S) float32 (S = ``input_size``) -> embeddings
         (B, *embedding_shape) float32, CPU (reference modules for "fp32", else the fast path).
@@ -193,6 +208,9 @@ class BoxEngineBase:
         return self._fallback(1).call(lambda: self._encode_once(x, stop))
 
     def _encode_once(self, x, stop: Callable[[], bool] | None = None):
+        return self._on_cpu_worker(lambda: self._encode_here(x, stop))
+
+    def _encode_here(self, x, stop: Callable[[], bool] | None):
         torch = self._torch
         with self._encoder_pass(stop), torch.inference_mode(), self.precision_context():
             enc = self._fast_encoder() if self.fast else self.model.image_encoder
@@ -210,7 +228,9 @@ class BoxEngineBase:
                 self._stop = None
 
     def _poll_stop(self) -> None:
-        """A stop point: raise EncoderInterrupted when the running pass's ``stop()`` says so."""
+        """A stop point: serve the boxes waiting for the CPU thread, then raise
+        EncoderInterrupted when the running pass's ``stop()`` says so."""
+        cpu_worker().serve_urgent()
         stop = self._stop
         if stop is not None and stop():
             raise EncoderInterrupted("the image encoder pass was stopped")
@@ -226,6 +246,9 @@ class BoxEngineBase:
     def _embed_range(self, slices: Sequence[np.ndarray], batch_size: int, stop=None) -> list:
         """``[(offset, embeddings (b, *embedding_shape) CPU)]`` for ``slices`` on the current
         device and precision (the unit retried after an out-of-memory error)."""
+        return self._on_cpu_worker(lambda: self._embed_range_here(slices, batch_size, stop))
+
+    def _embed_range_here(self, slices: Sequence[np.ndarray], batch_size: int, stop) -> list:
         if not self.fast:  # reference path, one slice at a time
             dt = getattr(self._torch, self._batch_dtype)
             return [(i, self._encode_once(self._preprocess(s), stop).to(dt)) for i, s in enumerate(slices)]
@@ -264,8 +287,11 @@ class BoxEngineBase:
         "fp32": one reference pass per slice (bit-exact). Other precisions: the fast path in
         batches (:meth:`iter_embed_batch`). ``stop()`` is polled between encoder blocks; when it
         returns True the pass is abandoned with EncoderInterrupted."""
-        torch = self._torch
         slices = list(slices)
+        return self._on_cpu_worker(lambda: self._embed_here(slices, batch_size, stop))
+
+    def _embed_here(self, slices: list, batch_size: int | None, stop):
+        torch = self._torch
         if not slices:
             return torch.empty(0, *self.embedding_shape)
         if not self.fast:
@@ -323,7 +349,7 @@ class BoxEngineBase:
         if self.precision == "fp32":
             return False
         fd = self.fast_decoder
-        return bool(self._fallback(1).call(lambda: fd.prepare(embedding)))
+        return bool(self._on_cpu_worker(lambda: self._fallback(1).call(lambda: fd.prepare(embedding)), urgent=True))
 
     def decode_logits(self, embedding, box_xyxy, hw: tuple[int, int]):
         """Low-res logits (B, 1, 256, 256) float32 (CPU) for box(es) (x0, y0, x1, y1) in slice
@@ -334,13 +360,16 @@ class BoxEngineBase:
         boxes = self._boxes(box_xyxy, hw)
         if self.precision != "fp32":
             fd = self.fast_decoder
-            return self._fallback(1).call(lambda: fd.decode_logits(embedding, boxes, _IDENTITY_HW))
-        return self._fallback(1).call(lambda: self._decode_once(embedding, boxes)[0])
+            run = lambda: fd.decode_logits(embedding, boxes, _IDENTITY_HW)  # noqa: E731
+        else:
+            run = lambda: self._decode_once(embedding, boxes)[0]  # noqa: E731
+        return self._on_cpu_worker(lambda: self._fallback(1).call(run), urgent=True)
 
     def decode_with_iou(self, embedding, box_xyxy, hw: tuple[int, int]):
         """(logits (B, 1, 256, 256), predicted IoU (B, 1)) float32 CPU, segment-anything's decoder."""
         boxes = self._boxes(box_xyxy, hw)
-        return self._fallback(1).call(lambda: self._decode_once(embedding, boxes))
+        return self._on_cpu_worker(lambda: self._fallback(1).call(lambda: self._decode_once(embedding, boxes)),
+                                   urgent=True)
 
     def _boxes(self, box_xyxy, hw) -> np.ndarray:
         boxes = np.asarray(box_xyxy, dtype=np.float64).reshape(-1, 4)
@@ -362,7 +391,8 @@ class BoxEngineBase:
 
     def decode(self, embedding, box_xyxy, hw: tuple[int, int]) -> np.ndarray:
         """bool mask (H, W) for one box (x0, y0, x1, y1) in slice pixels; (B, H, W) for B boxes."""
-        return self._postprocess(self.decode_logits(embedding, box_xyxy, hw), hw)
+        return self._on_cpu_worker(lambda: self._postprocess(self.decode_logits(embedding, box_xyxy, hw), hw),
+                                   urgent=True)
 
     def segment(self, slice_uint8_hw: np.ndarray, box_xyxy) -> np.ndarray:
         """Embed one (H, W) uint8 slice and decode one box -> bool mask (H, W)."""

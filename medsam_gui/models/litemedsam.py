@@ -42,6 +42,7 @@ import numpy as np
 
 from .box_engine_base import BoxEngineBase
 from .checkpoints import load_state_dict_file, meta_state_dict_shapes
+from .cpu_worker import cpu_worker
 from .device import autocast, cpu_has_native_bf16, resolve_precision
 from .litemedsam_transforms import INPUT_SIZE, box_to_256, postprocess_logits, preprocess_batch_256, preprocess_slice_256
 
@@ -177,7 +178,7 @@ class LiteMedSAMEngine(BoxEngineBase):
 
         torch = self._torch
         cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"
-        return FastTinyViT(self.model.image_encoder, stop_point=self._poll_stop,
+        return FastTinyViT(self.model.image_encoder, stop_point=self._poll_stop, pause_point=cpu_worker().serve_urgent,
                            dtype=torch.bfloat16 if cpu_bf16 else torch.float32)
 
     def _embed_fast(self, slices: Sequence[np.ndarray], batch_size: int, stop) -> list:

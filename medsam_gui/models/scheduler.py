@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from typing import Callable, Iterator
 
 
-from ..runtime import lower_thread_priority
+from ..runtime import lower_thread_priority, single_threaded_torch
 from .embedding_cache import EmbeddingCache
 from .engine import EncoderInterrupted
 
@@ -300,7 +300,8 @@ class EmbeddingScheduler:
             self._done.update(cached)
 
     def _run(self) -> None:
-        lower_thread_priority()  # before torch starts this thread's OpenMP workers
+        lower_thread_priority()
+        single_threaded_torch()  # the engine's work runs on its CPU thread; this one only waits
         self._find_cached()
         while True:
             idle = False

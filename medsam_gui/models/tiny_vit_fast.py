@@ -78,14 +78,17 @@ class FastTinyViT:
 
     ``stop_point``: called with no argument before each of the encoder's blocks (MBConv and
     TinyViT blocks, as the reference's forward pre-hooks on them are); it may raise to abandon
-    the pass. ``fused``: oneDNN's fused kernels on the CPU (default: when available);
+    the pass. ``pause_point``: called with no argument between the pieces of a block (a few ms
+    apart on the CPU; e.g. to serve waiting boxes). ``fused``: oneDNN's fused kernels on the CPU
+    (default: when available);
     ``tiled``: cache-sized pieces on the CPU (default True); ``dtype``: of the weights and
     activations (float32, or bfloat16 for CPUs with bf16 units; GPUs use autocast instead)."""
 
     def __init__(self, ref: TinyViT, *, channels_last: bool = True, fused: bool | None = None,
                  tiled: bool = True, stop_point: Callable[[], None] | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 pause_point: Callable[[], None] | None = None, dtype: torch.dtype = torch.float32) -> None:
         self.stop_point = stop_point
+        self.pause_point = pause_point
         self.channels_last = channels_last
         self.fused = channels_last and (onednn_fusions_available(dtype) if fused is None else fused)
         self.tiled = tiled
@@ -127,6 +130,10 @@ class FastTinyViT:
     def _pieces(self, x) -> bool:
         return self.tiled and x.device.type == "cpu"
 
+    def _pause(self) -> None:
+        if self.pause_point is not None:
+            self.pause_point()
+
     def _nhwc(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
@@ -154,6 +161,7 @@ class FastTinyViT:
         c1, c2, c3 = p
         out = torch.empty_like(x)
         for o0, o1, a, b, skip in self._bands(x, c1[0].shape[0]):
+            self._pause()
             y = self._expand_dw(x[:, :, a:b], c1, c2)[:, :, skip:skip + o1 - o0]
             out[:, :, o0:o1] = F.gelu(self.k.conv_add(self._nhwc(y), x[:, :, o0:o1], c3))
         return out
@@ -164,6 +172,7 @@ class FastTinyViT:
         (c1, c2, c3), stride = p
         bands = []
         for o0, o1, a, b, skip in self._bands(x, c1[0].shape[0], stride):
+            self._pause()
             y = self._expand_dw(x[:, :, a:b], c1, c2, stride)[:, :, skip:skip + o1 - o0]
             bands.append(self.k.conv(self._nhwc(y), c3))
         return self._nhwc(torch.cat(bands, dim=2)) if len(bands) > 1 else bands[0]
@@ -180,6 +189,7 @@ class FastTinyViT:
         band = win * max(1, CACHE_FLOATS // (3 * c * win * wp)) if pieces else _ceil_to(h, win)
         out = torch.empty_like(x)
         for r0 in range(0, h, band):
+            self._pause()
             r1 = min(h, r0 + band)
             rb = r1 - r0
             rbp = _ceil_to(rb, win)
@@ -213,6 +223,7 @@ class FastTinyViT:
         chunk = max(64, CACHE_FLOATS // hidden) if self._pieces(x) else flat.shape[0]
         out = torch.empty_like(flat)
         for s in range(0, flat.shape[0], chunk):
+            self._pause()
             xs = flat[s:s + chunk]
             y = F.layer_norm(xs, (c,), None, None, eps=p["mlp_eps"])
             out[s:s + chunk] = self.k.linear_add(self.k.linear(y, p["fc1"], gelu=True), xs, p["fc2"])
