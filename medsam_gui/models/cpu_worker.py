@@ -9,8 +9,9 @@ one thread (one pool) and callers on other threads wait for their call's result.
 
 Urgent calls (boxes) go before waiting ones (encoder passes), and a running pass serves them at
 its pause points (:meth:`CpuWorker.serve_urgent`, a few ms apart), so a box does not wait for
-the background embedding. The thread runs at the background priority
-(:func:`~medsam_gui.runtime.lower_thread_priority`): the GUI thread goes first. No Qt.
+the background embedding. The thread keeps the normal CPU priority: boxes run on it too, and
+at nice +5 they lost the cores to the GUI's drawing threads (the test suite ran 25 % slower).
+No Qt.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ..runtime import lower_thread_priority
-
 
 class CpuWorker:
-    """A daemon thread (started on the first call) running submitted calls one at a time."""
+    """A daemon thread (started on the first call) running submitted calls one at a time. Its
+    name lacks the ``medsam-`` prefix of the panels' threads: the app does not wait for it when
+    closing (it idles between calls, and the threads that wait for its calls are joined)."""
 
-    def __init__(self, name: str = "medsam-cpu") -> None:
+    def __init__(self, name: str = "cpu-inference") -> None:
         self.name = name
         self._cond = threading.Condition()
         self._urgent: deque = deque()
@@ -64,7 +65,6 @@ class CpuWorker:
             _run(fn, fut)
 
     def _loop(self) -> None:
-        lower_thread_priority()  # before torch starts this thread's OpenMP workers
         while True:
             with self._cond:
                 while not self._urgent and not self._normal:

@@ -19,9 +19,10 @@ goes back in the queue instead of failing. Event hooks run on the worker thread:
 has ``slice_index`` set and is stored in ``errors``), ``on_idle()`` (nothing is left to do after
 at least one embedding was computed; called without the scheduler's lock held, once per busy
 spell). The GUI wraps these in Qt signals.
-The worker thread (and the OpenMP threads torch starts for it) runs at a lower CPU priority
-(:func:`~medsam_gui.runtime.lower_thread_priority`): it gives way to the GUI thread and to the
-box decoder, and has the cores to itself when they are idle.
+The worker thread runs at a lower CPU priority (:func:`~medsam_gui.runtime.lower_thread_priority`)
+and runs torch single-threaded: its own work (cache copies and writes) gives way to the GUI thread
+and the box decoder; a box engine on the CPU encodes on its one CPU thread
+(:mod:`~medsam_gui.models.cpu_worker`), which serves boxes first.
 """
 
 from __future__ import annotations
