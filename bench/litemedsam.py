@@ -56,17 +56,20 @@ def main() -> None:
 
     torch = C.setup_torch(args.threads)
     from medsam_gui.models.agreement import dice
+    from medsam_gui.models.cpu_worker import cpu_worker
     from medsam_gui.models.litemedsam import LiteMedSAMEngine, build_litemedsam, load_litemedsam_state_dict
 
     print(C.machine())
-    if args.checkpoint:
-        sd, what = load_litemedsam_state_dict(args.checkpoint), f"checkpoint {args.checkpoint}"
-    else:
-        state = torch.random.get_rng_state()
+    def random_weights():
         torch.manual_seed(0)
-        sd = {k: v.detach().clone() for k, v in build_litemedsam().state_dict().items()}
-        torch.random.set_rng_state(state)
-        what = "random LiteMedSAM weights (seed 0)"
+        return {k: v.detach().clone() for k, v in build_litemedsam().state_dict().items()}
+
+    # weights made on the engines' CPU thread (tensor work here would give this thread an OpenMP
+    # pool of its own, which slows that thread's kernels: models/cpu_worker.py)
+    if args.checkpoint:
+        sd, what = cpu_worker().call(lambda: load_litemedsam_state_dict(args.checkpoint)), f"checkpoint {args.checkpoint}"
+    else:
+        sd, what = cpu_worker().call(random_weights), "random LiteMedSAM weights (seed 0)"
     print(f"weights: {what}")
     u8, label = C.lung_ct()
     zs = C.tumour_slices(label, args.slices)
@@ -109,7 +112,7 @@ def main() -> None:
     if not args.no_medsam:
         from medsam_gui.models.medsam import MedSAMEngine
 
-        vsd, _ = C.checkpoint_state_dict(None)
+        vsd, _ = cpu_worker().call(lambda: C.checkpoint_state_dict(None))
         med = MedSAMEngine(vsd, device="cpu", precision="fp32")
         medsam_s, medsam_c, _ = _timed_cpu(med.embed_slice, slices[0])
         del med, vsd
