@@ -205,12 +205,10 @@ class BoxEngineBase:
         """Encoder input (B, 3, S, S) float32 (S = ``input_size``) -> embeddings
         (B, *embedding_shape) float32, CPU (reference modules for "fp32", else the fast path).
         Out of GPU memory: the model moves to the CPU and the input is encoded there."""
-        return self._fallback(1).call(lambda: self._encode_once(x, stop))
+        return self._on_cpu_worker(lambda: self._fallback(1).call(lambda: self._encode_once(x, stop)))
 
     def _encode_once(self, x, stop: Callable[[], bool] | None = None):
-        return self._on_cpu_worker(lambda: self._encode_here(x, stop))
-
-    def _encode_here(self, x, stop: Callable[[], bool] | None):
+        """One encoder pass (callers are on the CPU thread when the model is on the CPU)."""
         torch = self._torch
         with self._encoder_pass(stop), torch.inference_mode(), self.precision_context():
             enc = self._fast_encoder() if self.fast else self.model.image_encoder

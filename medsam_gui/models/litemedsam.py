@@ -35,6 +35,7 @@ import time.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -163,8 +164,6 @@ class LiteMedSAMEngine(BoxEngineBase):
         """Autocast on GPUs; none on the CPU, where the fast encoder holds its own dtype and the
         decoder runs in float32 (faster there than under autocast)."""
         if self.device.type == "cpu":
-            from contextlib import nullcontext
-
             return nullcontext()
         return autocast(self.device, self.precision)
 
