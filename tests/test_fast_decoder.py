@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from medsam_gui.models import fast_decoder as fe
+from medsam_gui.models import fast_decoder_ops as ops
 from medsam_gui.models.medsam import MedSAMEngine
 from medsam_gui.models.medsam_transforms import postprocess_low_res_logits
 
@@ -101,8 +102,8 @@ def test_folded_upscaling_equals_the_direct_product(engine):
         sparse, _ = engine.model.prompt_encoder(points=None, boxes=boxes, masks=None)
         entry, _ = fd._entry(emb, engine.device, full=True)
         assert entry.full and entry.k0z is not None
-        a = fe._decode_boxes(engine.model.mask_decoder, entry, pos, sparse, fold=True)
-        b = fe._decode_boxes(engine.model.mask_decoder, entry, pos, sparse, fold=False)
+        a = ops.decode_boxes(engine.model.mask_decoder, entry, pos, sparse, fold=True)
+        b = ops.decode_boxes(engine.model.mask_decoder, entry, pos, sparse, fold=False)
     assert float((a - b).abs().max()) <= 1e-5
 
 
