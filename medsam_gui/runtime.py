@@ -153,6 +153,7 @@ def memory_tuned() -> bool:
 
 
 BACKGROUND_NICE = 5  # CPU weight about 1/3 of the GUI thread's (Linux CFS)
+IDLE_NICE = 10  # work nobody waits for (measurements): about 1/3 of the background's weight
 
 
 def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:

@@ -446,3 +446,34 @@ def test_install_wiring(win, c):
     finally:
         c.state_changed.disconnect(heard)
         panel.set_pinned(False)
+
+
+def test_support_follows_slice_writes_and_groups(win, c, ct_seg):
+    """Boxes and propagation write one slice at a time: the controller names it while
+    ``labels_changed`` is emitted and the panel's labeled slices follow (only a group spanning
+    several slices, or a paint stroke, names none)."""
+    panel = win.panels.universeg
+    _setup(c, panel, _partial(ct_seg, (10, 13, 16)))
+    seen = []
+
+    def record():
+        seen.append(c.edited_slice)
+
+    c.labels_changed.connect(record)
+    try:
+        c.write_slice_mask(0, 20, ct_seg[20] == LIVER, LIVER)
+        c.write_slice_mask(0, 13, np.zeros_like(ct_seg[13], bool), LIVER)  # the liver leaves slice 13
+        panel.refresh_support()
+        assert panel.support_slices() == [10, 16, 20]
+        with c.edit_group():
+            c.write_slice_mask(0, 22, ct_seg[22] == LIVER, LIVER)
+        with c.edit_group():
+            c.write_slice_mask(0, 23, ct_seg[23] == LIVER, LIVER)
+            c.write_slice_mask(0, 10, np.zeros_like(ct_seg[10], bool), LIVER)
+        panel.refresh_support()
+        assert panel.support_slices() == [16, 20, 22, 23]
+        assert panel.planned_targets() == [17, 18, 19, 21]
+    finally:
+        c.labels_changed.disconnect(record)
+    assert seen == [(0, 20), (0, 13), (0, 22), None]
+    assert c.edited_slice is None

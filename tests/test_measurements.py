@@ -153,3 +153,38 @@ def test_lung_tumour_and_csv(data_dir, tmp_path):
     assert list(rows[0]) == list(CSV_COLUMNS)
     assert rows[0]["label"] == "1" and rows[0]["voxels"] == "837" and rows[0]["name"] == "label 1"
     assert float(rows[0]["long_axis_mm"]) == pytest.approx(r.long_axis_mm, abs=1e-3)
+
+
+def _chords_brute_force(t_values, a, b, u, v):
+    """Every line against every edge: the longest even-odd interval per line (first on a tie)."""
+    out = []
+    for t in t_values:
+        s = []
+        for p, q in zip(a, b):
+            tp, tq = p @ u, q @ u
+            if min(tp, tq) <= t < max(tp, tq):
+                s.append(p @ v + (t - tp) / (tq - tp) * (q @ v - p @ v))
+        s.sort()
+        best = (0.0, math.nan, math.nan)
+        for k in range(0, len(s) - 1, 2):
+            if s[k + 1] - s[k] > best[0]:
+                best = (s[k + 1] - s[k], s[k], s[k + 1])
+        out.append(best)
+    return np.array(out).T
+
+
+def test_chords_of_a_ragged_mask_with_holes_match_brute_force():
+    from medsam_gui.core.measurements import _chords_at, _edges, boundary_polygons
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((24, 30), bool)
+    mask[3:21, 3:27] = rng.random((18, 24)) < 0.7  # many components and holes
+    sxy = np.array([0.7, 1.3])
+    a, b = _edges(boundary_polygons(mask), sxy)
+    u = np.array([0.6, 0.8])
+    v = np.array([-0.8, 0.6])
+    t = np.unique(a @ u) + 1e-7
+    got = np.array(_chords_at(t, a, b, u, v))
+    want = _chords_brute_force(t, a, b, u, v)
+    assert len(a) > 200 and np.count_nonzero(got[0]) > 0.9 * len(t)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

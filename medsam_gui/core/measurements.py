@@ -50,7 +50,6 @@ Point = tuple[float, float]
 # polygon long axis overshoots by +0.30 pixel-extent on average (short axis +0.23); after the
 # correction the mean error is +0.05 / -0.02 (see docs/propagation.md).
 DIGITISATION_CORRECTION = 0.25
-CHORD_CHUNK_ELEMENTS = 2_000_000  # (positions x edges) evaluated at once in recist_axes
 
 
 @dataclass
@@ -142,30 +141,43 @@ def longest_diameter(points_xy_mm: np.ndarray) -> tuple[float, np.ndarray, np.nd
 
 
 def _chords_at(t_values: np.ndarray, a: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray):
-    """For lines {p : p.u = t}, the longest inside interval along v of the polygon edges a->b
-    (even-odd rule). Returns (lengths (T,), s_lo (T,), s_hi (T,))."""
+    """For lines {p : p.u = t} (``t_values`` ascending), the longest inside interval along v of
+    the polygon edges a->b (even-odd rule). Returns (lengths (T,), s_lo (T,), s_hi (T,)).
+
+    Only the (line, edge) crossings are formed, found per edge by a binary search in
+    ``t_values``: work and memory grow with the crossings (a few per line), not with lines x
+    edges."""
+    n_t = len(t_values)
+    best = np.zeros(n_t)
+    s_lo = np.full(n_t, np.nan)
+    s_hi = np.full(n_t, np.nan)
     ta, tb = a @ u, b @ u
     sa, sb = a @ v, b @ v
     # half-open crossing rule: an edge crosses line t if t lies in [min, max)
-    lo_t, hi_t = np.minimum(ta, tb), np.maximum(ta, tb)
-    T = t_values[:, None]
-    cross = (T >= lo_t[None, :]) & (T < hi_t[None, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = (T - ta[None, :]) / (tb - ta)[None, :]
-    s = np.where(cross, sa[None, :] + frac * (sb - sa)[None, :], np.nan)
-    s = np.sort(s, axis=1)  # NaNs last
-    count = cross.sum(axis=1)
-    best = np.zeros(len(t_values))
-    s_lo = np.full(len(t_values), np.nan)
-    s_hi = np.full(len(t_values), np.nan)
-    kmax = int(count.max()) if len(count) else 0
-    for k in range(0, kmax - 1, 2):
-        valid = count >= k + 2
-        length = np.where(valid, s[:, k + 1] - s[:, k], 0.0)
-        better = length > best
-        best = np.where(better, length, best)
-        s_lo = np.where(better, s[:, k], s_lo)
-        s_hi = np.where(better, s[:, k + 1], s_hi)
+    first = np.searchsorted(t_values, np.minimum(ta, tb), side="left")
+    n = np.maximum(np.searchsorted(t_values, np.maximum(ta, tb), side="left") - first, 0)
+    total = int(n.sum())
+    if total == 0:
+        return best, s_lo, s_hi
+    edge = np.repeat(np.arange(len(a)), n)
+    line = np.repeat(first, n) + np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    frac = (t_values[line] - ta[edge]) / (tb - ta)[edge]
+    s = sa[edge] + frac * (sb - sa)[edge]
+    order = np.lexsort((s, line))  # by line, then along it
+    line, s = line[order], s[order]
+    count = np.bincount(line, minlength=n_t)
+    rank = np.arange(total) - (np.cumsum(count) - count)[line]
+    k = np.flatnonzero((rank % 2 == 0) & (rank + 1 < count[line]))  # each inside interval's start
+    length = s[k + 1] - s[k]
+    # per line its longest interval, the first one on a tie
+    pick = np.lexsort((k, -length, line[k]))
+    lines = line[k][pick]
+    head = pick[np.r_[True, lines[1:] != lines[:-1]]]
+    head = head[length[head] > 0]
+    at = line[k][head]
+    best[at] = length[head]
+    s_lo[at] = s[k][head]
+    s_hi[at] = s[k + 1][head]
     return best, s_lo, s_hi
 
 
@@ -197,17 +209,13 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Seq
         t_all = np.linspace(t_all.min(), t_all.max(), 4000)
     eps = 1e-7 * max(1.0, long_mm)
     best_len, best = 0.0, None
-    # positions x edges per chunk bounded (~2M: ~100 MB of temporaries, even for the ragged
-    # boundary of a noisy mask with tens of thousands of edges)
-    n_chunks = max(len(t_all) // 500 + 1, -(-len(t_all) * len(a) // CHORD_CHUNK_ELEMENTS))
-    for chunk in np.array_split(t_all, max(1, min(n_chunks, len(t_all)))):
-        for shift in (-eps, eps):
-            tt = chunk + shift
-            lengths, s_lo, s_hi = _chords_at(tt, a, b, u, v)
-            k = int(np.argmax(lengths))
-            if lengths[k] > best_len:
-                best_len = float(lengths[k])
-                best = (tt[k], s_lo[k], s_hi[k])
+    for shift in (-eps, eps):
+        tt = t_all + shift
+        lengths, s_lo, s_hi = _chords_at(tt, a, b, u, v)
+        k = int(np.argmax(lengths))
+        if lengths[k] > best_len:
+            best_len = float(lengths[k])
+            best = (tt[k], s_lo[k], s_hi[k])
     # digitisation correction: shorten each diameter by a quarter of the pixel's extent
     # along it (an eighth at each end), the mean overshoot of the edge-midpoint polygon
     cu = DIGITISATION_CORRECTION * float(abs(u[0]) * sxy[0] + abs(u[1]) * sxy[1])

@@ -20,7 +20,9 @@ Signals (Qt):
   from the controller again (they may be the same layer objects, with new data).
 - ``labels_changed()``: the label map was replaced or edited through the controller (after
   a load, ``set_labels``, ``write_slice_mask`` outside a group, the end of an ``edit_group``,
-  ``delete_label``, and napari paint/erase/fill strokes).
+  ``delete_label``, and napari paint/erase/fill strokes). While it is emitted,
+  ``edited_slice`` is the (display axis, index) of the one slice that changed, or None when
+  the change may reach further.
 - ``active_label_changed(int)``: the label value new edits use.
 - ``label_table_changed()``: names/colours/entries of the table changed.
 - ``window_changed(float, float)``: display window (lo, hi) changed.
@@ -134,6 +136,9 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
         self._view = "axial"
         self._group_depth = 0
         self._group_dirty = False
+        self._group_slices: set = set()  # (axis, index) written in the open group; None: unknown
+        self._edited_slice: tuple[int, int] | None = None
+        self._own_write = False  # a controller method is writing through data_setitem
         self._load_handle: WorkerHandle | None = None
         self._workers: list[WorkerHandle] = []
         self._auto_bounds: tuple[float, float] | None = None
@@ -350,7 +355,8 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
             current = self._labels_layer.data
             changed = np.nonzero(current != disp)
             if changed[0].size:
-                self._labels_layer.data_setitem(changed, disp[changed])
+                with self._writing():
+                    self._labels_layer.data_setitem(changed, disp[changed])
         else:
             self._labels_layer.data = disp
             self._labels_layer._reset_history()

@@ -29,6 +29,24 @@ def table_for_values(values, base: LabelTable | None = None) -> LabelTable:
     return table
 
 
+def _slice_of_atoms(atoms) -> tuple[int, int] | None:
+    """(axis, index) of the one slice that napari history atoms (``data_setitem``'s (indices,
+    old, new) tuples) all wrote in, else None (brush strokes, 3D writes, anything else)."""
+    common: dict[int, int] | None = None
+    for atom in atoms if isinstance(atoms, (list, tuple)) else ():
+        if not (isinstance(atom, tuple) and len(atom) == 3 and isinstance(atom[0], tuple)):
+            return None
+        here = {}
+        for axis, ix in enumerate(atom[0]):
+            ix = np.asarray(ix)
+            if ix.size and ix.min() == ix.max():
+                here[axis] = int(ix.flat[0])
+        common = here if common is None else {a: i for a, i in common.items() if here.get(a) == i}
+        if not common:
+            return None
+    return next(iter(common.items())) if common else None
+
+
 class LabelEditsMixin:
     """Label table and label-map edits of the controller (see controller.py for the API)."""
 
@@ -82,7 +100,8 @@ class LabelEditsMixin:
                 return False
         if count:
             idx = np.nonzero(self._labels_layer.data == value)
-            self._labels_layer.data_setitem(idx, 0)
+            with self._writing():
+                self._labels_layer.data_setitem(idx, 0)
         removed = self._table.remove(value)
         if count:  # Undo brings the voxels back: it brings the entry (name, colour) back too
             self._deleted_entries[value] = removed
@@ -139,10 +158,37 @@ class LabelEditsMixin:
 
     # ------------------------------------------------------------------ layer events
     def _on_layer_paint(self, event=None) -> None:
+        if self._own_write:  # the writer announces its edit itself, once the data is written
+            return
+        edited = _slice_of_atoms(getattr(event, "value", None))
         if self._group_depth:
             self._group_dirty = True
+            self._group_slices.add(edited)
             return
-        self.labels_changed.emit()
+        self._emit_slice_changed(edited)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Our own ``data_setitem`` calls: napari's paint event (sent before the data is written)
+        is not forwarded; the caller emits ``labels_changed`` afterwards."""
+        self._own_write = True
+        try:
+            yield
+        finally:
+            self._own_write = False
+
+    @property
+    def edited_slice(self) -> tuple[int, int] | None:
+        """While ``labels_changed`` is emitted: (display axis, index) of the only slice that
+        changed, or None (anything may have changed)."""
+        return self._edited_slice
+
+    def _emit_slice_changed(self, edited: tuple[int, int] | None) -> None:
+        self._edited_slice = edited
+        try:
+            self.labels_changed.emit()
+        finally:
+            self._edited_slice = None
 
     def _on_layer_selected_label(self, event=None) -> None:
         if self._syncing or self._labels_layer is None:
@@ -195,11 +241,13 @@ class LabelEditsMixin:
             self._table.add(label)
             self._apply_colormap()
             self.label_table_changed.emit()
-        layer.data_setitem(tuple(full), values)
+        with self._writing():
+            layer.data_setitem(tuple(full), values)
         if self._group_depth:
             self._group_dirty = True
+            self._group_slices.add((axis, index))
         else:
-            self.labels_changed.emit()
+            self._emit_slice_changed((axis, index))
         return n
 
     @contextlib.contextmanager
@@ -215,14 +263,16 @@ class LabelEditsMixin:
             return
         self._group_depth = 1
         self._group_dirty = False
+        self._group_slices = set()
         try:
             with self._labels_layer.block_history():
                 yield
         finally:
             self._group_depth = 0
+            slices, self._group_slices = self._group_slices, set()
             if self._group_dirty:
                 self._group_dirty = False
-                self.labels_changed.emit()
+                self._emit_slice_changed(next(iter(slices)) if len(slices) == 1 else None)
 
     def _labels_layer_shown(self) -> bool:
         """The labels layer exists and is in the viewer (not deleted, not yet replaced)."""

@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import config
+from ..runtime import IDLE_NICE, lower_thread_priority
 
 # the RECIST diameters come first, the slice range last; the dock's narrow headers are short
 # (the full titles are their tooltips and ``row_values`` keys)
@@ -193,6 +194,7 @@ class MeasurementsPanel(QWidget):
         self.info_label.setText("Measuring…")
 
         def work():
+            lower_thread_priority(IDLE_NICE)  # a table refresh must not slow the next box
             try:
                 result, error = measure_labels(labels, spacing, names, origin_zyx=origin), None
             except BaseException as exc:  # noqa: BLE001 - shown in the panel

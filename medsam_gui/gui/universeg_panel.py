@@ -49,7 +49,7 @@ from qtpy.QtWidgets import (
 
 from .. import config
 from ..core.support_selection import LiveSupport
-from ..core.support_set import labeled_slices
+from ..core.slice_presence import SlicePresence
 from .collapsible import CollapsibleSection, dock_body
 from .model_dock import install_model_dock
 from .proposal_widgets import progress_bar, proposal_label, proposal_list
@@ -101,6 +101,7 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         self._range_user_set = False
         self._weights_dialog = None
         self._was_pinned = False
+        self._presence = SlicePresence()  # labeled slices, updated per edited slice
         self.last_run: dict = {}
         self.last_notice = ""  # the last out-of-memory fallback message shown
         saved = config.get_setting(SETTINGS_KEY, {})
@@ -285,7 +286,7 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         c = self.controller
         self.notice.connect(self._on_notice)  # queued: emitted from worker threads
         c.volume_changed.connect(self._on_volume_changed)
-        c.labels_changed.connect(self._schedule_refresh)
+        c.labels_changed.connect(self._on_labels_changed)
         c.active_label_changed.connect(self._on_active_label)
         c.window_changed.connect(lambda _lo, _hi: self._schedule_refresh())
         c.view_changed.connect(self._on_view_changed)
@@ -357,7 +358,7 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
             return []
         axis = self._axis() if axis is None else axis
         label = c.active_label if label is None else label
-        return labeled_slices(c.display_labels(), int(label), axis)
+        return self._presence.slices(c.display_labels(), int(label), axis)
 
     # ------------------------------------------------------------------ targets
     def _update_range_defaults(self) -> None:
@@ -423,7 +424,12 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
             self.targets_label.setText("No slice to segment: every slice in the range is labeled; extend the range.")
 
     # ------------------------------------------------------------------ controller events
+    def _on_labels_changed(self) -> None:
+        self._presence.changed(self.controller.edited_slice)
+        self._schedule_refresh()
+
     def _on_volume_changed(self, volume) -> None:
+        self._presence.changed(None)
         if self.running:
             self.cancel()
         self._discard_proposal()
