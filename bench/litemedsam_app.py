@@ -4,7 +4,10 @@
   outward) while a 5 ms QTimer heartbeat measures the longest GUI-thread stall; the idle
   heartbeat of the same run is the baseline;
 - box -> mask shown: p50/p90 of the panel's own timings (decode, paint, total) over ``--boxes``
-  boxes jittered around the lesion, drawn once the scan is embedded;
+  boxes jittered around the lesion, drawn once the scan is embedded, ``--pause`` s apart (the
+  app idles meanwhile, as while a user draws the next box; default 0.5 s) and then back to back
+  (each box as soon as the previous mask is painted: the decode shares the CPU with the
+  previous mask's drawing, measuring and autosave);
 - a 30-slice lesion propagated end to end through ``medsam_gui.api.propagate`` (fresh cache:
   every slice embedded, then decoded);
 - peak RSS of the process over the whole session;
@@ -95,6 +98,7 @@ def main():
     ap.add_argument("--checkpoint")
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--boxes", type=int, default=20)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between boxes (a user drawing the next one)")
     ap.add_argument("--propagate", type=int, default=30, help="slices of the propagated lesion")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="auto", help="LiteMedSAM's precision (default auto, as the app)")
@@ -158,15 +162,19 @@ def main():
         stall = hb.stall()
         status = panel.embed_label.text().replace("\n", " | ")
         rng = np.random.default_rng(0)
-        for _ in range(args.boxes):
-            jitter = rng.integers(-3, 4, 4)
-            done = []
-            panel.slice_painted.connect(lambda *a: done.append(a))
-            panel.segment_box(0, z, tuple(float(v) for v in np.asarray(box) + jitter), 1)
-            spin(app, lambda: bool(done), 60)
-            panel.slice_painted.disconnect()
-        t = panel.timings[-args.boxes:]
-        stage(f"{args.boxes} boxes -> masks")
+        box_runs = {}
+        for pause in (args.pause, 0.0):
+            for _ in range(args.boxes):
+                t_next = time.perf_counter() + pause
+                spin(app, lambda: time.perf_counter() >= t_next, 10)
+                jitter = rng.integers(-3, 4, 4)
+                done = []
+                panel.slice_painted.connect(lambda *a: done.append(a))
+                panel.segment_box(0, z, tuple(float(v) for v in np.asarray(box) + jitter), 1)
+                spin(app, lambda: bool(done), 60)
+                panel.slice_painted.disconnect()
+            box_runs[pause] = panel.timings[-args.boxes:]
+        stage(f"{args.boxes} boxes -> masks, {args.pause:g} s apart, then back to back")
         session_peak = rss.peak
         win.close(force=True)
 
@@ -177,9 +185,10 @@ def main():
     print(C.table(["GUI-thread work", "s", "longest stall ms", "p99 beat gap ms"], rows))
     print(f"\nembedding: {t_embed / n:.2f} s per slice; CPU per slice: {cpu / n:.2f} s for the process, "
           f"{gui_cpu / n * 1000:.0f} ms on the GUI thread; the dock said: {status}")
-    ms = {k: np.array([r[k] for r in t]) for k in ("decode_ms", "paint_ms", "total_ms")}
-    print("box -> mask shown over {} boxes: ".format(len(t)) + ", ".join(
-        f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
+    for pause, t in box_runs.items():
+        ms = {k: np.array([r[k] for r in t]) for k in ("decode_ms", "paint_ms", "total_ms")}
+        print(f"box -> mask shown over {len(t)} boxes " + (f"{pause:g} s apart: " if pause else "back to back: ")
+              + ", ".join(f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
     print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB\n")
     print(C.table(["stage", "RSS at its end MiB", "peak so far MiB"], stages))
     if args.propagate > 0:

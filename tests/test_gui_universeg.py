@@ -477,3 +477,27 @@ def test_support_follows_slice_writes_and_groups(win, c, ct_seg):
         c.labels_changed.disconnect(record)
     assert seen == [(0, 20), (0, 13), (0, 22), None]
     assert c.edited_slice is None
+
+
+def test_hidden_panel_is_rebuilt_when_shown_or_asked(win, c, qtbot, ct_seg):
+    """Behind another dock the support list is not rebuilt after every edit (no thumbnails made
+    for nobody); showing the panel, or asking it for its support, brings it up to date."""
+    from medsam_gui.gui.universeg_panel import REFRESH_MS
+
+    panel = win.panels.universeg
+    _setup(c, panel, _partial(ct_seg, (10, 13)))
+    assert panel.support_list.count() == 2
+    panel.hide()
+    try:
+        c.write_slice_mask(0, 16, ct_seg[16] == LIVER, LIVER)
+        qtbot.wait(REFRESH_MS + 200)
+        assert panel.support_list.count() == 2
+    finally:
+        panel.show()
+    assert panel.support_list.count() == 3 and "3 examples" in panel.support_label.text()
+    panel.hide()
+    try:
+        c.write_slice_mask(0, 19, ct_seg[19] == LIVER, LIVER)
+        assert panel.support_slices() == [10, 13, 16, 19]
+    finally:
+        panel.show()

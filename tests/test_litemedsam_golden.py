@@ -231,3 +231,34 @@ def test_cpu_bf16_path_keeps_the_masks(engines, embeddings):
             m_ref = ref.decode(want, box + shift, s.shape)
             m_bf16 = eng.decode(got, box + shift, s.shape)
             assert m_ref.any() and dice(m_bf16, m_ref) >= 0.99, (c, shift)
+
+
+class _Bf16DecoderEngine(LiteMedSAMEngine):
+    """The exact fast encoder with the decoder's bfloat16 products (on any CPU; the app uses
+    them with the "bf16" precision where the CPU has bf16 units)."""
+
+    def decoder_dtype(self):
+        return torch.bfloat16
+
+
+def test_bf16_decoder_keeps_the_masks(engines, embeddings):
+    """The FastDecoder's bfloat16 image-token products against the official float32 decoder, on
+    the official embeddings of the three real golden slices: the golden box and six shifted
+    boxes per slice (first box: light cache entry; next ones: the completed entry) at Dice >=
+    0.99, and really computed in bfloat16 (logits differ by more than float32 rounding)."""
+    from medsam_gui.models.agreement import dice
+
+    ref = engines[0]
+    eng = _Bf16DecoderEngine(H.golden_state_dict(), device="cpu", precision="fast")
+    g = H.golden()
+    rng = np.random.default_rng(11)
+    for c in CASES:
+        s = g[f"c{c}_slice_uint8"]
+        emb = embeddings[0][c:c + 1]
+        box = np.asarray(g[f"c{c}_box_xyxy"], float).reshape(4)
+        for shift in [np.zeros(4)] + [rng.integers(-4, 5, 4) for _ in range(6)]:
+            want = ref.decode_logits(emb, box + shift, s.shape)
+            got = eng.decode_logits(emb, box + shift, s.shape)
+            assert got.dtype == torch.float32 and 1e-4 < float((got - want).abs().max()) < 0.5
+            m_ref = ref.decode(emb, box + shift, s.shape)
+            assert m_ref.any() and dice(eng.decode(emb, box + shift, s.shape), m_ref) >= 0.99, (c, shift)

@@ -102,6 +102,7 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
         self._weights_dialog = None
         self._was_pinned = False
         self._presence = SlicePresence()  # labeled slices, updated per edited slice
+        self._support_stale = False  # labels changed while the panel was hidden
         self.last_run: dict = {}
         self.last_notice = ""  # the last out-of-memory fallback message shown
         saved = config.get_setting(SETTINGS_KEY, {})
@@ -424,6 +425,11 @@ class UniversegPanel(SupportListMixin, RunMixin, ProposalMixin, QWidget):
             self.targets_label.setText("No slice to segment: every slice in the range is labeled; extend the range.")
 
     # ------------------------------------------------------------------ controller events
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._support_stale:
+            self.refresh_support()
+
     def _on_labels_changed(self) -> None:
         self._presence.changed(self.controller.edited_slice)
         self._schedule_refresh()

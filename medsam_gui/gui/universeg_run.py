@@ -126,8 +126,7 @@ class RunMixin(PendingRunMixin):
             all_labels = self.all_labels_check.isChecked()
         if not self.ensure_model(pending=lambda: self.segment_rest(all_labels, items)):
             return False
-        if self._refresh_timer.isActive():
-            self.refresh_support()
+        self._fresh()
         try:
             return self._start(bool(all_labels), items)
         except MedsamGuiError as exc:

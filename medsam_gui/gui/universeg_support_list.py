@@ -80,14 +80,22 @@ class SupportListMixin:
         return th
 
     def _schedule_refresh(self) -> None:
-        if not self.pin_check.isChecked():
+        if not self.isVisible():  # another dock in front: rebuilt when shown or asked for
+            self._support_stale = True
+        elif not self.pin_check.isChecked():
             self._refresh_timer.start()
         else:
             self._update_targets_label()
 
+    def _fresh(self) -> None:
+        """Rebuild now what changed while the panel was hidden or the refresh timer ran."""
+        if self._support_stale or self._refresh_timer.isActive():
+            self.refresh_support()
+
     def refresh_support(self) -> None:
         """Rebuild the support list from the labels (unless pinned) and the target range."""
         self._refresh_timer.stop()
+        self._support_stale = False
         c = self.controller
         if not self.pin_check.isChecked():
             if c.volume is None:
@@ -148,10 +156,12 @@ class SupportListMixin:
     # ------------------------------------------------------------------ queries
     def support_items(self) -> list[SupportSlice]:
         """The support list as shown (a copy of the list; items are shared)."""
+        self._fresh()
         return list(self._items)
 
     def support_slices(self) -> list[int]:
         """Slice index of every support entry, in list order."""
+        self._fresh()
         return [it.index for it in self._items]
 
     def thumbnail_icons(self) -> list[QIcon]:

@@ -168,6 +168,10 @@ class BoxEngineBase:
         bf16 / fp16)."""
         return autocast(self.device, self.precision)
 
+    def decoder_dtype(self):
+        """The dtype of the FastDecoder's products over the image tokens (float32 here)."""
+        return self._torch.float32
+
     def _cpu_batch(self) -> int:
         """Encoder batch size after a move to the CPU."""
         return 1

@@ -41,7 +41,11 @@ class FastDecoder:
       is a ``layer_norm`` over channels, and the (256, 256) pixel order is a permute + pixel
       shuffle at the end;
     * on the CPU the large intermediates are written into per-thread buffers (``out=``): with
-      the app's huge-page memory tuning a fresh 4 MiB tensor costs ~1-7 ms of page faults.
+      the app's huge-page memory tuning a fresh 4 MiB tensor costs ~1-7 ms of page faults;
+    * the products over the 4096 image tokens run in ``engine.decoder_dtype()``: float32 (the
+      exact path), or bfloat16 for LiteMedSAM's "bf16" precision on a CPU with bf16 units
+      (cached image tokens in bfloat16, derived in float32; the few-token side, softmax and
+      layer-norm statistics stay float32; masks at Dice >= 0.99 against float32).
 
     ``prepare(embedding)`` does the per-embedding work ahead of the first box (~15 ms on a
     2-core CPU; worth calling where an embedding becomes available, e.g. in the encoder's
@@ -66,7 +70,8 @@ class FastDecoder:
         self._pe = None  # (device, dense PE (1, 256, 64, 64), PE tokens (1, 4096, 256))
         self._lock = threading.Lock()
         self._cache: list = []  # most recent last: _EmbeddingEntry
-        self._consts = None  # (weights signature, upscale_consts)
+        self._consts = None  # (weights signature, {dtype: upscale_consts})
+        self._pos_cast: dict = {}  # dtype -> the PE tokens in it
         self._params = None  # the decoder tensors the caches derive from
         self._tls = threading.local()  # .ws: this thread's Workspace
         self.cache_hits = 0
@@ -87,7 +92,17 @@ class FastDecoder:
                     pe = self.model.prompt_encoder.get_dense_pe()
                     tokens = pe.flatten(2).transpose(1, 2).contiguous()
                 self._pe = (dev, pe, tokens)
+                self._pos_cast = {}
             return self._pe[1], self._pe[2]
+
+    def _pos(self, dtype):
+        """The dense PE tokens (1, 4096, 256) in ``dtype``."""
+        _, tokens = self._pe_pair()
+        with self._lock:
+            cast = self._pos_cast.get(dtype)
+            if cast is None or cast.device != tokens.device:
+                cast = self._pos_cast[dtype] = tokens.to(dtype)
+            return cast
 
     def image_pe(self):
         """The dense positional encoding (1, 256, 64, 64) float32 on the engine's device."""
@@ -103,10 +118,10 @@ class FastDecoder:
             raise ValueError(f"expected one embedding (1, 256, h, w) or (256, h, w), got shape {tuple(emb.shape)}")
         return emb.detach()
 
-    def _weights(self):
-        """(signature, :func:`upscale_consts`): the signature names the decoder tensors the cache
-        is derived from (identity, version, device), so replaced or modified weights never meet
-        stale derived ones."""
+    def _weights(self, dtype=None):
+        """(signature, :func:`upscale_consts` with the upscaling matrices in ``dtype``, default
+        float32): the signature names the decoder tensors the cache is derived from (identity,
+        version, device), so replaced or modified weights never meet stale derived ones."""
         torch = self._torch
         md = self.model.mask_decoder
         ps = self._params
@@ -117,14 +132,18 @@ class FastDecoder:
                 l0.cross_attn_token_to_image.v_proj.weight, l0.cross_attn_token_to_image.v_proj.bias,
                 l0.cross_attn_image_to_token.q_proj.weight, l0.cross_attn_image_to_token.q_proj.bias,
                 self.model.prompt_encoder.no_mask_embed.weight]
+        dtype = dtype or torch.float32
         sig = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in ps)
         with self._lock:
-            if self._consts is not None and self._consts[0] == sig:
-                return self._consts
+            if self._consts is not None and self._consts[0] == sig and dtype in self._consts[1]:
+                return sig, self._consts[1][dtype]
         with torch.inference_mode():
             consts = upscale_consts(md)
+            consts.update({k: consts[k].to(dtype) for k in ("w1", "b1", "w2", "b2")})
         with self._lock:
-            self._consts = (sig, consts)
+            if self._consts is None or self._consts[0] != sig:
+                self._consts = (sig, {})
+            self._consts[1][dtype] = consts
         return sig, consts
 
     def _workspace(self, dev):
@@ -138,16 +157,18 @@ class FastDecoder:
             ws = self._tls.ws = Workspace()
         return ws
 
-    def _entry(self, emb, dev, weights=None, full: bool = False):
+    def _entry(self, emb, dev, weights=None, full: bool = False, dtype=None):
         """The cache entry for ``emb`` (a (1, 256, 64, 64) tensor, any dtype/device) on ``dev``
-        (under the caller's autocast state). Returns (entry, hit).
+        with image tokens in ``dtype`` (default float32; under the caller's autocast state).
+        Returns (entry, hit).
 
         The first use of an embedding makes a light entry (its image tokens only: the first box
         on a slice is decoded without layer 0's cached projections, ~4 ms more than a cached box
         instead of ~15 ms for building them); the second use, or ``full``, completes it."""
         torch = self._torch
-        sig, consts = weights if weights is not None else self._weights()
-        mode = (torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None, sig)
+        dtype = dtype or torch.float32
+        sig, consts = weights if weights is not None else self._weights(dtype)
+        mode = (torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None, sig, dtype)
         found = None
         with self._lock:
             for i, e in enumerate(self._cache):
@@ -161,9 +182,9 @@ class FastDecoder:
         if found is not None and found.full:
             return found, True
         _, pos = self._pe_pair()
-        ws = self._workspace(dev)
+        ws = self._workspace(dev) if dtype == torch.float32 else None
         if found is None:
-            entry = _EmbeddingEntry.build(self.model, emb, dev, mode, torch)
+            entry = _EmbeddingEntry.build(self.model, emb, dev, mode, torch, dtype)
             if full:
                 entry = entry.completed(self.model, pos, consts, torch, ws)
         else:
@@ -179,7 +200,7 @@ class FastDecoder:
         the first box); True when it was not cached yet."""
         emb = self._as_embedding(embedding)
         with self._torch.inference_mode(), self.engine.precision_context():
-            return not self._entry(emb, self.device, full=True)[1]
+            return not self._entry(emb, self.device, full=True, dtype=self.engine.decoder_dtype())[1]
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -215,13 +236,14 @@ class FastDecoder:
                 stages[name] = stages.get(name, 0.0) + now - clock[0]
                 clock[0] = now
 
-        _, pos = self._pe_pair()
         with torch.inference_mode(), self.engine.precision_context():
+            dtype = self.engine.decoder_dtype()
+            pos = self._pos(dtype)
             box_t = torch.as_tensor(boxes_1024, dtype=torch.float, device=dev)[:, None, :]
             sparse, _ = self.model.prompt_encoder(points=None, boxes=box_t, masks=None)
             mark("prompt")
-            weights = self._weights()
-            entry, _hit = self._entry(emb, dev, weights)
+            weights = self._weights(dtype)
+            entry, _hit = self._entry(emb, dev, weights, dtype=dtype)
             mark("cache")
             logits = decode_boxes(self.model.mask_decoder, entry, pos, sparse, mark, consts=weights[1],
                                    ws=self._workspace(dev))
@@ -266,19 +288,13 @@ class _EmbeddingEntry:
         return torch.equal(_bits(k, torch), _bits(emb.contiguous(), torch))
 
     @classmethod
-    def build(cls, model, emb, dev, mode, torch):
-        """The light entry for ``emb`` (1, C, h, w) on ``dev``."""
+    def build(cls, model, emb, dev, mode, torch, dtype):
+        """The light entry for ``emb`` (1, C, h, w) on ``dev``, image tokens in ``dtype``."""
         self = cls()
         self.key = emb.contiguous().clone()
         self.device = dev
         self.mode = mode
-        no_mask = model.prompt_encoder.no_mask_embed.weight  # (1, C)
-        tokens = emb.to(dev).flatten(2).transpose(1, 2)  # (1, N, C) view, the embedding's dtype
-        keys0 = torch.empty(tokens.shape, dtype=torch.float32, device=dev)
-        torch.add(tokens, no_mask, out=keys0)  # float32 like the reference's emb.float() + dense
-        if keys0.dtype != no_mask.dtype:  # pragma: no cover - weights in another dtype
-            keys0 = keys0.to(no_mask.dtype)
-        self.keys0 = keys0
+        self.keys0 = _keys0(model, self.key, dev, torch).to(dtype)
         self.k0 = self.v0 = self.q0t = self.k0z = None
         self.full = False
         return self
@@ -290,7 +306,8 @@ class _EmbeddingEntry:
 
         new = type(self)()
         new.key, new.device, new.mode, new.keys0, new.full = self.key, self.device, self.mode, self.keys0, True
-        keys0 = self.keys0
+        dtype = self.keys0.dtype
+        keys0 = self.keys0 if dtype == torch.float32 else _keys0(model, self.key, self.device, torch)
         layer = model.mask_decoder.transformer.layers[0]
         kp = torch.add(keys0, pos, out=ws.get("nc0", keys0.shape, keys0)) if ws is not None else keys0 + pos
         t2i = layer.cross_attn_token_to_image
@@ -306,7 +323,21 @@ class _EmbeddingEntry:
             keys0c = torch.sub(keys0, mean, out=ws.get("nc1", keys0.shape, keys0)) if ws is not None \
                 else keys0 - mean
             new.k0z = torch.matmul(keys0c, consts["fold"]["z"])
+        if dtype != torch.float32:  # derived in float32, kept in the decoder's dtype
+            for name in ("k0", "v0", "q0t", "k0z"):
+                if getattr(new, name) is not None:
+                    setattr(new, name, getattr(new, name).to(dtype))
         return new
+
+
+def _keys0(model, emb, dev, torch):
+    """(1, N, C) float32 image tokens ``embedding + no_mask_embed`` (the reference's
+    ``emb.float() + dense``) on ``dev``."""
+    no_mask = model.prompt_encoder.no_mask_embed.weight  # (1, C)
+    tokens = emb.to(dev).flatten(2).transpose(1, 2)  # (1, N, C) view, the embedding's dtype
+    keys0 = torch.empty(tokens.shape, dtype=torch.float32, device=dev)
+    torch.add(tokens, no_mask, out=keys0)
+    return keys0
 
 
 def _bits(t, torch):

@@ -58,14 +58,15 @@ def tokens_to_image(att, q, img_pe, img):
     b, _, t, c = qh.shape
     qh = qh * (1.0 / math.sqrt(c))  # a power of two for SAM (c = 16): exact
     img_pe, img = img_pe.expand(b, -1, -1), img.expand(b, -1, -1)  # (1, N, C): shared by the boxes
-    g = torch.matmul(qh, att.k_proj.weight.view(nh, c, -1)).reshape(b, nh * t, -1)  # (B, nh*T, C)
-    bias = torch.matmul(qh, att.k_proj.bias.view(nh, c, 1)).reshape(b, 1, nh * t)
+    dt = img.dtype  # the image-side products run in the image tokens' dtype
+    g = torch.matmul(qh, att.k_proj.weight.view(nh, c, -1)).reshape(b, nh * t, -1).to(dt)  # (B, nh*T, C)
+    bias = torch.matmul(qh, att.k_proj.bias.view(nh, c, 1)).reshape(b, 1, nh * t).to(dt)
     if nh * t > 16:  # many score rows: the tall (N, nh*T) product is faster on the CPU
         s = torch.baddbmm(bias, img_pe, g.transpose(1, 2)).transpose(1, 2).contiguous()
     else:  # a few rows (the final attention of mask token 0): the wide one
         s = torch.baddbmm(bias.transpose(1, 2), g, img_pe.transpose(1, 2))
     a = torch.softmax(s, dim=-1)  # (B, nh*T, N)
-    ax = torch.matmul(a, img)  # (B, nh*T, C)
+    ax = torch.matmul(a, img).to(q.dtype)  # (B, nh*T, C)
     wv = att.v_proj.weight.view(nh, c, -1)  # (nh, c, C)
     o = torch.matmul(ax.view(b, nh, t, -1), wv.transpose(1, 2)) + att.v_proj.bias.view(nh, 1, c)
     return F.linear(merge_heads(o), att.out_proj.weight, att.out_proj.bias)
@@ -91,23 +92,24 @@ def image_to_tokens_add(att, residual, scores_from, tok_pe, tok, *, projected: b
     vh = split_heads(F.linear(tok, att.v_proj.weight, att.v_proj.bias), nh)
     b, _, t, c = kh.shape
     kh = kh * (1.0 / math.sqrt(c))
+    dt = residual.dtype  # the image-side products run in the image tokens' dtype
     if projected:
-        s = torch.matmul(kh, scores_from)  # (B, nh, T, N)
+        s = torch.matmul(kh.to(dt), scores_from)  # (B, nh, T, N)
     else:
-        g = torch.matmul(kh, att.q_proj.weight.view(nh, c, -1)).reshape(b, nh * t, -1)  # (B, nh*T, C)
-        bias = torch.matmul(kh, att.q_proj.bias.view(nh, c, 1)).reshape(b, 1, nh * t)
+        g = torch.matmul(kh, att.q_proj.weight.view(nh, c, -1)).reshape(b, nh * t, -1).to(dt)  # (B, nh*T, C)
+        bias = torch.matmul(kh, att.q_proj.bias.view(nh, c, 1)).reshape(b, 1, nh * t).to(dt)
         s = torch.baddbmm(bias, scores_from.expand(b, -1, -1), g.transpose(1, 2)).transpose(1, 2).contiguous()
     n = s.shape[-1]
     a = torch.softmax(s.view(b, nh, t, n), dim=2).view(b, nh * t, n)
     wo = att.out_proj.weight.view(-1, nh, c).permute(1, 2, 0)  # (nh, c, C)
     # each image token's nh*T weights sum to nh (one softmax per head): the bias / nh per row
     m = (torch.matmul(vh, wo) + att.out_proj.bias / nh).reshape(b, nh * t, -1)  # (B, nh*T, C)
-    a_t = a.transpose(1, 2).contiguous()  # (B, N, nh*T)
-    if inplace:  # in-place ops are not autocast: one dtype for all three
-        out = residual.baddbmm_(a_t.to(residual.dtype), m.to(residual.dtype))
+    a_t = a.transpose(1, 2).contiguous().to(dt)  # (B, N, nh*T)
+    if inplace:
+        out = residual.baddbmm_(a_t, m.to(dt))
     else:
-        a_t = a_t.to(m.dtype)
-        out = torch.baddbmm(residual, a_t, m, out=out) if out is not None else torch.baddbmm(residual, a_t, m)
+        md = m.to(dt)
+        out = torch.baddbmm(residual, a_t, md, out=out) if out is not None else torch.baddbmm(residual, a_t, md)
     return out, a_t, m
 
 
@@ -215,8 +217,10 @@ def decode_boxes(md, entry, pos, sparse, mark=lambda name: None, fold: bool = Tr
     """segment-anything ``MaskDecoder.forward(..., multimask_output=False)[0]`` for box prompts
     (``sparse`` (B, 2, 256) from the prompt encoder, dense = no_mask_embed) on the cached
     embedding ``entry``; ``pos`` (1, N, 256) dense PE tokens; ``consts``: :func:`upscale_consts`
-    of ``md`` (computed when None); ``ws``: buffers for the (B, N, C) intermediates (CPU float32
-    without autocast; None allocates). Returns logits (B, 1, 256, 256), a new tensor.
+    of ``md`` (computed when None; its upscaling matrices in the dtype of ``entry.keys0``, the
+    dtype all products over the image tokens run in); ``ws``: buffers for the (B, N, C)
+    intermediates (CPU without autocast; None allocates). Returns logits (B, 1, 256, 256), a new
+    tensor in that dtype.
 
     ``fold`` (float32, 2-layer SAM decoder): the upscaling's first (N, C) @ (C, 4*c1) product is
     not run on the final image tokens ``keys2`` but assembled from the cache and two rank-(nh*T)
@@ -250,9 +254,9 @@ def decode_boxes(md, entry, pos, sparse, mark=lambda name: None, fold: bool = Tr
     att = l0.cross_attn_token_to_image
     if entry.full:
         qh = split_heads(F.linear(q + tokens, att.q_proj.weight, att.q_proj.bias), att.num_heads)
-        s = torch.matmul(qh, entry.k0.transpose(-1, -2)) / math.sqrt(qh.shape[-1])
-        o = torch.matmul(torch.softmax(s, dim=-1), entry.v0)
-        o = F.linear(merge_heads(o), att.out_proj.weight, att.out_proj.bias)
+        qh = (qh * (1.0 / math.sqrt(qh.shape[-1]))).to(entry.k0.dtype)  # c = 16: an exact scale
+        o = torch.matmul(torch.softmax(torch.matmul(qh, entry.k0.transpose(-1, -2)), dim=-1), entry.v0)
+        o = F.linear(merge_heads(o).to(q.dtype), att.out_proj.weight, att.out_proj.bias)
         kp = entry.q0t  # the image->token scores come from the cached query projection
     else:  # light entry (first box on this embedding): as in the next layers
         kp = torch.add(entry.keys0, pos, out=ws.get("kp0", entry.keys0.shape, entry.keys0)) if ws is not None \
@@ -294,13 +298,13 @@ def decode_boxes(md, entry, pos, sparse, mark=lambda name: None, fold: bool = Tr
         q0z = torch.matmul(m0 - m0.mean(-1, keepdim=True), cf["z"])  # (B, nh*T, 4*c1)
         q1z = torch.matmul(m1, cf["pyb"]) + cf["c_beta"] / nh
         # y = D_b D_a k0z + [D_b D_a a0 | D_b a1 | 1] @ [q0z; q1z; const]: one pass, one product
-        scale = rstd_a * rstd_b  # (B, N, 1)
+        scale = (rstd_a * rstd_b).to(a0.dtype)  # (B, N, 1), in the products' dtype (no mixed-dtype passes)
         k0, k1 = a0.shape[-1], a1.shape[-1]
         a_cat = ws.get("a_cat", (b, n_img, k0 + k1 + 1), a0) if ws is not None else a0.new_empty(b, n_img, k0 + k1 + 1)
         torch.mul(a0, scale, out=a_cat[..., :k0])
-        torch.mul(a1, rstd_b, out=a_cat[..., k0:k0 + k1])
+        torch.mul(a1, rstd_b.to(a1.dtype), out=a_cat[..., k0:k0 + k1])
         a_cat[..., -1] = 1.0  # (B, N, 2*nh*T + 1)
-        q_cat = torch.cat([q0z, q1z, cf["const"].expand(b, 1, -1)], dim=1)
+        q_cat = torch.cat([q0z, q1z, cf["const"].expand(b, 1, -1)], dim=1).to(a_cat.dtype)
         y = buf(free) if entry.k0z.shape[-1] == c_img else None  # kp is no longer needed
         y = torch.mul(entry.k0z, scale, out=y) if y is not None else entry.k0z * scale
         y.baddbmm_(a_cat, q_cat)  # (B, N, 4*c1)

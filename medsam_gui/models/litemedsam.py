@@ -167,6 +167,14 @@ class LiteMedSAMEngine(BoxEngineBase):
             return nullcontext()
         return autocast(self.device, self.precision)
 
+    def decoder_dtype(self):
+        """bfloat16 with the "bf16" precision on a CPU with bf16 units (the decoder's large
+        products ~3x faster there), else float32."""
+        torch = self._torch
+        if self.device.type == "cpu" and self.precision == "bf16" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
+
     def _cpu_batch(self) -> int:
         return 2 if self._resolve(self.requested_precision, self._torch.device("cpu")) != "fp32" else 1
 
