@@ -173,14 +173,41 @@ def _chords_brute_force(t_values, a, b, u, v):
     return np.array(out).T
 
 
+def _polygon_edges(mask):
+    """The edges of scikit-image's closed contours of the padded mask at 0.5, as a set of
+    undirected (row, col) point pairs."""
+    from skimage import measure
+
+    edges = set()
+    for c in measure.find_contours(np.pad(mask.astype(float), 1), 0.5):
+        c = c - 1.0
+        for p, q in zip(c[:-1], c[1:]):
+            edges.add(frozenset((tuple(p), tuple(q))))
+    return edges
+
+
+def test_boundary_segments_are_scikit_image_contour_edges():
+    """Ragged masks with holes, diagonal-only contacts (saddle cells) and pixels on the border."""
+    from medsam_gui.core.measurements import boundary_segments
+
+    rng = np.random.default_rng(7)
+    for shape, fill in (((24, 30), 0.5), ((17, 9), 0.7), ((5, 5), 0.3)):
+        mask = rng.random(shape) < fill
+        a, b = boundary_segments(mask)
+        got = {frozenset((tuple(p), tuple(q))) for p, q in zip(a, b)}
+        assert len(got) == len(a) and got == _polygon_edges(mask)
+    checker = np.indices((6, 6)).sum(0) % 2 == 0  # every contact a corner
+    assert len(boundary_segments(checker)[0]) == 4 * checker.sum()
+
+
 def test_chords_of_a_ragged_mask_with_holes_match_brute_force():
-    from medsam_gui.core.measurements import _chords_at, _edges, boundary_polygons
+    from medsam_gui.core.measurements import _chords_at, boundary_segments
 
     rng = np.random.default_rng(3)
     mask = np.zeros((24, 30), bool)
     mask[3:21, 3:27] = rng.random((18, 24)) < 0.7  # many components and holes
     sxy = np.array([0.7, 1.3])
-    a, b = _edges(boundary_polygons(mask), sxy)
+    a, b = (e[:, ::-1] * sxy for e in boundary_segments(mask))
     u = np.array([0.6, 0.8])
     v = np.array([-0.8, 0.6])
     t = np.unique(a @ u) + 1e-7

@@ -100,31 +100,40 @@ def _label_name(label_table: Any, value: int) -> str:
     return str(getattr(entry, "name", entry))
 
 
-def boundary_polygons(mask_2d: np.ndarray) -> list[np.ndarray]:
-    """Closed boundary polygons of a 2D bool mask (rows, cols): each an (N, 2) float array of
-    (row, col) points at pixel-edge midpoints (marching squares at level 0.5)."""
-    from skimage import measure
+# Marching squares on a 0/1 image at level 0.5 with the diagonal (saddle) cells resolved as
+# scikit-image's find_contours does by default (fully_connected="low": mask pixels that touch
+# only at a corner stay apart). Cell corners: 1 upper-left, 2 upper-right, 4 lower-left,
+# 8 lower-right; cell edges: top, bottom, left, right (their midpoints are the vertices).
+_CELL_SEGMENTS = {
+    1: (("top", "left"),), 2: (("right", "top"),), 3: (("right", "left"),), 4: (("left", "bottom"),),
+    5: (("top", "bottom"),), 6: (("right", "top"), ("left", "bottom")), 7: (("right", "bottom"),),
+    8: (("bottom", "right"),), 9: (("top", "left"), ("bottom", "right")), 10: (("bottom", "top"),),
+    11: (("bottom", "left"),), 12: (("left", "right"),), 13: (("top", "right"),), 14: (("left", "top"),),
+}
+_EDGE_MIDPOINT = {"top": (0.0, 0.5), "bottom": (1.0, 0.5), "left": (0.5, 0.0), "right": (0.5, 1.0)}
 
-    padded = np.pad(np.asarray(mask_2d, dtype=np.float64), 1)
-    contours = measure.find_contours(padded, 0.5)
-    return [c - 1.0 for c in contours if len(c) >= 2]
 
-
-def _edges(polys: list[np.ndarray], sxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Polygon edges as start and end arrays (E, 2) of physical (x, y) mm."""
+def boundary_segments(mask_2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The boundary of a 2D bool mask (rows, cols) as segments between pixel-edge midpoints:
+    start and end arrays (E, 2) of (row, col) points. The same segments as the closed polygons
+    of scikit-image's ``find_contours(padded mask, 0.5)``, without assembling them (work in
+    numpy, in proportion to the boundary)."""
+    m = np.pad(np.asarray(mask_2d, dtype=bool), 1).astype(np.uint8)
+    case = m[:-1, :-1] + 2 * m[:-1, 1:] + 4 * m[1:, :-1] + 8 * m[1:, 1:]
     starts, ends = [], []
-    for p in polys:
-        xy = p[:, ::-1] * sxy
-        if not np.allclose(xy[0], xy[-1]):
-            xy = np.vstack([xy, xy[:1]])
-        starts.append(xy[:-1])
-        ends.append(xy[1:])
-    return np.vstack(starts), np.vstack(ends)
+    for value, segments in _CELL_SEGMENTS.items():
+        rc = np.argwhere(case == value).astype(np.float64) - 1.0  # the cell's upper-left pixel
+        for a, b in segments:
+            starts.append(rc + _EDGE_MIDPOINT[a])
+            ends.append(rc + _EDGE_MIDPOINT[b])
+    return np.concatenate(starts), np.concatenate(ends)
 
 
 def longest_diameter(points_xy_mm: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Largest distance between two of the points (N, 2) mm; returns (length, p, q)."""
-    pts = np.unique(np.asarray(points_xy_mm, dtype=np.float64), axis=0)
+    pts = np.asarray(points_xy_mm, dtype=np.float64).reshape(-1, 2)
+    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]  # np.unique(axis=0)'s order, without its slow sort
+    pts = pts[np.r_[True, np.any(pts[1:] != pts[:-1], axis=1)]]
     if len(pts) == 1:
         return 0.0, pts[0], pts[0]
     cand = pts
@@ -192,19 +201,16 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Seq
     if not mask.any():
         return 0.0, None, 0.0, None
     sxy = np.asarray([float(spacing_xy[0]), float(spacing_xy[1])])
-    polys = boundary_polygons(mask)
-    if any(origin_yx):  # integer shifts of half-integer vertices: exact
-        shift = np.asarray([float(origin_yx[0]), float(origin_yx[1])])
-        polys = [p + shift for p in polys]
-    pts = np.vstack([p[:, ::-1] for p in polys]) * sxy  # physical (x, y)
-    long_mm, p, q = longest_diameter(pts)
+    # boundary segments in physical (x, y); integer shifts of half-integer vertices are exact
+    shift = np.asarray([float(origin_yx[0]), float(origin_yx[1])])
+    a, b = ((e + shift)[:, ::-1] * sxy for e in boundary_segments(mask))
+    long_mm, p, q = longest_diameter(np.vstack([a, b]))
     to_px = lambda m: (float(m[0] / sxy[0]), float(m[1] / sxy[1]))  # noqa: E731
     if long_mm <= 0:
         return 0.0, (to_px(p), to_px(q)), 0.0, None
     u = (q - p) / long_mm
     v = np.array([-u[1], u[0]])
-    a, b = _edges(polys, sxy)
-    t_all = np.unique(np.concatenate([a @ u]))
+    t_all = np.unique(np.concatenate([a @ u, b @ u]))  # every vertex's position along u
     if len(t_all) > 4000:  # keep big masks cheap: evaluate a dense subset of positions
         t_all = np.linspace(t_all.min(), t_all.max(), 4000)
     eps = 1e-7 * max(1.0, long_mm)
