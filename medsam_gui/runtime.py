@@ -153,7 +153,11 @@ def memory_tuned() -> bool:
 
 
 BACKGROUND_NICE = 5  # CPU weight about 1/3 of the GUI thread's (Linux CFS)
-IDLE_NICE = 10  # work nobody waits for (measurements): about 1/3 of the background's weight
+# Linux CFS weights: nice 0 1024, 5 335, 10 110, 19 15. The engine's OpenMP team (nice 5) runs
+# a box's decode on both cores; a thread of higher weight on one of them holds the whole team
+# back (measured: a busy nice-0 thread made a 14 ms decode take 110-130 ms).
+WRITER_NICE = 10  # autosave writes: about 1/3 of the engine's weight
+IDLE_NICE = 19  # work nobody waits for (measurements): 1/20 of the engine's weight
 
 
 def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:

@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import ExportError, MedsamGuiError, SessionError
-from ..runtime import lower_thread_priority
+from ..runtime import WRITER_NICE, lower_thread_priority
 from .atomic import describe_os_error
 from .session import SESSION_SUFFIX, Session, load_session, read_session_summary, save_session
 
@@ -564,7 +564,7 @@ class AutosaveManager:
         return True
 
     def _run(self) -> None:
-        lower_thread_priority()  # writes give way to the GUI and to the box decoder
+        lower_thread_priority(WRITER_NICE)  # writes give way to the GUI and to the box decoder
         while True:
             snap: Session | None = None
             fn: Callable[[], Session] | None = None
