@@ -22,11 +22,14 @@ the environment is left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
@@ -167,14 +170,32 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:
     Returns True when applied (False elsewhere or when the system refuses)."""
     if not sys.platform.startswith("linux"):
         return False
-    import threading
-
     tid = threading.get_native_id()
     try:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(nice)))
     except OSError:
         return False
     return True
+
+
+_PARKED: set[int] = set()  # idents of threads waiting for work (see parked)
+
+
+@contextlib.contextmanager
+def parked() -> Iterator[None]:
+    """Mark the calling thread as waiting for work, outside any model code, while the block runs
+    (a condition wait): a closing window need not wait for it (``is_parked``)."""
+    ident = threading.get_ident()
+    _PARKED.add(ident)
+    try:
+        yield
+    finally:
+        _PARKED.discard(ident)
+
+
+def is_parked(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is inside :func:`parked` now."""
+    return thread.ident in _PARKED
 
 
 def single_threaded_torch() -> bool:

@@ -468,3 +468,37 @@ def test_state_providers_and_shutdown_hooks(qapp):
     c.shutdown()  # once only
     assert seen[1:] == ["last added", "first added"]
     assert not worker.is_alive() and worker not in background_threads()
+
+
+def test_shutdown_waits_for_busy_threads_not_parked_ones(qapp):
+    """A window closing joins the ``medsam-*`` threads still at work (they may be inside torch)
+    but not those waiting for work in ``runtime.parked`` (such as another window's decoder)."""
+    import threading
+    import time
+
+    from medsam_gui.gui.controller import Controller, background_threads
+    from medsam_gui.runtime import is_parked, parked
+
+    go, busy_done = threading.Event(), threading.Event()
+
+    def waiting():
+        with parked():
+            go.wait(30)
+
+    def working():
+        time.sleep(0.5)  # a pass finishing after its stop request
+        busy_done.set()
+
+    idle = threading.Thread(target=waiting, name="medsam-test-parked", daemon=True)
+    busy = threading.Thread(target=working, name="medsam-test-busy", daemon=True)
+    idle.start()
+    busy.start()
+    while not is_parked(idle):
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    Controller(viewer=None).shutdown(timeout_s=5)
+    assert busy_done.is_set() and time.monotonic() - t0 < 2.0
+    assert idle.is_alive() and idle in background_threads()
+    go.set()
+    idle.join(5)
+    assert not idle.is_alive()

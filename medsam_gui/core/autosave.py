@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import ExportError, MedsamGuiError, SessionError
-from ..runtime import WRITER_NICE, lower_thread_priority
+from ..runtime import WRITER_NICE, lower_thread_priority, parked
 from .atomic import describe_os_error
 from .session import SESSION_SUFFIX, Session, load_session, read_session_summary, save_session
 
@@ -588,7 +588,8 @@ class AutosaveManager:
                             self._last_snap = now
                             break
                         waits.append(due - now)
-                    self._cond.wait(max(0.0, min(waits)) if waits else None)
+                    with parked():
+                        self._cond.wait(max(0.0, min(waits)) if waits else None)
             if fn is not None:
                 self._call_snapshot(fn)
                 continue

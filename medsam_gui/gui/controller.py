@@ -82,6 +82,7 @@ from ..core.labels import LabelTable, default_table
 from ..core.orientation import DisplayOrientation
 from ..core.volume import Volume
 from ..errors import MedsamGuiError
+from ..runtime import is_parked
 from . import dialogs
 from .display import DisplayMixin
 from .label_edits import LabelEditsMixin, table_for_values
@@ -505,6 +506,8 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
 
         QThreadPool.globalInstance().waitForDone(int(timeout_s * 1000))
         for thread in background_threads():
+            if is_parked(thread):  # waiting for work (e.g. another window's decoder): no model code runs
+                continue
             thread.join(max(0.0, end - time.monotonic()))
             if thread.is_alive():
                 log.warning("background thread %s still runs at exit", thread.name)

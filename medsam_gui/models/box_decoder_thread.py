@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, MedsamGuiError
-from ..runtime import single_threaded_torch
+from ..runtime import parked, single_threaded_torch
 from .engine import EmbeddingCancelled
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,11 @@ class BoxDecoderThread:
                     if due <= 0:
                         index, self._warm = self._warm[0], None
                         return index
-                    self._cond.wait(due)
+                    with parked():
+                        self._cond.wait(due)
                 else:
-                    self._cond.wait()
+                    with parked():
+                        self._cond.wait()
             if self._stopped:
                 return None
             return self._jobs.popitem(last=False)[1]

@@ -36,7 +36,7 @@ from concurrent.futures import Future
 from typing import Callable, Iterator
 
 
-from ..runtime import lower_thread_priority, single_threaded_torch
+from ..runtime import lower_thread_priority, parked, single_threaded_torch
 from .embedding_cache import EmbeddingCache
 from .engine import EncoderInterrupted
 
@@ -317,7 +317,8 @@ class EmbeddingScheduler:
                     if self._busy and self.on_idle is not None:
                         self._busy, idle = False, True
                         break
-                    self._cond.wait()
+                    with parked():
+                        self._cond.wait()
                 if self._stop:
                     self._cond.notify_all()
                     return
