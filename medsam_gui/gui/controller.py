@@ -490,7 +490,9 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
         up to ``timeout_s`` in all for Qt's thread pool (``run_worker`` work) and every
         ``medsam-*`` Python thread (a thread still inside torch when the interpreter exits
         aborts the process: "terminate called without an active exception"; an encoder pass
-        stops at its next transformer block once its predictor is shut down).
+        stops at its next transformer block once its predictor is shut down). Threads parked
+        waiting for work (``runtime.parked``: another window's decoder, say) run no model code
+        and are not waited for.
         """
         if self._shut_down:
             return
