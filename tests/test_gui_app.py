@@ -445,7 +445,8 @@ def test_menus_by_id_and_add_action(win):
 def test_state_providers_and_shutdown_hooks(qapp):
     import threading
 
-    from medsam_gui.gui.controller import Controller, background_threads
+    from medsam_gui.gui.controller import Controller
+    from medsam_gui.gui.shutdown import background_threads
 
     c = Controller(viewer=None)
     seen = []
@@ -476,7 +477,8 @@ def test_shutdown_waits_for_busy_threads_not_parked_ones(qapp):
     import threading
     import time
 
-    from medsam_gui.gui.controller import Controller, background_threads
+    from medsam_gui.gui.controller import Controller
+    from medsam_gui.gui.shutdown import background_threads
     from medsam_gui.runtime import is_parked, parked
 
     go, busy_done = threading.Event(), threading.Event()

@@ -288,7 +288,7 @@ def test_widgets_work_on_the_viewers_layers(pm, make_napari_viewer, data_dir, tm
     c.redo()
     assert int(np.count_nonzero(labels.data == new_value)) == 100
     # quitting napari shuts the controller down: the panels' threads end with it
-    from medsam_gui.gui.controller import background_threads
+    from medsam_gui.gui.shutdown import background_threads
 
     medsam_w.service.set_focus(mid)  # the decoder thread runs
     assert background_threads()

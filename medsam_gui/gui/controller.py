@@ -8,9 +8,9 @@ views of the scan's (z, y, x) arrays; ``layer.scale`` is the display spacing (mm
 always maps the labels back with ``orientation.from_display`` onto the source grid. Oblique
 scans are shown in voxel order (identity transform) with a visible notice.
 
-The methods live in four modules: this one (scan state, UI services, workers, wiring),
-:mod:`.scan_files` (open / save), :mod:`.label_edits` (label table, undoable edits) and
-:mod:`.display` (window/level, views).
+The methods live in five modules: this one (scan state, UI services, workers, wiring),
+:mod:`.scan_files` (open / save), :mod:`.label_edits` (label table, undoable edits),
+:mod:`.display` (window/level, views) and :mod:`.shutdown` (hooks, waiting for background work).
 
 Hooks for panels (stable API)
 -----------------------------
@@ -68,7 +68,6 @@ Panels are created by :func:`medsam_gui.app.build_app`, each module's ``install(
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -82,7 +81,6 @@ from ..core.labels import LabelTable, default_table
 from ..core.orientation import DisplayOrientation
 from ..core.volume import Volume
 from ..errors import MedsamGuiError
-from ..runtime import is_parked
 from . import dialogs
 from .display import DisplayMixin
 from .label_edits import LabelEditsMixin, table_for_values
@@ -96,23 +94,13 @@ from .layers import (
     labels_dtype_array,
 )
 from .scan_files import ScanFilesMixin
+from .shutdown import ShutdownMixin
 from .workers import WorkerHandle, start_worker
 
 log = logging.getLogger(__name__)
 
-THREAD_PREFIX = "medsam-"  # every background thread medsam-gui starts is named medsam-*
-SHUTDOWN_WAIT_S = 10.0  # longest wait for background threads when the app closes
-
-
-def background_threads() -> list[threading.Thread]:
-    """medsam-gui's background threads (named ``medsam-*``) still running, the caller's aside."""
-    current = threading.current_thread()
-    return [t for t in threading.enumerate()
-            if t is not current and t.name.startswith(THREAD_PREFIX) and t.is_alive()]
-
-
 class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMixin, LayerProtectionMixin,
-                 QObject):
+                 ShutdownMixin, QObject):
     volume_changed = Signal(object)
     labels_changed = Signal()
     active_label_changed = Signal(int)
@@ -135,11 +123,7 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
         self._labels_path: Path | None = None
         self._saved_digest: str | None = None
         self._view = "axial"
-        self._group_depth = 0
-        self._group_dirty = False
-        self._group_slices: set = set()  # (axis, index) written in the open group; None: unknown
-        self._edited_slice: tuple[int, int] | None = None
-        self._own_write = False  # a controller method is writing through data_setitem
+        self._init_label_edits()
         self._load_handle: WorkerHandle | None = None
         self._workers: list[WorkerHandle] = []
         self._auto_bounds: tuple[float, float] | None = None
@@ -443,8 +427,6 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
 
     def wait_idle(self, timeout_s: float = 30.0) -> None:
         """Process Qt events until no worker runs (tests, scripts)."""
-        import time
-
         from qtpy.QtWidgets import QApplication
 
         end = time.monotonic() + timeout_s
@@ -477,42 +459,6 @@ class Controller(ScanFilesMixin, LabelEditsMixin, DisplayMixin, LayerAdoptionMix
     def notify_state_changed(self) -> None:
         """A panel's saved state changed (autosave follows)."""
         self.state_changed.emit()
-
-    # ------------------------------------------------------------------ shutdown
-    def add_shutdown_hook(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` once when the app closes (hooks run last added first)."""
-        self._shutdown_hooks.append(fn)
-
-    def shutdown(self, timeout_s: float = SHUTDOWN_WAIT_S) -> None:
-        """Stop everything running in the background before the app exits (idempotent).
-
-        Runs the shutdown hooks (panels stop their services), cancels the workers, then waits
-        up to ``timeout_s`` in all for Qt's thread pool (``run_worker`` work) and every
-        ``medsam-*`` Python thread (a thread still inside torch when the interpreter exits
-        aborts the process: "terminate called without an active exception"; an encoder pass
-        stops at its next transformer block once its predictor is shut down). Threads parked
-        waiting for work (``runtime.parked``: another window's decoder, say) run no model code
-        and are not waited for.
-        """
-        if self._shut_down:
-            return
-        self._shut_down = True
-        for hook in reversed(self._shutdown_hooks):
-            try:
-                hook()
-            except Exception:  # one failing panel must not keep the others running
-                log.exception("shutdown hook %r failed", hook)
-        self.cancel_all()
-        end = time.monotonic() + timeout_s
-        from qtpy.QtCore import QThreadPool
-
-        QThreadPool.globalInstance().waitForDone(int(timeout_s * 1000))
-        for thread in background_threads():
-            if is_parked(thread):  # waiting for work (e.g. another window's decoder): no model code runs
-                continue
-            thread.join(max(0.0, end - time.monotonic()))
-            if thread.is_alive():
-                log.warning("background thread %s still runs at exit", thread.name)
 
 
 def _alive(box) -> bool:

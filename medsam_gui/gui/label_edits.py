@@ -50,6 +50,13 @@ def _slice_of_atoms(atoms) -> tuple[int, int] | None:
 class LabelEditsMixin:
     """Label table and label-map edits of the controller (see controller.py for the API)."""
 
+    def _init_label_edits(self) -> None:
+        self._group_depth = 0
+        self._group_dirty = False
+        self._group_slices: set = set()  # slices the open group wrote ((axis, index); None: unknown)
+        self._edited_slice: tuple[int, int] | None = None
+        self._own_write = False  # a controller method is writing through data_setitem
+
     # ------------------------------------------------------------------ label table
     def _apply_colormap(self) -> None:
         if self._labels_layer is None:
@@ -243,9 +250,8 @@ class LabelEditsMixin:
             self.label_table_changed.emit()
         with self._writing():
             layer.data_setitem(tuple(full), values)
-        if self._group_depth:
+        if self._group_depth:  # the group's commit (napari's paint event) names the slices
             self._group_dirty = True
-            self._group_slices.add((axis, index))
         else:
             self._emit_slice_changed((axis, index))
         return n
