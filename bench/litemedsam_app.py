@@ -8,6 +8,10 @@
   app idles meanwhile, as while a user draws the next box; default 0.5 s) and then back to back
   (each box as soon as the previous mask is painted: the decode shares the CPU with the
   previous mask's drawing, measuring and autosave);
+- box -> mask shown for boxes drawn with the mouse (``--drawn`` boxes, ``--pause`` s apart):
+  napari's own mouse callbacks get a press, ``--moves`` moves 16 ms apart with Qt's event loop
+  running between them (the app decodes the box being drawn ahead), then the release
+  ``--hold`` s after the last move; timed from the release, as the scripted boxes;
 - a 30-slice lesion propagated end to end through ``medsam_gui.api.propagate`` (fresh cache:
   every slice embedded, then decoded);
 - peak RSS of the process over the whole session;
@@ -40,6 +44,33 @@ from pathlib import Path
 import _common as C
 import numpy as np
 from gui_stall_app import Heartbeat
+
+
+def mouse(layer, kind: str, data_point) -> None:
+    """One napari mouse event of ``kind`` (press, move, release) at a data point of ``layer``,
+    through napari's mouse callbacks (the layer's own and the app's), axial view."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils import interactions
+
+    event = read_only_mouse_event(type=f"mouse_{kind}", is_dragging=kind == "move",
+                                  position=tuple(layer.data_to_world(data_point)), dims_displayed=[1, 2])
+    getattr(interactions, f"mouse_{kind}_callbacks")(layer, event)
+
+
+def draw_box(app, panel, z: int, box, moves: int, hold: float) -> None:
+    """Draw ``box`` (x0, y0, x1, y1) on display slice ``z`` with the box tool: press at its first
+    corner, ``moves`` moves 16 ms apart ending on the second, release ``hold`` s later."""
+    panel.activate_box_tool()
+    layer = panel.prompts_layer
+    x0, y0, x1, y1 = box
+    mouse(layer, "press", (z, y0, x0))
+    for t in np.linspace(0.0, 1.0, moves + 1)[1:]:
+        mouse(layer, "move", (z, y0 + t * (y1 - y0), x0 + t * (x1 - x0)))
+        t_next = time.perf_counter() + 0.016
+        spin(app, lambda: time.perf_counter() >= t_next, 10)
+    t_release = time.perf_counter() + hold
+    spin(app, lambda: time.perf_counter() >= t_release, 10)
+    mouse(layer, "release", (z, y1, x1))
 
 
 def spin(app, until, timeout: float) -> None:
@@ -99,6 +130,9 @@ def main():
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--boxes", type=int, default=20)
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between boxes (a user drawing the next one)")
+    ap.add_argument("--drawn", type=int, default=20, help="boxes drawn with the mouse (0: none)")
+    ap.add_argument("--moves", type=int, default=12, help="mouse moves per drawn box, 16 ms apart")
+    ap.add_argument("--hold", type=float, default=0.05, help="seconds from the last move to the release")
     ap.add_argument("--propagate", type=int, default=30, help="slices of the propagated lesion")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="auto", help="LiteMedSAM's precision (default auto, as the app)")
@@ -175,6 +209,17 @@ def main():
                 panel.slice_painted.disconnect()
             box_runs[pause] = panel.timings[-args.boxes:]
         stage(f"{args.boxes} boxes -> masks, {args.pause:g} s apart, then back to back")
+        for _ in range(args.drawn):
+            t_next = time.perf_counter() + args.pause
+            spin(app, lambda: time.perf_counter() >= t_next, 10)
+            jitter = rng.integers(-3, 4, 4)
+            done = []
+            panel.slice_painted.connect(lambda *a: done.append(a))
+            draw_box(app, panel, z, tuple(float(v) for v in np.asarray(box) + jitter), args.moves, args.hold)
+            spin(app, lambda: bool(done), 60)
+            panel.slice_painted.disconnect()
+        drawn_run = panel.timings[-args.drawn:] if args.drawn else []
+        ahead = sum(r["decode_ms"] == 0.0 for r in drawn_run)  # taken from the decode made while drawn
         session_peak = rss.peak
         win.close(force=True)
 
@@ -188,6 +233,11 @@ def main():
     for pause, t in box_runs.items():
         ms = {k: np.array([r[k] for r in t]) for k in ("decode_ms", "paint_ms", "total_ms")}
         print(f"box -> mask shown over {len(t)} boxes " + (f"{pause:g} s apart: " if pause else "back to back: ")
+              + ", ".join(f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
+    if drawn_run:
+        ms = {k: np.array([r[k] for r in drawn_run]) for k in ("decode_ms", "paint_ms", "total_ms")}
+        print(f"box -> mask shown over {len(drawn_run)} boxes drawn with the mouse ({args.moves} moves, release "
+              f"{args.hold * 1000:.0f} ms after the last; {ahead} taken from the decode made while drawn): "
               + ", ".join(f"{k} p50 {np.median(v):.1f} / p90 {np.percentile(v, 90):.1f}" for k, v in ms.items()))
     print(f"peak RSS of the session (app + {n}-slice scan + all embeddings): {session_peak:.0f} MiB\n")
     print(C.table(["stage", "RSS at its end MiB", "peak so far MiB"], stages))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,5 +106,61 @@ def test_service_prepares_the_focus_slice_and_its_first_box_hits_the_cache(engin
         sv.set_focus(z)
         qtbot.wait(400)
         assert len(sv.prepared) == n
+    finally:
+        sv.shutdown()
+
+
+@pytest.mark.gui
+def test_a_box_decoded_ahead_is_answered_from_the_decoders_recent_results(engines, qtbot):
+    from medsam_gui.gui import embedding_service as es
+    from medsam_gui.gui.layers import display_orientation
+    from medsam_gui.io import load_volume
+    from medsam_gui.models.embedding_cache import EmbeddingCache
+
+    fp32, fast = engines
+    vol = load_volume(LUNG)
+    sv = es.EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, background=False)
+    try:
+        sv.set_engine(fast)
+        with qtbot.waitSignal(sv.ready, timeout=60_000):
+            sv.configure(vol, display_orientation(vol), (-160.0, 240.0), 0, modality="CT")
+        z, unembedded = 20, 25
+        sv.cache.put(sv.key(z), _embedding(7))
+        fd = fast.fast_decoder
+        fd.clear_cache()
+        box = (190.0, 170.0, 330.0, 310.0)
+        # the box being drawn, moved twice: the newest is decoded ahead
+        sv.speculate(z, (190.0, 170.0, 300.0, 280.0))
+        sv.speculate(z, box)
+        qtbot.waitUntil(lambda: sv.decoded_ahead[-1:] == [(z, box)], timeout=30_000)
+        # released there: its mask is taken at once (no model work), as the newest request of its token
+        taken = sv.take_ahead(1, z, box)
+        assert taken is not None and sv.is_latest(1, taken[1])
+        assert sv.take_ahead(1, z, (190.0, 170.0, 300.0, 280.0)) is None  # not the box last decoded ahead
+        assert sv.take_ahead(1, z + 1, box) is None
+        # submitted again: answered from the decoder's recent results, equal to a fresh decode
+        before = fd.cache_info()["recent_hits"]
+        with qtbot.waitSignal(sv.mask_ready, timeout=30_000) as sig:
+            sv.segment_async(1, z, box)
+        mask = sig.args[3]
+        assert fd.cache_info()["recent_hits"] == before + 1
+        assert not sv.is_latest(1, taken[1])
+        np.testing.assert_array_equal(taken[0], mask)
+        fd.clear_cache()
+        np.testing.assert_array_equal(mask, fast.decode(sv.cached(z), box, sv.slice_hw()))
+        assert mask.sum() > 0
+        # another window: other embeddings, the box decoded ahead no longer applies
+        sv.configure(vol, display_orientation(vol), (-100.0, 200.0), 0, modality="CT")
+        qtbot.waitUntil(lambda: sv.is_ready, timeout=60_000)
+        assert sv.take_ahead(1, z, box) is None
+        # a slice without an embedding is not embedded for a box being drawn; fp32 decodes nothing ahead
+        n = len(sv.decoded_ahead)
+        sv.speculate(unembedded, box)
+        sv.set_engine(fp32)
+        qtbot.waitUntil(lambda: sv.is_ready, timeout=60_000)
+        sv.cache.put(sv.key(z), _embedding(7))
+        sv.speculate(z, box)
+        qtbot.wait(500)
+        assert len(sv.decoded_ahead) == n and not sv.has_embedding(unembedded)
     finally:
         sv.shutdown()

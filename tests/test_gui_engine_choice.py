@@ -1,7 +1,8 @@
 """The MedSAM dock's engine choice with LiteMedSAM installed (golden-rule weights in the official
 ``lite_medsam.pth`` layout) on a real 3-slice CT: LiteMedSAM is the default without CUDA, the
 whole scan is embedded in the background with an "Embedded N / M slices" status, a box gives
-exactly the engine's mask, switching the view does not start embedding another axis, and
+exactly the engine's mask (a box drawn with the mouse is decoded while it is drawn and its mask is
+ready on release), switching the view does not start embedding another axis, and
 choosing MedSAM ViT-B without its weights opens their dialog."""
 
 from __future__ import annotations
@@ -75,6 +76,21 @@ def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot):
     np.testing.assert_array_equal(written, expected)
     assert written.sum() > 0
 
+    # a box drawn with the mouse is decoded while it is drawn: on release its mask is ready
+    panel.activate_box_tool()
+    layer = panel.prompts_layer
+    drawn = _press_and_move(layer, (z, box[1] + 3, box[0] + 3), (z, box[3] - 2, box[2] - 4), qtbot)
+    _axis, _z, final_box, _kind, _label = panel.prompts.geometry(drawn)
+    qtbot.waitUntil(lambda: panel.service.decoded_ahead[-1:] == [(z, final_box)], timeout=30_000)
+    painted = []
+    panel.slice_painted.connect(lambda *a: painted.append(a))
+    _release(layer, (z, box[3] - 2, box[2] - 4))
+    assert painted == [(0, z)]  # painted while the release was handled: no decode waited for
+    assert panel.timings[-1]["box"] == final_box and panel.timings[-1]["decode_ms"] == 0.0
+    now = np.asarray(c.display_labels())[z] == 1
+    np.testing.assert_array_equal(now, written | panel.engine.decode(panel.service.cached(z), final_box, written.shape))
+    assert (now & ~written).any()  # the new box added pixels
+
     # another view: the embeddings stay on the axial axis until a prompt is drawn there
     c.set_view("coronal")
     assert panel.service.axis == 0
@@ -88,6 +104,30 @@ def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot):
     assert panel.model_box.weights_button.text() == "Load MedSAM ViT-B weights…"
     assert panel.settings["engine"] == "medsam"
     panel.weights_dialog.reject()
+
+
+def _press_and_move(layer, p0, p1, qtbot, steps=4) -> int:
+    """Press at data point p0 and move to p1 through napari's mouse callbacks, letting the event
+    loop run after each move (as between a user's mouse events); returns the index of the shape
+    being drawn."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks
+
+    w0, w1 = np.asarray(layer.data_to_world(p0)), np.asarray(layer.data_to_world(p1))
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=tuple(w0), dims_displayed=[1, 2]))
+    for t in np.linspace(0, 1, steps + 1)[1:]:
+        mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True,
+                                                          position=tuple(w0 + t * (w1 - w0)), dims_displayed=[1, 2]))
+        qtbot.wait(20)
+    return len(layer.data) - 1
+
+
+def _release(layer, p1) -> None:
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_release_callbacks
+
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=tuple(layer.data_to_world(p1)),
+                                                         dims_displayed=[1, 2]))
 
 
 def test_propagation_method_defaults_to_medsam2_when_installed(app_window):

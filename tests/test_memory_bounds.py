@@ -213,7 +213,7 @@ def test_measure_labels_crop_equals_whole_map_without_whole_map_temporaries():
     import SimpleITK as sitk
 
     from medsam_gui.core.measurements import measure_labels
-    from medsam_gui.core.session import _label_counts
+    from medsam_gui.core.session_labels import label_counts
     from medsam_gui.core.sparse_labels import nonzero_box
 
     lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(ROOT / "tests/data/lung_ct/lung1_label.nrrd")))
@@ -227,7 +227,7 @@ def test_measure_labels_crop_equals_whole_map_without_whole_map_temporaries():
         whole = measure_labels(big, spacing)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
-        counts = _label_counts(big)
+        counts = label_counts(big)
         peak_counts = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

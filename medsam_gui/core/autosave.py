@@ -59,6 +59,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import ExportError, MedsamGuiError, SessionError
+from ..interactive import pause_point
 from ..runtime import WRITER_NICE, lower_thread_priority, parked
 from .atomic import describe_os_error
 from .session import SESSION_SUFFIX, Session, load_session, read_session_summary, save_session
@@ -593,6 +594,7 @@ class AutosaveManager:
             if fn is not None:
                 self._call_snapshot(fn)
                 continue
+            pause_point()  # not while a box is being decoded
             self._write(snap)
 
     def _write(self, snap: Session) -> None:

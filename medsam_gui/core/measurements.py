@@ -37,7 +37,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ Point = tuple[float, float]
 # polygon long axis overshoots by +0.30 pixel-extent on average (short axis +0.23); after the
 # correction the mean error is +0.05 / -0.02 (see docs/propagation.md).
 DIGITISATION_CORRECTION = 0.25
+CHORD_BLOCK = 100  # short-axis lines per step (~1 ms on a ragged slice; ``pause`` between steps)
 
 
 @dataclass
@@ -190,12 +191,14 @@ def _chords_at(t_values: np.ndarray, a: np.ndarray, b: np.ndarray, u: np.ndarray
     return best, s_lo, s_hi
 
 
-def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Sequence[int] = (0, 0)):
+def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Sequence[int] = (0, 0),
+                pause: Callable[[], object] | None = None):
     """Long and short axis of a 2D bool mask (rows, cols) with pixel spacing (sx, sy) mm.
 
     Returns ``(long_mm, (p0, p1), short_mm, (q0, q1) or None)`` with endpoints as (x, y) float
     pixel coordinates. An empty mask gives zeros and None endpoints. ``origin_yx``: the (row,
     col) of ``mask_2d[0, 0]`` in a larger image (a crop): the result is that of the larger image.
+    ``pause``: called between steps (e.g. :func:`medsam_gui.interactive.pause_point`).
     """
     mask = np.asarray(mask_2d, dtype=bool)
     if not mask.any():
@@ -204,7 +207,11 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Seq
     # boundary segments in physical (x, y); integer shifts of half-integer vertices are exact
     shift = np.asarray([float(origin_yx[0]), float(origin_yx[1])])
     a, b = ((e + shift)[:, ::-1] * sxy for e in boundary_segments(mask))
+    if pause is not None:
+        pause()
     long_mm, p, q = longest_diameter(np.vstack([a, b]))
+    if pause is not None:
+        pause()
     to_px = lambda m: (float(m[0] / sxy[0]), float(m[1] / sxy[1]))  # noqa: E731
     if long_mm <= 0:
         return 0.0, (to_px(p), to_px(q)), 0.0, None
@@ -215,13 +222,19 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Seq
         t_all = np.linspace(t_all.min(), t_all.max(), 4000)
     eps = 1e-7 * max(1.0, long_mm)
     best_len, best = 0.0, None
+    ta, tb = a @ u, b @ u
+    lo, hi = np.minimum(ta, tb), np.maximum(ta, tb)
     for shift in (-eps, eps):
-        tt = t_all + shift
-        lengths, s_lo, s_hi = _chords_at(tt, a, b, u, v)
-        k = int(np.argmax(lengths))
-        if lengths[k] > best_len:
-            best_len = float(lengths[k])
-            best = (tt[k], s_lo[k], s_hi[k])
+        for start in range(0, len(t_all), CHORD_BLOCK):  # the first longest chord, block by block
+            if pause is not None:
+                pause()
+            tt = t_all[start:start + CHORD_BLOCK] + shift
+            near = (lo <= tt[-1]) & (hi > tt[0])  # the edges that can cross these lines, in order
+            lengths, s_lo, s_hi = _chords_at(tt, a[near], b[near], u, v)
+            k = int(np.argmax(lengths))
+            if lengths[k] > best_len:
+                best_len = float(lengths[k])
+                best = (tt[k], s_lo[k], s_hi[k])
     # digitisation correction: shorten each diameter by a quarter of the pixel's extent
     # along it (an eighth at each end), the mean overshoot of the edge-midpoint polygon
     cu = DIGITISATION_CORRECTION * float(abs(u[0]) * sxy[0] + abs(u[1]) * sxy[1])
@@ -241,14 +254,16 @@ def recist_axes(mask_2d: np.ndarray, spacing_xy: Sequence[float], origin_yx: Seq
 
 def measure_labels(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], label_table: Any = None,
                    values: Iterable[int] | None = None,
-                   origin_zyx: Sequence[int] = (0, 0, 0)) -> list[LabelMeasurement]:
+                   origin_zyx: Sequence[int] = (0, 0, 0),
+                   pause: Callable[[], object] | None = None) -> list[LabelMeasurement]:
     """Measure every label value > 0 (or ``values``) of ``labels_zyx`` (z, y, x int array).
 
     spacing_xyz: voxel size (x, y, z) mm. label_table: a LabelTable (``.get(value).name``), a
     {value: name} mapping, or None. Returns measurements ordered by label value; values absent
     from the map are skipped. ``origin_zyx``: where ``labels_zyx[0, 0, 0]`` lies in the whole
     label map when a part of it is given (e.g. :func:`nonzero_box`'s crop): slice numbers and
-    endpoints are then those of the whole map, and equal to measuring the whole map.
+    endpoints are then those of the whole map, and equal to measuring the whole map. ``pause``:
+    called between steps of a few ms (background measuring gives way to interactive work there).
 
     Memory: only the bounding box of the non-zero voxels is looked at, slice by slice (a
     512 x 512 x 300 map needs a few MiB of temporaries, not copies of the whole map).
@@ -269,6 +284,8 @@ def measure_labels(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], label_t
     # per-slice voxel counts of every value, one axial slice of the box at a time
     counts: dict[int, np.ndarray] = {}
     for z in range(labels.shape[0]):
+        if pause is not None:
+            pause()
         found, n_found = np.unique(labels[z], return_counts=True)
         for v, n in zip(found.tolist(), n_found.tolist()):
             if (wanted is None and v > 0) or (wanted is not None and v in wanted):
@@ -282,7 +299,7 @@ def measure_labels(labels_zyx: np.ndarray, spacing_xyz: Sequence[float], label_t
         zs = np.flatnonzero(per_slice)
         z_best = int(np.argmax(per_slice))
         long_mm, long_pts, short_mm, short_pts = recist_axes(labels[z_best] == value, (sx, sy),
-                                                             origin_yx=(oy, ox))
+                                                             origin_yx=(oy, ox), pause=pause)
         out.append(LabelMeasurement(
             value=value,
             name=_label_name(label_table, value),

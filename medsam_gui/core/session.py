@@ -6,8 +6,10 @@ A session folder ``NAME.medsamsession/`` holds
   DICOM series uid, vector component, ``Volume.fingerprint()`` and geometry), the label
   table (``LabelTable.to_dict()`` form), prompts, window bounds, view state, and a manifest
   (size + SHA-256) of every other file in the folder;
-- ``labels.npz``: the label map, key ``labels``, (z, y, x) in the scan's array order,
-  integer dtype (uint8 / uint16), a standard compressed ``.npz`` (deflate level 1);
+- ``labels.npz``: the label map, (z, y, x) in the scan's array order, integer dtype (uint8 /
+  uint16), a standard compressed ``.npz`` (deflate level 1); key ``labels`` holds only the
+  bounding box of the labelled voxels, recorded in session.json with the full shape
+  (:mod:`medsam_gui.core.session_labels`; format 1 held the full map and is still read);
 - ``support_<label>.npz``: the support set of one label value, named numeric arrays; the
   UniverSeg panel stores :meth:`medsam_gui.core.support_set.SupportSet.to_arrays` (``images``
   float32 (S, 128, 128) in 0..1, ``labels`` uint8 0/1, ``indices``, ``axes``, ``label_values``,
@@ -65,12 +67,12 @@ import numpy as np
 from .. import __version__
 from ..errors import ExportError, MedsamGuiError, SessionError
 from .atomic import describe_os_error, fsync_dir, to_json_text
+from .session_labels import LABELS_FILE, decode_labels, encode_labels, label_counts
 
 FORMAT_NAME = "medsam-gui-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: labels.npz holds the labelled box only (session_labels)
 SESSION_SUFFIX = ".medsamsession"
 SESSION_JSON = "session.json"
-LABELS_FILE = "labels.npz"
 _SUPPORT_RE = re.compile(r"^support_(\d+)\.npz$")
 _ARRAY_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -272,34 +274,7 @@ class Session:
 
     def label_voxel_counts(self) -> dict[int, int]:
         """{label value: voxel count} for values > 0 present in ``labels``."""
-        return _label_counts(self.labels)
-
-
-_COUNT_CHUNK = 1 << 22  # voxels counted at once by _label_counts (temporaries of a few MiB)
-
-
-def _label_counts(labels: np.ndarray | None) -> dict[int, int]:
-    if labels is None or labels.size == 0:
-        return {}
-    flat = np.ravel(labels)
-    if flat.dtype == bool:
-        flat = flat.view(np.uint8)
-    totals: dict[int, int] = {}
-    # chunk by chunk: a whole-map ``flat != 0`` would be a 75 MiB temporary for 512 x 512 x 300
-    for start in range(0, flat.size, _COUNT_CHUNK):
-        part = flat[start:start + _COUNT_CHUNK]
-        nz = part[part != 0]  # label maps are mostly background: count only the labelled voxels
-        if nz.size == 0:
-            continue
-        if nz.min() < 0 or nz.max() > 1 << 20:
-            vals, counts = np.unique(nz, return_counts=True)
-        else:
-            counts = np.bincount(nz.astype(np.intp, copy=False))
-            vals = np.nonzero(counts)[0]
-            counts = counts[vals]
-        for v, n in zip(vals.tolist(), counts.tolist()):
-            totals[int(v)] = totals.get(int(v), 0) + int(n)
-    return {v: totals[v] for v in sorted(totals)}
+        return label_counts(self.labels)
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,21 +317,7 @@ def _check_plain_array(arr: Any, what: str) -> np.ndarray:
     return arr
 
 
-def _prepare_labels(session: Session) -> np.ndarray | None:
-    labels = session.labels
-    if labels is None:
-        return None
-    labels = _check_plain_array(labels, "Session.labels")
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"Session.labels must be an integer array, got {labels.dtype}")
-    if tuple(labels.shape) != tuple(session.scan.shape_zyx):
-        raise ValueError(f"Session.labels has shape {labels.shape}, the scan {session.scan.shape_zyx} (z, y, x)")
-    return labels
-
-
-def _session_document(session: Session, labels: np.ndarray | None,
+def _session_document(session: Session, labels_entry: dict[str, Any] | None,
                       files: dict[str, dict[str, Any]], support_meta: dict[str, Any]) -> dict[str, Any]:
     window = None
     if session.window is not None:
@@ -372,10 +333,7 @@ def _session_document(session: Session, labels: np.ndarray | None,
         "modified": float(session.modified),
         "saved_at": time.time(),
         "scan": session.scan.to_dict(),
-        "labels": None if labels is None else {
-            "file": LABELS_FILE, "shape": list(labels.shape), "dtype": str(labels.dtype),
-            "voxels": {str(k): v for k, v in _label_counts(labels).items()},
-        },
+        "labels": labels_entry,
         "label_table": session.label_table,
         "prompts": session.prompts,
         "window": window,
@@ -454,7 +412,9 @@ def save_session(session: Session, folder: str | os.PathLike, *, overwrite: bool
     """
     target = session_folder_for(session, folder)
     _refuse_scan_target(session, target)
-    labels = _prepare_labels(session)
+    crop = labels_entry = None
+    if session.labels is not None:
+        crop, labels_entry = encode_labels(session.labels, session.scan.shape_zyx)
     support: dict[int, dict[str, np.ndarray]] = {}
     for value, arrays in session.support_sets.items():
         v = int(value)
@@ -493,15 +453,15 @@ def save_session(session: Session, folder: str | os.PathLike, *, overwrite: bool
             _write_file(tmp_dir / name, data)
             files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
-        if labels is not None:
-            put(LABELS_FILE, _npz_bytes({"labels": labels}))
+        if crop is not None:
+            put(LABELS_FILE, _npz_bytes({"labels": crop}))
         support_meta: dict[str, Any] = {}
         for v, arrays in sorted(support.items()):
             fname = f"support_{v}.npz"
             put(fname, _npz_bytes(arrays))
             support_meta[str(v)] = {"file": fname, "arrays": {
                 n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()}}
-        doc = _session_document(session, labels, files, support_meta)
+        doc = _session_document(session, labels_entry, files, support_meta)
         _write_file(tmp_dir / SESSION_JSON, to_json_text(doc).encode("utf-8"))
         fsync_dir(tmp_dir)
         _verify_written(tmp_dir, doc)
@@ -646,14 +606,7 @@ def _load_session(folder: Path) -> Session:
             if not isinstance(lab, dict) or lab.get("file") != LABELS_FILE or LABELS_FILE not in files:
                 raise SessionError("The session's label entry is malformed.")
             arrays = _read_npz(folder / LABELS_FILE, files[LABELS_FILE])
-            if "labels" not in arrays:
-                raise SessionError(f"{folder / LABELS_FILE} holds no label map.")
-            labels = arrays["labels"]
-            if labels.dtype.kind not in "iu":
-                raise SessionError(f"The session's label map has dtype {labels.dtype}; expected integers.")
-            if tuple(labels.shape) != scan.shape_zyx:
-                raise SessionError(f"The session's label map has shape {tuple(labels.shape)} (z, y, x) but "
-                                   f"its scan has {scan.shape_zyx}; the session is inconsistent.")
+            labels = decode_labels(lab, arrays, scan.shape_zyx, doc["format_version"])
         support_sets: dict[int, dict[str, np.ndarray]] = {}
         sup = _expect_dict(doc, "support_sets")
         for key, entry in sup.items():

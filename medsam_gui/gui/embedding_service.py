@@ -118,6 +118,10 @@ class EmbeddingService(QObject):
         return self.predictor.prepared
 
     @property
+    def decoded_ahead(self) -> list[tuple]:
+        return self.predictor.decoded_ahead
+
+    @property
     def last_message(self) -> str:
         return self.predictor.last_message
 
@@ -179,6 +183,12 @@ class EmbeddingService(QObject):
 
     def segment_async(self, token, index: int, box) -> int:
         return self.predictor.segment_async(token, index, box)
+
+    def speculate(self, index: int, box) -> None:
+        self.predictor.speculate(index, box)
+
+    def take_ahead(self, token, index: int, box):
+        return self.predictor.take_ahead(token, index, box)
 
     def warm_decoder(self, index: int, delay: float | None = None) -> None:
         self.predictor.warm_decoder(index, delay)

@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import config
+from ..interactive import pause_point
 from ..runtime import IDLE_NICE, lower_thread_priority
 
 # the RECIST diameters come first, the slice range last; the dock's narrow headers are short
@@ -194,9 +195,11 @@ class MeasurementsPanel(QWidget):
         self.info_label.setText("Measuring…")
 
         def work():
-            lower_thread_priority(IDLE_NICE)  # a table refresh must not slow the next box
+            lower_thread_priority(IDLE_NICE)  # a table refresh must not slow the next box,
+            # and it waits at pause points while one is decoded (medsam_gui.interactive)
             try:
-                result, error = measure_labels(labels, spacing, names, origin_zyx=origin), None
+                result = measure_labels(labels, spacing, names, origin_zyx=origin, pause=pause_point)
+                error = None
             except BaseException as exc:  # noqa: BLE001 - shown in the panel
                 result, error = None, exc
             try:

@@ -233,6 +233,7 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         self.model_box.embed_settings_changed.connect(
             lambda: self.service.apply_settings(**self.model_box.embed_settings()))
 
+        self.prompts.drawing.connect(self._decode_ahead)
         self.prompts.drawn.connect(self._segment_pid)
         self.prompts.moved.connect(self._segment_pid)
         self.prompts.removed.connect(self.segmentation.keep_only)
@@ -488,6 +489,18 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
             self.controller.status(f"MedSAM: {exc}", 8000)
             return
         self.segment_box(axis, index, box, label, token=pid)
+
+    def _decode_ahead(self, i: int) -> None:
+        """Prompt ``i`` is being drawn: decode its box now (the engine keeps the result), so the
+        mask is ready when the mouse is released there."""
+        if self.segmentation.segmenter is not None or self._engine is None:
+            return
+        try:
+            axis, index, box, _kind, _label = self.prompts.geometry(i)
+        except MedsamGuiError:
+            return
+        if self.service.axis == axis:
+            self.service.speculate(index, box)
 
     def segment_box(self, axis: int, index: int, box, label: int | None = None, *, token=None) -> None:
         """Segment ``box`` (x0, y0, x1, y1) on display slice ``index`` along display ``axis`` for

@@ -4,7 +4,10 @@ square box each line is segmented with, read-only), their geometry (``core.promp
 saved state.
 
 Every prompt carries the label it was drawn for (feature ``label``) and a stable id (feature
-``pid``, > 0; a shape just drawn has -1 until :class:`PromptLayers` numbers it).
+``pid``, > 0; a shape just drawn has -1 until :class:`PromptLayers` numbers it). While a box or
+line is being drawn, ``drawing(index)`` follows when the mouse rests (:data:`DRAW_REST_MS`
+after a move: the panel decodes the shape then, so its mask is ready when the mouse is
+released there; decoding at every move would keep the decoder busy with boxes already left).
 
 Saved state (``get_state`` / ``set_state``, the session's "medsam_prompts" provider):
 ``core.prompts.prompts_to_state`` with the vertices in the scan's own (z, y, x) voxel indices,
@@ -17,7 +20,7 @@ import itertools
 from collections.abc import Callable
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core import prompts as cp
 from ..errors import MedsamGuiError
@@ -25,6 +28,7 @@ from ..errors import MedsamGuiError
 PROMPTS_LAYER_NAME = "prompts"
 RECIST_BOXES_LAYER_NAME = "RECIST boxes"
 RECIST_BOX_COLOR = "#ffd54a"
+DRAW_REST_MS = 25  # no mouse move for this long while drawing: the shape is decoded ahead
 
 
 def _action_name(event) -> str:
@@ -41,9 +45,11 @@ class PromptLayers(QObject):
 
     Signals: ``drawn(pid)`` a new prompt; ``moved(pid)`` a prompt was moved/resized;
     ``removed(set)`` prompts were deleted (the set: pids still present); ``edited()`` any change
-    of the prompts (for the session's autosave).
+    of the prompts (for the session's autosave); ``drawing(index)`` the shape at ``index`` is
+    being drawn and was just moved.
     """
 
+    drawing = Signal(int)
     drawn = Signal(int)
     moved = Signal(int)
     removed = Signal(object)
@@ -57,6 +63,10 @@ class PromptLayers(QObject):
         self._boxes = None
         self._pids = itertools.count(1)
         self._restoring = False
+        self._rest = QTimer(self)
+        self._rest.setSingleShot(True)
+        self._rest.setInterval(DRAW_REST_MS)
+        self._rest.timeout.connect(self._announce_drawing)
 
     # ------------------------------------------------------------------ layers
     def _alive(self, layer) -> bool:
@@ -83,6 +93,7 @@ class PromptLayers(QObject):
             features={"label": np.zeros(0, dtype=int), "pid": np.zeros(0, dtype=int)}, **common)
         layer.feature_defaults = {"label": int(c.active_label), "pid": -1}
         layer.events.data.connect(self._on_data)
+        layer.mouse_drag_callbacks.append(self._on_drag)
         boxes = c.viewer.add_shapes(name=RECIST_BOXES_LAYER_NAME, edge_color=RECIST_BOX_COLOR, edge_width=1.0,
                                     opacity=0.7, **common)
         boxes.editable = False
@@ -179,6 +190,25 @@ class PromptLayers(QObject):
             boxes.add_rectangles(rects, edge_color=RECIST_BOX_COLOR, edge_width=1.0)
 
     # ------------------------------------------------------------------ events
+    def _on_drag(self, layer, event):
+        """napari drag callback: while a box or RECIST line is drawn, ``drawing`` once the mouse
+        rests (napari's own callback moves the shape after this one)."""
+        if str(layer.mode) not in ("add_rectangle", "add_line"):
+            return
+        yield
+        while event.type == "mouse_move":
+            self._rest.start()
+            yield
+        self._rest.stop()  # released: the prompt is segmented as drawn
+
+    def _announce_drawing(self) -> None:
+        layer = self._layer
+        if not self._alive(layer) or not len(layer.data):
+            return
+        unnumbered = np.flatnonzero(np.asarray(layer.features["pid"]) < 0)  # the shape being drawn
+        if unnumbered.size:
+            self.drawing.emit(int(unnumbered[-1]))
+
     def _on_data(self, event) -> None:
         action = _action_name(event)
         layer = self._layer

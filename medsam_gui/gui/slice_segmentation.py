@@ -4,7 +4,8 @@ tools' GUI side).
 Each result is written with ``controller.write_slice_mask`` as ONE undo step: the slice's
 pixels of that label become (previous pixels of the label, minus this prompt's previous
 result) | new mask; other labels' voxels are kept unless "overwrite other labels" is ticked.
-With MedSAM the box is decoded on the EmbeddingService's decoder thread (``segment_async``);
+With MedSAM the box is decoded on the EmbeddingService's decoder thread (``segment_async``), or
+taken at once when it was decoded while it was drawn (``take_ahead``);
 an injected segmenter ``fn(index, box_xyxy) -> bool (H, W)`` runs at once on the GUI thread.
 """
 
@@ -66,6 +67,10 @@ class SliceSegmentation(QObject):
                 c.show_error(exc, title="Segmentation failed")
                 return
             self._paint(token, axis, index, label, mask, t0, (time.perf_counter() - t0) * 1000.0, box)
+            return
+        ready = self.service.take_ahead(token, int(index), box)
+        if ready is not None:  # decoded while it was drawn: shown with the finished box
+            self._paint(token, axis, index, label, ready[0], t0, 0.0, box)
             return
         gen = self.service.segment_async(token, int(index), box)
         self._jobs[(token, gen)] = (t0, int(axis), int(index), int(label))

@@ -5,6 +5,12 @@ decoded as soon as their slice's embedding exists; a box whose slice is not embe
 the predictor for it, reports ``listener.waiting`` and is decoded when it arrives. While no box
 waits, the slice on screen gets its box-independent decoder work done ahead (``warm``), so its
 first box is answered at the cached speed. Results go to the predictor's listener.
+
+A box being drawn is decoded ahead (``speculate``: the newest one only, after any real box,
+never asking for an embedding, not reported): when the drawn box is released where it was last
+decoded, its mask is taken at once (``take_ahead``, on the caller's thread, no model work; a box
+still being decoded there is waited for, briefly), and the engine's decoder also keeps the
+result for a box submitted again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, MedsamGuiError
+from ..interactive import interactive_work
 from ..runtime import parked, single_threaded_torch
 from .engine import EmbeddingCancelled
 
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 
 WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared
 NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
+SPECULATIVE = object()  # the token of the box being drawn
+TAKE_WAIT_S = 0.03  # a box released while it is decoded ahead waits this long at most for it
 
 
 class BoxDecoderThread:
@@ -45,6 +54,9 @@ class BoxDecoderThread:
         self._stopped = False
         self._warm: tuple[int, float] | None = None  # (index, monotonic time due)
         self.prepared: list[int] = []  # slices whose decoder work was done ahead (newest last)
+        self.decoded_ahead: list[tuple] = []  # (slice, box) decoded while drawn (newest last)
+        self._ahead: tuple | None = None  # (slice, box, embedding key, hw, mask) of the newest
+        self._ahead_running: tuple | None = None  # (slice, box) being decoded ahead now
         with self._cond:
             self._ensure_thread()
 
@@ -54,10 +66,58 @@ class BoxDecoderThread:
         with self._cond:
             self._latest[token] = gen
             self._jobs.pop(token, None)
+            if token is not SPECULATIVE:
+                self._jobs.pop(SPECULATIVE, None)  # a real box goes first
             self._jobs[token] = (token, int(index), tuple(float(v) for v in box), gen, axis)
             self._ensure_thread()
             self._cond.notify_all()
         return gen
+
+    def speculate(self, index: int, box, axis: int | None) -> None:
+        """Decode ``box`` ahead while it is being drawn (replaces an older one; see the module
+        docstring)."""
+        self.submit(SPECULATIVE, index, box, axis)
+
+    def take_ahead(self, token, index: int, box, key, hw) -> tuple[np.ndarray, int] | None:
+        """(mask, generation) when ``box`` on slice ``index`` (embedding ``key``, slice size
+        ``hw``) is the box last decoded ahead, registered as ``token``'s newest request (an older
+        one of ``token`` is dropped, its result will not be the latest); else None. While that box
+        is being decoded ahead, waits for it (at most :data:`TAKE_WAIT_S`)."""
+        want = (int(index), tuple(float(v) for v in box), key, hw)
+        if key is None:
+            return None
+        with self._cond:
+            self._cond.wait_for(lambda: self._ahead_running != want[:2], timeout=TAKE_WAIT_S)
+            ahead = self._ahead
+            if ahead is None or ahead[:4] != want:
+                return None
+            gen = next(self._gen)
+            self._latest[token] = gen
+            self._jobs.pop(token, None)
+            return ahead[4], gen
+
+    def _decode_ahead(self, index: int, box, axis) -> None:
+        """A speculative job: decoded when its slice is embedded, the result dropped (the engine
+        keeps it); errors only logged (the real box reports them)."""
+        p = self.predictor
+        try:
+            key, emb, hw = p.key(index), p.cached(index), p.slice_hw()
+            if emb is None or hw is None or p.axis != axis or p.engine is None or not p.engine.remembers_recent_boxes():
+                return
+            with self._cond:
+                self._ahead_running = (int(index), tuple(box))
+            with interactive_work():
+                mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
+            with self._cond:
+                self._ahead = (int(index), tuple(box), key, hw, mask)
+            self.decoded_ahead.append((int(index), tuple(box)))
+            del self.decoded_ahead[:-64]
+        except Exception:  # noqa: BLE001 - a speculation must never disturb the user
+            log.debug("decoding ahead on slice %s failed", index, exc_info=True)
+        finally:
+            with self._cond:
+                self._ahead_running = None
+                self._cond.notify_all()
 
     def warm(self, index: int, delay: float | None = None) -> None:
         """Prepare slice ``index`` ``delay`` s from now (default :data:`WARM_DELAY_S`) if no box
@@ -133,6 +193,9 @@ class BoxDecoderThread:
             token, index, box, gen, axis = job
             if not self.is_latest(token, gen):
                 continue
+            if token is SPECULATIVE:
+                self._decode_ahead(index, box, axis)
+                continue
             try:
                 hw = p.slice_hw()  # the window may have changed since: the box (pixels) still holds
                 if hw is None or p.axis != axis:
@@ -146,7 +209,8 @@ class BoxDecoderThread:
                     fut.add_done_callback(lambda f, job=job: self._requeue(job, f))
                     continue
                 t0 = time.perf_counter()
-                mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
+                with interactive_work():  # background work waits at its pause points meanwhile
+                    mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
                 ms = (time.perf_counter() - t0) * 1000.0
             except BaseException as exc:  # noqa: BLE001 - reported to the listener
                 p.listener.mask_failed(token, exc)

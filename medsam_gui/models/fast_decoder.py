@@ -5,12 +5,17 @@ No Qt, no work at import time.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
 from .fast_decoder_ops import Workspace, decode_boxes, split_heads, upscale_consts, upscale_params
 from .medsam_transforms import box_to_1024, postprocess_low_res_logits
+
+RECENT_RESULTS = 8  # box results kept for repeats (a box decoded while it was drawn, then again)
+_serials = itertools.count(1)
 
 
 class FastDecoder:
@@ -47,6 +52,10 @@ class FastDecoder:
       (cached image tokens in bfloat16, derived in float32; the few-token side, softmax and
       layer-norm statistics stay float32; masks at Dice >= 0.99 against float32).
 
+    The logits of the last :data:`RECENT_RESULTS` boxes are kept, keyed by cache entry and box:
+    the same box on the same embedding again (e.g. decoded while it was being drawn, then when
+    it was released) is answered from there.
+
     ``prepare(embedding)`` does the per-embedding work ahead of the first box (~15 ms on a
     2-core CPU; worth calling where an embedding becomes available, e.g. in the encoder's
     thread). The dense positional encoding is computed once per device. Float16 cached
@@ -74,6 +83,8 @@ class FastDecoder:
         self._pos_cast: dict = {}  # dtype -> the PE tokens in it
         self._params = None  # the decoder tensors the caches derive from
         self._tls = threading.local()  # .ws: this thread's Workspace
+        self._recent: OrderedDict = OrderedDict()  # (entry serial, boxes bytes) -> logits
+        self.recent_hits = 0
         self.cache_hits = 0
         self.cache_misses = 0
         self.record_stages = False
@@ -205,12 +216,14 @@ class FastDecoder:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache = []
+            self._recent.clear()
 
     def cache_info(self) -> dict:
-        """{"hits", "misses", "size", "max"} of the per-embedding cache."""
+        """{"hits", "misses", "size", "max"} of the per-embedding cache; "recent", "recent_hits":
+        box results kept and answered from them."""
         with self._lock:
             return {"hits": self.cache_hits, "misses": self.cache_misses, "size": len(self._cache),
-                    "max": self.cache_size}
+                    "max": self.cache_size, "recent": len(self._recent), "recent_hits": self.recent_hits}
 
     # -- decoding
     def decode_logits(self, embedding, box_xyxy, hw):
@@ -245,10 +258,21 @@ class FastDecoder:
             weights = self._weights(dtype)
             entry, _hit = self._entry(emb, dev, weights, dtype=dtype)
             mark("cache")
+            key = (entry.serial, boxes_1024.tobytes())
+            with self._lock:
+                out = self._recent.get(key)
+                if out is not None:
+                    self._recent.move_to_end(key)
+                    self.recent_hits += 1
+                    return out.clone()
             logits = decode_boxes(self.model.mask_decoder, entry, pos, sparse, mark, consts=weights[1],
                                    ws=self._workspace(dev))
             out = logits.float().cpu()
         mark("to_cpu")
+        with self._lock:
+            self._recent[key] = out.clone()
+            while len(self._recent) > RECENT_RESULTS:
+                self._recent.popitem(last=False)
         if rec:
             self.last_stages = stages
         return out
@@ -271,14 +295,17 @@ class FastDecoder:
 class _EmbeddingEntry:
     """Box-independent decoder work for one embedding on one device (immutable once built).
 
-    ``key``: a contiguous copy of the embedding as given (matched bitwise); ``keys0``: (1, N, C)
+    ``serial``: names the embedding and mode of the entry, kept when it is completed (its box
+    results are keyed by it); ``key``: a contiguous copy of
+    the embedding as given (matched bitwise); ``keys0``: (1, N, C)
     image tokens ``embedding + no_mask_embed``. A full entry (:meth:`completed`) also has
-    ``k0``/``v0``: (1, heads, N, c) layer 0 token->image key/value projections; ``q0t``:
+    ``k0t``: (1, heads, c, N) layer 0 token->image key projection, transposed; ``v0``: (1, heads,
+    N, c) its value projection; ``q0t``:
     (1, heads, c, N) layer 0 image->token query projection, transposed; ``k0z``: (1, N, 4*C/4)
     centred ``keys0`` @ the folded upscaling matrix of :func:`upscale_consts` (None when that
     path does not apply)."""
 
-    __slots__ = ("device", "full", "k0", "k0z", "key", "keys0", "mode", "q0t", "v0")
+    __slots__ = ("device", "full", "k0t", "k0z", "key", "keys0", "mode", "q0t", "serial", "v0")
 
     def matches(self, emb, dev, mode, torch) -> bool:
         k = self.key
@@ -291,11 +318,12 @@ class _EmbeddingEntry:
     def build(cls, model, emb, dev, mode, torch, dtype):
         """The light entry for ``emb`` (1, C, h, w) on ``dev``, image tokens in ``dtype``."""
         self = cls()
+        self.serial = next(_serials)
         self.key = emb.contiguous().clone()
         self.device = dev
         self.mode = mode
         self.keys0 = _keys0(model, self.key, dev, torch).to(dtype)
-        self.k0 = self.v0 = self.q0t = self.k0z = None
+        self.k0t = self.v0 = self.q0t = self.k0z = None
         self.full = False
         return self
 
@@ -305,6 +333,7 @@ class _EmbeddingEntry:
         import torch.nn.functional as F
 
         new = type(self)()
+        new.serial = self.serial  # the same embedding and mode: its box results stay valid
         new.key, new.device, new.mode, new.keys0, new.full = self.key, self.device, self.mode, self.keys0, True
         dtype = self.keys0.dtype
         keys0 = self.keys0 if dtype == torch.float32 else _keys0(model, self.key, self.device, torch)
@@ -312,8 +341,10 @@ class _EmbeddingEntry:
         kp = torch.add(keys0, pos, out=ws.get("nc0", keys0.shape, keys0)) if ws is not None else keys0 + pos
         t2i = layer.cross_attn_token_to_image
         i2t = layer.cross_attn_image_to_token
-        new.k0 = split_heads(F.linear(kp, t2i.k_proj.weight, t2i.k_proj.bias), t2i.num_heads)
-        new.v0 = split_heads(F.linear(keys0, t2i.v_proj.weight, t2i.v_proj.bias), t2i.num_heads)
+        # contiguous in the layouts the per-box products read (a strided operand costs a copy per box)
+        k0 = split_heads(F.linear(kp, t2i.k_proj.weight, t2i.k_proj.bias), t2i.num_heads)
+        new.k0t = k0.transpose(-1, -2).contiguous()
+        new.v0 = split_heads(F.linear(keys0, t2i.v_proj.weight, t2i.v_proj.bias), t2i.num_heads).contiguous()
         # q_proj(kp)^T (C', N) directly: W_q @ kp^T + b_q
         q0t = torch.addmm(i2t.q_proj.bias[:, None], i2t.q_proj.weight, kp[0].t())
         new.q0t = q0t.view(1, i2t.num_heads, -1, q0t.shape[1])
@@ -324,7 +355,7 @@ class _EmbeddingEntry:
                 else keys0 - mean
             new.k0z = torch.matmul(keys0c, consts["fold"]["z"])
         if dtype != torch.float32:  # derived in float32, kept in the decoder's dtype
-            for name in ("k0", "v0", "q0t", "k0z"):
+            for name in ("k0t", "v0", "q0t", "k0z"):
                 if getattr(new, name) is not None:
                     setattr(new, name, getattr(new, name).to(dtype))
         return new

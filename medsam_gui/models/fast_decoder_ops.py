@@ -254,8 +254,8 @@ def decode_boxes(md, entry, pos, sparse, mark=lambda name: None, fold: bool = Tr
     att = l0.cross_attn_token_to_image
     if entry.full:
         qh = split_heads(F.linear(q + tokens, att.q_proj.weight, att.q_proj.bias), att.num_heads)
-        qh = (qh * (1.0 / math.sqrt(qh.shape[-1]))).to(entry.k0.dtype)  # c = 16: an exact scale
-        o = torch.matmul(torch.softmax(torch.matmul(qh, entry.k0.transpose(-1, -2)), dim=-1), entry.v0)
+        qh = (qh * (1.0 / math.sqrt(qh.shape[-1]))).to(entry.k0t.dtype)  # c = 16: an exact scale
+        o = torch.matmul(torch.softmax(torch.matmul(qh, entry.k0t), dim=-1), entry.v0)
         o = F.linear(merge_heads(o).to(q.dtype), att.out_proj.weight, att.out_proj.bias)
         kp = entry.q0t  # the image->token scores come from the cached query projection
     else:  # light entry (first box on this embedding): as in the next layers

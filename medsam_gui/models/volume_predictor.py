@@ -518,6 +518,18 @@ class VolumePredictor:
         still queued. Returns the request's generation number."""
         return self._decoder.submit(token, index, box, self.axis)
 
+    def speculate(self, index: int, box) -> None:
+        """Decode ``box`` on slice ``index`` ahead while the user draws it (nothing reported; see
+        :meth:`take_ahead`)."""
+        if not self._closed:
+            self._decoder.speculate(index, box, self.axis)
+
+    def take_ahead(self, token, index: int, box) -> tuple[np.ndarray, int] | None:
+        """(mask, generation) when ``box`` on slice ``index`` was the box last decoded ahead (drawn
+        and released where it rested), claimed as ``token``'s newest request; else None (then
+        :meth:`segment_async` it)."""
+        return self._decoder.take_ahead(token, index, box, self.key(index), self.slice_hw())
+
     def warm_decoder(self, index: int, delay: float | None = None) -> None:
         """Do the decoder's box-independent work for slice ``index`` on the decoder thread once
         its embedding exists, so the first box there is answered at the cached speed (only while
@@ -532,3 +544,8 @@ class VolumePredictor:
     def prepared(self) -> list[int]:
         """Slices whose decoder work was done ahead (newest last)."""
         return self._decoder.prepared
+
+    @property
+    def decoded_ahead(self) -> list[tuple]:
+        """(slice, box) of the boxes decoded ahead while drawn (newest last)."""
+        return self._decoder.decoded_ahead

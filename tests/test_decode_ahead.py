@@ -1,0 +1,127 @@
+"""The decoder thread's boxes decoded ahead while drawn: taken on release (waiting briefly for
+one still being decoded), dropped for a real box, never reported, errors kept quiet."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from medsam_gui.models.box_decoder_thread import TAKE_WAIT_S, BoxDecoderThread
+
+
+class _Engine:
+    """Decodes a box into a mask of its area; ``gate`` holds a decode until set."""
+
+    def __init__(self, seconds: float = 0.0, fail: bool = False):
+        self.seconds = seconds
+        self.fail = fail
+        self.boxes: list = []
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def remembers_recent_boxes(self) -> bool:
+        return True
+
+    def decode(self, emb, box, hw):
+        self.started.set()
+        self.gate.wait(10)
+        time.sleep(self.seconds)
+        self.boxes.append(tuple(box))
+        if self.fail:
+            raise RuntimeError("decoder broke")
+        m = np.zeros(hw, bool)
+        x0, y0, x1, y1 = (int(v) for v in box)
+        m[y0:y1, x0:x1] = True
+        return m
+
+
+class _Listener:
+    def __init__(self):
+        self.ready, self.failed = [], []
+
+    def mask_ready(self, token, index, box, mask, ms, gen):
+        self.ready.append((token, index, tuple(box), gen))
+
+    def mask_failed(self, token, exc):
+        self.failed.append((token, exc))
+
+    def waiting(self, token, index):
+        pass
+
+
+class _Predictor:
+    axis = 0
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.listener = _Listener()
+
+    def key(self, index):
+        return f"slice-{index}"
+
+    def cached(self, index):
+        return object()
+
+    def slice_hw(self):
+        return (64, 64)
+
+
+def _decoder(engine):
+    p = _Predictor(engine)
+    return p, BoxDecoderThread(p)
+
+
+def _stop(decoder):
+    for thread in decoder.stop():
+        thread.join(5)
+
+
+def test_release_during_the_decode_ahead_waits_for_it():
+    p, d = _decoder(_Engine(seconds=0.015))
+    try:
+        box = (10.0, 12.0, 30.0, 40.0)
+        d.speculate(3, box, 0)
+        assert p.engine.started.wait(5)
+        t = time.perf_counter()
+        taken = d.take_ahead("pid", 3, box, "slice-3", (64, 64))
+        waited = time.perf_counter() - t
+        assert taken is not None and waited <= TAKE_WAIT_S + 0.05
+        mask, gen = taken
+        assert mask[12:40, 10:30].all() and mask.sum() == 28 * 20
+        assert d.is_latest("pid", gen)
+        # another slice, box, embedding or slice size: not taken
+        assert d.take_ahead("pid", 4, box, "slice-4", (64, 64)) is None
+        assert d.take_ahead("pid", 3, (10.0, 12.0, 30.0, 41.0), "slice-3", (64, 64)) is None
+        assert d.take_ahead("pid", 3, box, "other-window", (64, 64)) is None
+        assert d.take_ahead("pid", 3, box, "slice-3", (32, 64)) is None
+        assert p.listener.ready == []  # boxes decoded ahead are never reported
+    finally:
+        _stop(d)
+
+
+def test_a_real_box_goes_before_a_queued_one_and_failures_stay_quiet():
+    engine = _Engine(fail=True)
+    engine.gate.clear()
+    p, d = _decoder(engine)
+    try:
+        first, second, real = (1.0, 1.0, 9.0, 9.0), (1.0, 1.0, 12.0, 12.0), (2.0, 2.0, 20.0, 20.0)
+        d.speculate(5, first, 0)
+        assert engine.started.wait(5)  # the first is being decoded (held by the gate)
+        d.speculate(5, second, 0)  # queued
+        d.submit("pid", 5, real, 0)  # drops the queued box being drawn
+        t = time.perf_counter()
+        assert d.take_ahead("pid", 5, second, "slice-5", (64, 64)) is None  # not running: no wait
+        assert time.perf_counter() - t < TAKE_WAIT_S
+        engine.gate.set()
+        deadline = time.time() + 5
+        while len(engine.boxes) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert engine.boxes == [first, real]
+        # the box decoded ahead failed quietly; the real one reports its failure
+        assert [tok for tok, _exc in p.listener.failed] == ["pid"] and p.listener.ready == []
+    finally:
+        _stop(d)
