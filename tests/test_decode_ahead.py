@@ -1,5 +1,6 @@
-"""The decoder thread's boxes decoded ahead while drawn: taken on release (waiting briefly for
-one still being decoded), dropped for a real box, never reported, errors kept quiet."""
+"""The decoder thread's boxes decoded ahead while drawn (taken on release, waiting briefly for
+one still being decoded; dropped for a real box; never reported; errors kept quiet) and a
+caller's brief wait for its own box's mask."""
 
 from __future__ import annotations
 
@@ -123,5 +124,41 @@ def test_a_real_box_goes_before_a_queued_one_and_failures_stay_quiet():
         assert engine.boxes == [first, real]
         # the box decoded ahead failed quietly; the real one reports its failure
         assert [tok for tok, _exc in p.listener.failed] == ["pid"] and p.listener.ready == []
+    finally:
+        _stop(d)
+
+
+def test_a_caller_waits_briefly_for_its_boxs_mask():
+    p, d = _decoder(_Engine(seconds=0.01))
+    try:
+        box = (4.0, 6.0, 20.0, 30.0)
+        gen = d.submit("pid", 2, box, 0)
+        got = d.wait_result("pid", gen, 5.0)
+        assert got is not None and got[0][6:30, 4:20].all() and got[0].sum() == 24 * 16
+        assert d.wait_result("pid", gen, 0.0) is None  # taken once
+        deadline = time.time() + 5
+        while not p.listener.ready and time.time() < deadline:
+            time.sleep(0.01)
+        assert [r[:2] for r in p.listener.ready] == [("pid", 2)]  # the listener is told as well
+        # too slow: None at the timeout (the listener reports it later); superseded: None at once
+        p.engine.gate.clear()
+        slow = d.submit("pid", 2, box, 0)
+        t = time.perf_counter()
+        assert d.wait_result("pid", slow, 0.05) is None and time.perf_counter() - t >= 0.045
+        newer = d.submit("pid", 2, (4.0, 6.0, 21.0, 30.0), 0)
+        t = time.perf_counter()
+        assert d.wait_result("pid", slow, 1.0) is None and time.perf_counter() - t < 0.5
+        p.engine.gate.set()
+        assert d.wait_result("pid", newer, 5.0) is not None
+    finally:
+        _stop(d)
+
+
+def test_a_failed_box_is_not_waited_for():
+    p, d = _decoder(_Engine(fail=True))
+    try:
+        gen = d.submit("pid", 1, (1.0, 1.0, 5.0, 5.0), 0)
+        t = time.perf_counter()
+        assert d.wait_result("pid", gen, 2.0) is None and time.perf_counter() - t < 1.0
     finally:
         _stop(d)

@@ -38,8 +38,10 @@ def test_default_engine_rule():
     assert [i.choice_text for i in BOX_ENGINES.values()] == ["MedSAM ViT-B: most accurate", "LiteMedSAM: fastest"]
 
 
-def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot):
+def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot, monkeypatch):
     import torch
+
+    from medsam_gui.gui import slice_segmentation
 
     from medsam_gui.io import load_volume
     from medsam_gui.models import weights as manager
@@ -90,6 +92,15 @@ def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot):
     now = np.asarray(c.display_labels())[z] == 1
     np.testing.assert_array_equal(now, written | panel.engine.decode(panel.service.cached(z), final_box, written.shape))
     assert (now & ~written).any()  # the new box added pixels
+
+    # given time, the GUI thread waits for a box's mask: painted before segment_box returns, once
+    monkeypatch.setattr(slice_segmentation, "WAIT_FOR_MASK_S", 30.0)
+    n, painted[:] = len(panel.timings), []
+    shifted = (box[0] + 5, box[1] + 5, box[2] + 5, box[3] + 5)
+    panel.segment_box(0, z, shifted, 1)
+    assert painted == [(0, z)] and panel.timings[-1]["box"] == shifted and panel.timings[-1]["decode_ms"] > 0
+    qtbot.wait(300)  # the decoder's queued report of the same mask paints nothing more
+    assert painted == [(0, z)] and len(panel.timings) == n + 1
 
     # another view: the embeddings stay on the axial axis until a prompt is drawn there
     c.set_view("coronal")

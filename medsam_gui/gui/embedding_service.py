@@ -190,6 +190,9 @@ class EmbeddingService(QObject):
     def take_ahead(self, token, index: int, box):
         return self.predictor.take_ahead(token, index, box)
 
+    def wait_result(self, token, gen: int, timeout_s: float):
+        return self.predictor.wait_result(token, gen, timeout_s)
+
     def warm_decoder(self, index: int, delay: float | None = None) -> None:
         self.predictor.warm_decoder(index, delay)
 

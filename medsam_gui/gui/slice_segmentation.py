@@ -5,7 +5,9 @@ Each result is written with ``controller.write_slice_mask`` as ONE undo step: th
 pixels of that label become (previous pixels of the label, minus this prompt's previous
 result) | new mask; other labels' voxels are kept unless "overwrite other labels" is ticked.
 With MedSAM the box is decoded on the EmbeddingService's decoder thread (``segment_async``), or
-taken at once when it was decoded while it was drawn (``take_ahead``);
+taken at once when it was decoded while it was drawn (``take_ahead``). On an embedded slice the
+GUI thread waits up to :data:`WAIT_FOR_MASK_S` for the mask, so that it is painted before the
+canvas redraws (with software OpenGL a redraw takes ~100 ms); a slower one follows asynchronously;
 an injected segmenter ``fn(index, box_xyxy) -> bool (H, W)`` runs at once on the GUI thread.
 """
 
@@ -18,6 +20,8 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from ..core.orientation import plane
+
+WAIT_FOR_MASK_S = 0.03  # the GUI thread waits this long for a box's mask; a slower one arrives later
 
 
 class SliceSegmentation(QObject):
@@ -72,8 +76,15 @@ class SliceSegmentation(QObject):
         if ready is not None:  # decoded while it was drawn: shown with the finished box
             self._paint(token, axis, index, label, ready[0], t0, 0.0, box)
             return
+        embedded = self.service.has_embedding(int(index))
         gen = self.service.segment_async(token, int(index), box)
         self._jobs[(token, gen)] = (t0, int(axis), int(index), int(label))
+        if embedded:  # painted now when it is quick, before the canvas redraws the finished box
+            got = self.service.wait_result(token, gen, WAIT_FOR_MASK_S)
+            if got is not None:
+                del self._jobs[(token, gen)]  # the listener's later report finds no job
+                self._paint(token, axis, index, label, got[0], t0, got[1], box)
+                return
         if not self.service.has_embedding(int(index)):
             c.status(f"MedSAM: slice {index} is being embedded; the mask follows…", 0)
 

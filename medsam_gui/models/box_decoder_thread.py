@@ -10,7 +10,8 @@ A box being drawn is decoded ahead (``speculate``: the newest one only, after an
 never asking for an embedding, not reported): when the drawn box is released where it was last
 decoded, its mask is taken at once (``take_ahead``, on the caller's thread, no model work; a box
 still being decoded there is waited for, briefly), and the engine's decoder also keeps the
-result for a box submitted again.
+result for a box submitted again. A caller may wait briefly for its box's result
+(``wait_result``) instead of receiving it through the listener later.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared
 NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
 SPECULATIVE = object()  # the token of the box being drawn
 TAKE_WAIT_S = 0.03  # a box released while it is decoded ahead waits this long at most for it
+KEPT_RESULTS = 8  # decoded masks kept for wait_result
 
 
 class BoxDecoderThread:
@@ -57,6 +59,7 @@ class BoxDecoderThread:
         self.decoded_ahead: list[tuple] = []  # (slice, box) decoded while drawn (newest last)
         self._ahead: tuple | None = None  # (slice, box, embedding key, hw, mask) of the newest
         self._ahead_running: tuple | None = None  # (slice, box) being decoded ahead now
+        self._results: OrderedDict[Any, tuple] = OrderedDict()  # token -> (gen, mask or None, ms)
         with self._cond:
             self._ensure_thread()
 
@@ -213,9 +216,35 @@ class BoxDecoderThread:
                     mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
                 ms = (time.perf_counter() - t0) * 1000.0
             except BaseException as exc:  # noqa: BLE001 - reported to the listener
+                self._keep_result(token, gen, None, 0.0)
                 p.listener.mask_failed(token, exc)
                 continue
+            self._keep_result(token, gen, mask, ms)
             p.listener.mask_ready(token, index, box, mask, ms, gen)
+
+    def _keep_result(self, token, gen: int, mask, ms: float) -> None:
+        """For :meth:`wait_result` (the newest few only; a failure is kept as None)."""
+        with self._cond:
+            self._results.pop(token, None)
+            self._results[token] = (gen, mask, ms)
+            while len(self._results) > KEPT_RESULTS:
+                self._results.popitem(last=False)
+            self._cond.notify_all()
+
+    def wait_result(self, token, gen: int, timeout_s: float) -> tuple[np.ndarray, float] | None:
+        """(mask, decode ms) of request ``gen`` of ``token`` once decoded, waiting at most
+        ``timeout_s``; None when it takes longer, failed, or is no longer the newest (the
+        listener is told of it in every case)."""
+        def settled():
+            return self._results.get(token, (None,))[0] == gen or self._latest.get(token) != gen
+
+        with self._cond:
+            self._cond.wait_for(settled, timeout=timeout_s)
+            got = self._results.get(token)
+            if got is None or got[0] != gen or got[1] is None:
+                return None
+            del self._results[token]
+            return got[1], got[2]
 
     def _requeue(self, job, fut: Future) -> None:
         token, index, box, gen, axis = job

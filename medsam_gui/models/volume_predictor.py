@@ -524,6 +524,11 @@ class VolumePredictor:
         if not self._closed:
             self._decoder.speculate(index, box, self.axis)
 
+    def wait_result(self, token, gen: int, timeout_s: float) -> tuple[np.ndarray, float] | None:
+        """(mask, decode ms) of :meth:`segment_async` request ``gen`` of ``token`` if it is decoded
+        within ``timeout_s``; else None (the listener still reports it)."""
+        return self._decoder.wait_result(token, gen, timeout_s)
+
     def take_ahead(self, token, index: int, box) -> tuple[np.ndarray, int] | None:
         """(mask, generation) when ``box`` on slice ``index`` was the box last decoded ahead (drawn
         and released where it rested), claimed as ``token``'s newest request; else None (then
