@@ -94,6 +94,7 @@ def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot, 
     assert (now & ~written).any()  # the new box added pixels
 
     # given time, the GUI thread waits for a box's mask: painted before segment_box returns, once
+    wait_s = slice_segmentation.WAIT_FOR_MASK_S
     monkeypatch.setattr(slice_segmentation, "WAIT_FOR_MASK_S", 30.0)
     n, painted[:] = len(panel.timings), []
     shifted = (box[0] + 5, box[1] + 5, box[2] + 5, box[3] + 5)
@@ -101,6 +102,14 @@ def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot, 
     assert painted == [(0, z)] and panel.timings[-1]["box"] == shifted and panel.timings[-1]["decode_ms"] > 0
     qtbot.wait(300)  # the decoder's queued report of the same mask paints nothing more
     assert painted == [(0, z)] and len(panel.timings) == n + 1
+    # after a box that took longer than the wait (a slow engine), the next one is not waited for
+    monkeypatch.setattr(slice_segmentation, "WAIT_FOR_MASK_S", wait_s)
+    slow_ms = wait_s * 1000.0 + 100.0
+    panel.timings.append({"decode_ms": slow_ms, "paint_ms": 0.0, "total_ms": slow_ms, "box": None})
+    painted[:] = []
+    with qtbot.waitSignal(panel.slice_painted, timeout=60_000):
+        panel.segment_box(0, z, (box[0] + 6, box[1] + 6, box[2] + 6, box[3] + 6), 1)
+        assert painted == []  # painted when the decoder's report arrives
 
     # another view: the embeddings stay on the axial axis until a prompt is drawn there
     c.set_view("coronal")

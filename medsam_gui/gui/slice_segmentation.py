@@ -7,7 +7,8 @@ result) | new mask; other labels' voxels are kept unless "overwrite other labels
 With MedSAM the box is decoded on the EmbeddingService's decoder thread (``segment_async``), or
 taken at once when it was decoded while it was drawn (``take_ahead``). On an embedded slice the
 GUI thread waits up to :data:`WAIT_FOR_MASK_S` for the mask, so that it is painted before the
-canvas redraws (with software OpenGL a redraw takes ~100 ms); a slower one follows asynchronously;
+canvas redraws (with software OpenGL a redraw takes ~100 ms) unless the last box took longer; a
+slower one follows asynchronously;
 an injected segmenter ``fn(index, box_xyxy) -> bool (H, W)`` runs at once on the GUI thread.
 """
 
@@ -79,7 +80,7 @@ class SliceSegmentation(QObject):
         embedded = self.service.has_embedding(int(index))
         gen = self.service.segment_async(token, int(index), box)
         self._jobs[(token, gen)] = (t0, int(axis), int(index), int(label))
-        if embedded:  # painted now when it is quick, before the canvas redraws the finished box
+        if embedded and self._decodes_quickly():  # painted now, before the canvas redraws the box
             got = self.service.wait_result(token, gen, WAIT_FOR_MASK_S)
             if got is not None:
                 del self._jobs[(token, gen)]  # the listener's later report finds no job
@@ -87,6 +88,12 @@ class SliceSegmentation(QObject):
                 return
         if not self.service.has_embedding(int(index)):
             c.status(f"MedSAM: slice {index} is being embedded; the mask follows…", 0)
+
+    def _decodes_quickly(self) -> bool:
+        """Whether the last decoded box took at most :data:`WAIT_FOR_MASK_S` (or none was decoded
+        yet): an engine slower than that (e.g. MedSAM ViT-B in float32 on a CPU) is not waited for."""
+        last = next((t["decode_ms"] for t in reversed(self.timings) if t["decode_ms"] > 0.0), 0.0)
+        return last <= WAIT_FOR_MASK_S * 1000.0
 
     def _on_mask_ready(self, token, index: int, box, mask, decode_ms: float, gen: int) -> None:
         job = self._jobs.pop((token, gen), None)
