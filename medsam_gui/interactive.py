@@ -38,12 +38,6 @@ def interactive_work() -> Iterator[None]:
                 _cond.notify_all()
 
 
-def interactive_in_flight() -> bool:
-    """Whether interactive work is marked now."""
-    with _cond:
-        return _in_flight > 0
-
-
 def pause_point(timeout_s: float = MAX_PAUSE_S) -> bool:
     """Wait while interactive work is in flight, at most ``timeout_s`` s; True when it waited.
     Returns at once when none is (the common case: one lock, no wait)."""

@@ -50,6 +50,3 @@ class BrightBoxEngine:
 
     def prepare_decoder(self, embedding) -> bool:
         return False
-
-    def remembers_recent_boxes(self) -> bool:
-        return False

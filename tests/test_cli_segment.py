@@ -42,9 +42,6 @@ class BoxEngine:
     def prepare_decoder(self, emb):
         return False
 
-    def remembers_recent_boxes(self):
-        return False
-
     def decode(self, emb, box, hw):
         self.decoded.append(tuple(float(v) for v in box))
         x0, y0, x1, y1 = (int(round(v)) for v in box)

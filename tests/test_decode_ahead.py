@@ -1,6 +1,6 @@
-"""The decoder thread's boxes decoded ahead while drawn (taken on release, waiting briefly for
-one still being decoded; dropped for a real box; never reported; errors kept quiet) and a
-caller's brief wait for its own box's mask."""
+"""The decoder thread's boxes decoded ahead while drawn (their mask taken by the same real box;
+dropped for a real box while queued; never reported; errors kept quiet) and a caller's brief
+wait for its own box's mask."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from medsam_gui.models.box_decoder_thread import TAKE_WAIT_S, BoxDecoderThread
+from medsam_gui.models.box_decoder_thread import BoxDecoderThread
 
 
 class _Engine:
@@ -22,9 +22,6 @@ class _Engine:
         self.started = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
-
-    def remembers_recent_boxes(self) -> bool:
-        return True
 
     def decode(self, emb, box, hw):
         self.started.set()
@@ -80,25 +77,30 @@ def _stop(decoder):
         thread.join(5)
 
 
-def test_release_during_the_decode_ahead_waits_for_it():
-    p, d = _decoder(_Engine(seconds=0.015))
+def test_the_real_box_takes_the_mask_decoded_ahead():
+    p, d = _decoder(_Engine(seconds=0.05))
     try:
         box = (10.0, 12.0, 30.0, 40.0)
         d.speculate(3, box, 0)
         assert p.engine.started.wait(5)
-        t = time.perf_counter()
-        taken = d.take_ahead("pid", 3, box, "slice-3", (64, 64))
-        waited = time.perf_counter() - t
-        assert taken is not None and waited <= TAKE_WAIT_S + 0.05
-        mask, gen = taken
+        gen = d.submit("pid", 3, box, 0)  # released while it is still decoded ahead
+        got = d.wait_result("pid", gen, 5.0)
+        assert got is not None and got[1] == 0.0  # taken, not decoded: 0 ms
+        mask = got[0]
         assert mask[12:40, 10:30].all() and mask.sum() == 28 * 20
-        assert d.is_latest("pid", gen)
-        # another slice, box, embedding or slice size: not taken
-        assert d.take_ahead("pid", 4, box, "slice-4", (64, 64)) is None
-        assert d.take_ahead("pid", 3, (10.0, 12.0, 30.0, 41.0), "slice-3", (64, 64)) is None
-        assert d.take_ahead("pid", 3, box, "other-window", (64, 64)) is None
-        assert d.take_ahead("pid", 3, box, "slice-3", (32, 64)) is None
-        assert p.listener.ready == []  # boxes decoded ahead are never reported
+        assert p.engine.boxes == [box]  # decoded once
+        assert [r[:3] for r in p.listener.ready] == [("pid", 3, box)]  # only the real box is reported
+        # another slice, box, embedding or slice size: decoded
+        d.submit("pid", 3, (10.0, 12.0, 30.0, 41.0), 0)
+        d.submit("other", 4, box, 0)
+        deadline = time.time() + 5
+        while len(p.engine.boxes) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        assert len(p.engine.boxes) == 3
+        with d._cond:
+            assert d._ahead_mask(3, box, "slice-3", (64, 64)) is mask
+            assert d._ahead_mask(3, box, "other-window", (64, 64)) is None
+            assert d._ahead_mask(3, box, "slice-3", (32, 64)) is None
     finally:
         _stop(d)
 
@@ -113,9 +115,6 @@ def test_a_real_box_goes_before_a_queued_one_and_failures_stay_quiet():
         assert engine.started.wait(5)  # the first is being decoded (held by the gate)
         d.speculate(5, second, 0)  # queued
         d.submit("pid", 5, real, 0)  # drops the queued box being drawn
-        t = time.perf_counter()
-        assert d.take_ahead("pid", 5, second, "slice-5", (64, 64)) is None  # not running: no wait
-        assert time.perf_counter() - t < TAKE_WAIT_S
         engine.gate.set()
         deadline = time.time() + 5
         while len(engine.boxes) < 2 and time.time() < deadline:

@@ -111,13 +111,13 @@ def test_service_prepares_the_focus_slice_and_its_first_box_hits_the_cache(engin
 
 
 @pytest.mark.gui
-def test_a_box_decoded_ahead_is_answered_from_the_decoders_recent_results(engines, qtbot):
+def test_a_box_decoded_ahead_is_taken_on_release_and_not_decoded_again(engines, qtbot):
     from medsam_gui.gui import embedding_service as es
     from medsam_gui.gui.layers import display_orientation
     from medsam_gui.io import load_volume
     from medsam_gui.models.embedding_cache import EmbeddingCache
 
-    fp32, fast = engines
+    _fp32, fast = engines
     vol = load_volume(LUNG)
     sv = es.EmbeddingService(EmbeddingCache(disk_bytes=0), neighbours=0, background=False)
     try:
@@ -133,33 +133,29 @@ def test_a_box_decoded_ahead_is_answered_from_the_decoders_recent_results(engine
         sv.speculate(z, (190.0, 170.0, 300.0, 280.0))
         sv.speculate(z, box)
         qtbot.waitUntil(lambda: sv.decoded_ahead[-1:] == [(z, box)], timeout=30_000)
-        # released there: its mask is taken at once (no model work), as the newest request of its token
-        taken = sv.take_ahead(1, z, box)
-        assert taken is not None and sv.is_latest(1, taken[1])
-        assert sv.take_ahead(1, z, (190.0, 170.0, 300.0, 280.0)) is None  # not the box last decoded ahead
-        assert sv.take_ahead(1, z + 1, box) is None
-        # submitted again: answered from the decoder's recent results, equal to a fresh decode
-        before = fd.cache_info()["recent_hits"]
+        # released there: the real box takes the mask decoded ahead, without decoding it again
+        before = fd.cache_info()
         with qtbot.waitSignal(sv.mask_ready, timeout=30_000) as sig:
-            sv.segment_async(1, z, box)
-        mask = sig.args[3]
-        assert fd.cache_info()["recent_hits"] == before + 1
-        assert not sv.is_latest(1, taken[1])
-        np.testing.assert_array_equal(taken[0], mask)
+            gen = sv.segment_async(1, z, box)
+        mask, decode_ms = sig.args[3], sig.args[4]
+        assert fd.cache_info() == before and decode_ms == 0.0  # the decoder was not called
+        assert sv.is_latest(1, gen)
         fd.clear_cache()
         np.testing.assert_array_equal(mask, fast.decode(sv.cached(z), box, sv.slice_hw()))
         assert mask.sum() > 0
-        # another window: other embeddings, the box decoded ahead no longer applies
-        sv.configure(vol, display_orientation(vol), (-100.0, 200.0), 0, modality="CT")
-        qtbot.waitUntil(lambda: sv.is_ready, timeout=60_000)
-        assert sv.take_ahead(1, z, box) is None
-        # a slice without an embedding is not embedded for a box being drawn; fp32 decodes nothing ahead
+        # another box, or another window (other embeddings): decoded
+        for window in ((-160.0, 240.0), (-100.0, 200.0)):
+            if window != (-160.0, 240.0):
+                sv.configure(vol, display_orientation(vol), window, 0, modality="CT")
+                qtbot.waitUntil(lambda: sv.is_ready, timeout=60_000)
+                sv.cache.put(sv.key(z), _embedding(7))
+            other = box if window != (-160.0, 240.0) else (190.0, 170.0, 300.0, 280.0)
+            with qtbot.waitSignal(sv.mask_ready, timeout=30_000) as sig:
+                sv.segment_async(1, z, other)
+            assert sig.args[4] > 0.0
+        # a slice without an embedding is not embedded for a box being drawn
         n = len(sv.decoded_ahead)
         sv.speculate(unembedded, box)
-        sv.set_engine(fp32)
-        qtbot.waitUntil(lambda: sv.is_ready, timeout=60_000)
-        sv.cache.put(sv.key(z), _embedding(7))
-        sv.speculate(z, box)
         qtbot.wait(500)
         assert len(sv.decoded_ahead) == n and not sv.has_embedding(unembedded)
     finally:

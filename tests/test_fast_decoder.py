@@ -149,18 +149,15 @@ def test_cache_hit_same_embedding_miss_when_changed(engine):
     emb = _embedding(6, dtype=torch.float16)
     box1, box2 = BOXES[0], BOXES[2]
     first = fd.decode_logits(emb, box1, HW)  # first box: a light entry (image tokens only)
-    assert fd.cache_info() == {"hits": 0, "misses": 1, "size": 1, "max": 2, "recent": 1, "recent_hits": 0}
+    assert fd.cache_info() == {"hits": 0, "misses": 1, "size": 1, "max": 2}
     assert not fd._cache[0].full
     fd.decode_logits(emb, box2, HW)  # second box on the same slice: cached, and completed
     assert fd.cache_info()["hits"] == 1 and fd.cache_info()["misses"] == 1
     assert fd._cache[0].full and fd._cache[0].keys0 is not None
-    again = fd.decode_logits(emb, box1, HW)  # the same box again: its kept result
-    assert fd.cache_info()["recent_hits"] == 1 and torch.equal(again, first)
-    fd._recent.clear()
     again = fd.decode_logits(emb, box1, HW)  # the full entry's path gives the light one's logits
     assert float((again - first).abs().max()) <= 1e-5
     fd.decode_logits(emb.clone(), box2, HW)  # the same numbers in another tensor: cached too
-    assert fd.cache_info()["hits"] == 4 and fd.cache_info()["misses"] == 1
+    assert fd.cache_info()["hits"] == 3 and fd.cache_info()["misses"] == 1
 
     other = _embedding(7, dtype=torch.float16)
     got = fd.decode_logits(other, box1, HW)  # a different embedding: not reused

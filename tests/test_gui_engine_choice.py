@@ -78,7 +78,9 @@ def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot, 
     np.testing.assert_array_equal(written, expected)
     assert written.sum() > 0
 
-    # a box drawn with the mouse is decoded while it is drawn: on release its mask is ready
+    # a box drawn with the mouse is decoded while it is drawn: on release its mask is ready (the
+    # GUI thread's wait for it given ample time here, so that a busy machine cannot defer it)
+    monkeypatch.setattr(slice_segmentation, "WAIT_FOR_MASK_S", 30.0)
     panel.activate_box_tool()
     layer = panel.prompts_layer
     drawn = _press_and_move(layer, (z, box[1] + 3, box[0] + 3), (z, box[3] - 2, box[2] - 4), qtbot)
@@ -87,29 +89,25 @@ def test_litemedsam_default_whole_scan_box_and_engine_switch(app_window, qtbot, 
     painted = []
     panel.slice_painted.connect(lambda *a: painted.append(a))
     _release(layer, (z, box[3] - 2, box[2] - 4))
-    assert painted == [(0, z)]  # painted while the release was handled: no decode waited for
-    assert panel.timings[-1]["box"] == final_box and panel.timings[-1]["decode_ms"] == 0.0
+    assert painted == [(0, z)]  # painted while the release was handled
+    assert panel.timings[-1]["box"] == final_box and panel.timings[-1]["decode_ms"] == 0.0  # not decoded again
     now = np.asarray(c.display_labels())[z] == 1
     np.testing.assert_array_equal(now, written | panel.engine.decode(panel.service.cached(z), final_box, written.shape))
     assert (now & ~written).any()  # the new box added pixels
 
     # given time, the GUI thread waits for a box's mask: painted before segment_box returns, once
-    wait_s = slice_segmentation.WAIT_FOR_MASK_S
-    monkeypatch.setattr(slice_segmentation, "WAIT_FOR_MASK_S", 30.0)
     n, painted[:] = len(panel.timings), []
     shifted = (box[0] + 5, box[1] + 5, box[2] + 5, box[3] + 5)
     panel.segment_box(0, z, shifted, 1)
     assert painted == [(0, z)] and panel.timings[-1]["box"] == shifted and panel.timings[-1]["decode_ms"] > 0
     qtbot.wait(300)  # the decoder's queued report of the same mask paints nothing more
     assert painted == [(0, z)] and len(panel.timings) == n + 1
-    # after a box that took longer than the wait (a slow engine), the next one is not waited for
-    monkeypatch.setattr(slice_segmentation, "WAIT_FOR_MASK_S", wait_s)
-    slow_ms = wait_s * 1000.0 + 100.0
-    panel.timings.append({"decode_ms": slow_ms, "paint_ms": 0.0, "total_ms": slow_ms, "box": None})
+    # a mask slower than the wait is painted when the decoder's report arrives
+    monkeypatch.setattr(slice_segmentation, "WAIT_FOR_MASK_S", 0.0)
     painted[:] = []
     with qtbot.waitSignal(panel.slice_painted, timeout=60_000):
         panel.segment_box(0, z, (box[0] + 6, box[1] + 6, box[2] + 6, box[3] + 6), 1)
-        assert painted == []  # painted when the decoder's report arrives
+        assert painted == []
 
     # another view: the embeddings stay on the axial axis until a prompt is drawn there
     c.set_view("coronal")

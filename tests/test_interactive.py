@@ -6,14 +6,14 @@ import time
 import numpy as np
 
 from medsam_gui.core.measurements import measure_labels
-from medsam_gui.interactive import interactive_in_flight, interactive_work, pause_point
+from medsam_gui.interactive import interactive_work, pause_point
 
 
 def test_pause_point_waits_for_interactive_work_and_no_longer():
     assert not pause_point()  # nothing in flight: no wait
     released = []
     with interactive_work():
-        assert interactive_in_flight()
+        assert pause_point(timeout_s=0.0)  # in flight: a pause point waits (here not at all)
         waiter = threading.Thread(target=lambda: released.append((pause_point(), time.perf_counter())))
         waiter.start()
         time.sleep(0.2)
@@ -21,7 +21,7 @@ def test_pause_point_waits_for_interactive_work_and_no_longer():
         end = time.perf_counter()
     waiter.join(2)
     assert released and released[0][0] and released[0][1] >= end
-    assert not interactive_in_flight()
+    assert not pause_point()
 
 
 def test_pause_point_gives_up_after_its_timeout():
@@ -29,7 +29,7 @@ def test_pause_point_gives_up_after_its_timeout():
         t = time.perf_counter()
         assert pause_point(timeout_s=0.1)
         assert 0.09 <= time.perf_counter() - t < 1.0
-    assert not interactive_in_flight()
+    assert not pause_point()
 
 
 def test_measuring_pauses_between_steps_with_the_same_result(monkeypatch):

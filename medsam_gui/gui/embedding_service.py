@@ -187,9 +187,6 @@ class EmbeddingService(QObject):
     def speculate(self, index: int, box) -> None:
         self.predictor.speculate(index, box)
 
-    def take_ahead(self, token, index: int, box):
-        return self.predictor.take_ahead(token, index, box)
-
     def wait_result(self, token, gen: int, timeout_s: float):
         return self.predictor.wait_result(token, gen, timeout_s)
 

@@ -491,8 +491,8 @@ class MedSAMPanel(PanelEngineChoiceMixin, PanelPropagationMixin, QWidget):
         self.segment_box(axis, index, box, label, token=pid)
 
     def _decode_ahead(self, i: int) -> None:
-        """Prompt ``i`` is being drawn: decode its box now (the engine keeps the result), so the
-        mask is ready when the mouse is released there."""
+        """Prompt ``i`` is being drawn: decode its box now (the decoder thread keeps the mask), so
+        the mask is ready when the mouse is released there."""
         if self.segmentation.segmenter is not None or self._engine is None:
             return
         try:

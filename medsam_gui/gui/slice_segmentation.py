@@ -4,11 +4,10 @@ tools' GUI side).
 Each result is written with ``controller.write_slice_mask`` as ONE undo step: the slice's
 pixels of that label become (previous pixels of the label, minus this prompt's previous
 result) | new mask; other labels' voxels are kept unless "overwrite other labels" is ticked.
-With MedSAM the box is decoded on the EmbeddingService's decoder thread (``segment_async``), or
-taken at once when it was decoded while it was drawn (``take_ahead``). On an embedded slice the
-GUI thread waits up to :data:`WAIT_FOR_MASK_S` for the mask, so that it is painted before the
-canvas redraws (with software OpenGL a redraw takes ~100 ms) unless the last box took longer; a
-slower one follows asynchronously;
+With MedSAM the box is decoded on the EmbeddingService's decoder thread (``segment_async``; a box
+decoded ahead while it was drawn is not decoded again). On an embedded slice the GUI thread
+waits up to :data:`WAIT_FOR_MASK_S` for the mask, so that it is painted before the canvas
+redraws (with software OpenGL a redraw takes ~100 ms); a slower one follows asynchronously;
 an injected segmenter ``fn(index, box_xyxy) -> bool (H, W)`` runs at once on the GUI thread.
 """
 
@@ -73,27 +72,17 @@ class SliceSegmentation(QObject):
                 return
             self._paint(token, axis, index, label, mask, t0, (time.perf_counter() - t0) * 1000.0, box)
             return
-        ready = self.service.take_ahead(token, int(index), box)
-        if ready is not None:  # decoded while it was drawn: shown with the finished box
-            self._paint(token, axis, index, label, ready[0], t0, 0.0, box)
-            return
         embedded = self.service.has_embedding(int(index))
         gen = self.service.segment_async(token, int(index), box)
         self._jobs[(token, gen)] = (t0, int(axis), int(index), int(label))
-        if embedded and self._decodes_quickly():  # painted now, before the canvas redraws the box
+        if embedded:  # painted now when quick, before the canvas redraws the finished box
             got = self.service.wait_result(token, gen, WAIT_FOR_MASK_S)
             if got is not None:
                 del self._jobs[(token, gen)]  # the listener's later report finds no job
                 self._paint(token, axis, index, label, got[0], t0, got[1], box)
                 return
-        if not self.service.has_embedding(int(index)):
+        if not embedded:
             c.status(f"MedSAM: slice {index} is being embedded; the mask follows…", 0)
-
-    def _decodes_quickly(self) -> bool:
-        """Whether the last decoded box took at most :data:`WAIT_FOR_MASK_S` (or none was decoded
-        yet): an engine slower than that (e.g. MedSAM ViT-B in float32 on a CPU) is not waited for."""
-        last = next((t["decode_ms"] for t in reversed(self.timings) if t["decode_ms"] > 0.0), 0.0)
-        return last <= WAIT_FOR_MASK_S * 1000.0
 
     def _on_mask_ready(self, token, index: int, box, mask, decode_ms: float, gen: int) -> None:
         job = self._jobs.pop((token, gen), None)

@@ -8,10 +8,9 @@ first box is answered at the cached speed. Results go to the predictor's listene
 
 A box being drawn is decoded ahead (``speculate``: the newest one only, after any real box,
 never asking for an embedding, not reported): when the drawn box is released where it was last
-decoded, its mask is taken at once (``take_ahead``, on the caller's thread, no model work; a box
-still being decoded there is waited for, briefly), and the engine's decoder also keeps the
-result for a box submitted again. A caller may wait briefly for its box's result
-(``wait_result``) instead of receiving it through the listener later.
+decoded ahead, its real request takes that mask instead of decoding again (reported with 0 ms).
+A caller may wait briefly for its box's result (``wait_result``) instead of receiving it through
+the listener later.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 WARM_DELAY_S = 0.15  # a slice shown this long gets its decoder work prepared
 NO_ENGINE = "MedSAM's weights are not loaded (Models > Load MedSAM weights…)."
 SPECULATIVE = object()  # the token of the box being drawn
-TAKE_WAIT_S = 0.03  # a box released while it is decoded ahead waits this long at most for it
 KEPT_RESULTS = 8  # decoded masks kept for wait_result
 
 
@@ -58,7 +56,6 @@ class BoxDecoderThread:
         self.prepared: list[int] = []  # slices whose decoder work was done ahead (newest last)
         self.decoded_ahead: list[tuple] = []  # (slice, box) decoded while drawn (newest last)
         self._ahead: tuple | None = None  # (slice, box, embedding key, hw, mask) of the newest
-        self._ahead_running: tuple | None = None  # (slice, box) being decoded ahead now
         self._results: OrderedDict[Any, tuple] = OrderedDict()  # token -> (gen, mask or None, ms)
         with self._cond:
             self._ensure_thread()
@@ -81,34 +78,19 @@ class BoxDecoderThread:
         docstring)."""
         self.submit(SPECULATIVE, index, box, axis)
 
-    def take_ahead(self, token, index: int, box, key, hw) -> tuple[np.ndarray, int] | None:
-        """(mask, generation) when ``box`` on slice ``index`` (embedding ``key``, slice size
-        ``hw``) is the box last decoded ahead, registered as ``token``'s newest request (an older
-        one of ``token`` is dropped, its result will not be the latest); else None. While that box
-        is being decoded ahead, waits for it (at most :data:`TAKE_WAIT_S`)."""
-        want = (int(index), tuple(float(v) for v in box), key, hw)
-        if key is None:
-            return None
-        with self._cond:
-            self._cond.wait_for(lambda: self._ahead_running != want[:2], timeout=TAKE_WAIT_S)
-            ahead = self._ahead
-            if ahead is None or ahead[:4] != want:
-                return None
-            gen = next(self._gen)
-            self._latest[token] = gen
-            self._jobs.pop(token, None)
-            return ahead[4], gen
+    def _ahead_mask(self, index: int, box: tuple, key, hw):
+        """The mask of the box last decoded ahead if it is this one (caller holds the lock)."""
+        ahead = self._ahead
+        return ahead[4] if ahead is not None and key is not None and ahead[:4] == (index, box, key, hw) else None
 
     def _decode_ahead(self, index: int, box, axis) -> None:
-        """A speculative job: decoded when its slice is embedded, the result dropped (the engine
-        keeps it); errors only logged (the real box reports them)."""
+        """A speculative job: decoded when its slice is embedded, the mask kept for the real box;
+        errors only logged (the real box reports them)."""
         p = self.predictor
         try:
             key, emb, hw = p.key(index), p.cached(index), p.slice_hw()
-            if emb is None or hw is None or p.axis != axis or p.engine is None or not p.engine.remembers_recent_boxes():
+            if emb is None or hw is None or p.axis != axis or p.engine is None:
                 return
-            with self._cond:
-                self._ahead_running = (int(index), tuple(box))
             with interactive_work():
                 mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
             with self._cond:
@@ -117,10 +99,6 @@ class BoxDecoderThread:
             del self.decoded_ahead[:-64]
         except Exception:  # noqa: BLE001 - a speculation must never disturb the user
             log.debug("decoding ahead on slice %s failed", index, exc_info=True)
-        finally:
-            with self._cond:
-                self._ahead_running = None
-                self._cond.notify_all()
 
     def warm(self, index: int, delay: float | None = None) -> None:
         """Prepare slice ``index`` ``delay`` s from now (default :data:`WARM_DELAY_S`) if no box
@@ -211,10 +189,15 @@ class BoxDecoderThread:
                     p.listener.waiting(token, index)
                     fut.add_done_callback(lambda f, job=job: self._requeue(job, f))
                     continue
+                key = p.key(index)
                 t0 = time.perf_counter()
-                with interactive_work():  # background work waits at its pause points meanwhile
-                    mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
-                ms = (time.perf_counter() - t0) * 1000.0
+                with self._cond:
+                    mask = self._ahead_mask(index, box, key, hw)  # decoded while it was drawn
+                ms = 0.0
+                if mask is None:
+                    with interactive_work():  # background work waits at its pause points meanwhile
+                        mask = np.asarray(p.engine.decode(emb, box, hw), dtype=bool)
+                    ms = (time.perf_counter() - t0) * 1000.0
             except BaseException as exc:  # noqa: BLE001 - reported to the listener
                 self._keep_result(token, gen, None, 0.0)
                 p.listener.mask_failed(token, exc)

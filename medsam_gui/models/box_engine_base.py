@@ -168,11 +168,6 @@ class BoxEngineBase:
         bf16 / fp16)."""
         return autocast(self.device, self.precision)
 
-    def remembers_recent_boxes(self) -> bool:
-        """Whether a box decoded again is answered from recent results (the FastDecoder's; not
-        the "fp32" reference decoder): only then is decoding a box ahead worth it."""
-        return self.precision != "fp32"
-
     def decoder_dtype(self):
         """The dtype of the FastDecoder's products over the image tokens (float32 here)."""
         return self._torch.float32

@@ -64,7 +64,3 @@ class BoxPromptEngine(Protocol):
 
     def prepare_decoder(self, embedding: Any) -> bool:
         """Do the box-independent decoder work ahead of the first box; True when work was done."""
-
-    def remembers_recent_boxes(self) -> bool:
-        """Whether a box decoded again is answered from recent results (decoding ahead while a
-        box is drawn is then worth it)."""

@@ -5,17 +5,12 @@ No Qt, no work at import time.
 
 from __future__ import annotations
 
-import itertools
 import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from .fast_decoder_ops import Workspace, decode_boxes, split_heads, upscale_consts, upscale_params
 from .medsam_transforms import box_to_1024, postprocess_low_res_logits
-
-RECENT_RESULTS = 8  # box results kept for repeats (a box decoded while it was drawn, then again)
-_serials = itertools.count(1)
 
 
 class FastDecoder:
@@ -52,10 +47,6 @@ class FastDecoder:
       (cached image tokens in bfloat16, derived in float32; the few-token side, softmax and
       layer-norm statistics stay float32; masks at Dice >= 0.99 against float32).
 
-    The logits of the last :data:`RECENT_RESULTS` boxes are kept, keyed by cache entry and box:
-    the same box on the same embedding again (e.g. decoded while it was being drawn, then when
-    it was released) is answered from there.
-
     ``prepare(embedding)`` does the per-embedding work ahead of the first box (~15 ms on a
     2-core CPU; worth calling where an embedding becomes available, e.g. in the encoder's
     thread). The dense positional encoding is computed once per device. Float16 cached
@@ -83,8 +74,6 @@ class FastDecoder:
         self._pos_cast: dict = {}  # dtype -> the PE tokens in it
         self._params = None  # the decoder tensors the caches derive from
         self._tls = threading.local()  # .ws: this thread's Workspace
-        self._recent: OrderedDict = OrderedDict()  # (entry serial, boxes bytes) -> logits
-        self.recent_hits = 0
         self.cache_hits = 0
         self.cache_misses = 0
         self.record_stages = False
@@ -216,14 +205,12 @@ class FastDecoder:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache = []
-            self._recent.clear()
 
     def cache_info(self) -> dict:
-        """{"hits", "misses", "size", "max"} of the per-embedding cache; "recent", "recent_hits":
-        box results kept and answered from them."""
+        """{"hits", "misses", "size", "max"} of the per-embedding cache."""
         with self._lock:
             return {"hits": self.cache_hits, "misses": self.cache_misses, "size": len(self._cache),
-                    "max": self.cache_size, "recent": len(self._recent), "recent_hits": self.recent_hits}
+                    "max": self.cache_size}
 
     # -- decoding
     def decode_logits(self, embedding, box_xyxy, hw):
@@ -258,21 +245,10 @@ class FastDecoder:
             weights = self._weights(dtype)
             entry, _hit = self._entry(emb, dev, weights, dtype=dtype)
             mark("cache")
-            key = (entry.serial, boxes_1024.tobytes())
-            with self._lock:
-                out = self._recent.get(key)
-                if out is not None:
-                    self._recent.move_to_end(key)
-                    self.recent_hits += 1
-                    return out.clone()
             logits = decode_boxes(self.model.mask_decoder, entry, pos, sparse, mark, consts=weights[1],
                                    ws=self._workspace(dev))
             out = logits.float().cpu()
         mark("to_cpu")
-        with self._lock:
-            self._recent[key] = out.clone()
-            while len(self._recent) > RECENT_RESULTS:
-                self._recent.popitem(last=False)
         if rec:
             self.last_stages = stages
         return out
@@ -295,9 +271,7 @@ class FastDecoder:
 class _EmbeddingEntry:
     """Box-independent decoder work for one embedding on one device (immutable once built).
 
-    ``serial``: names the embedding and mode of the entry, kept when it is completed (its box
-    results are keyed by it); ``key``: a contiguous copy of
-    the embedding as given (matched bitwise); ``keys0``: (1, N, C)
+    ``key``: a contiguous copy of the embedding as given (matched bitwise); ``keys0``: (1, N, C)
     image tokens ``embedding + no_mask_embed``. A full entry (:meth:`completed`) also has
     ``k0t``: (1, heads, c, N) layer 0 token->image key projection, transposed; ``v0``: (1, heads,
     N, c) its value projection; ``q0t``:
@@ -305,7 +279,7 @@ class _EmbeddingEntry:
     centred ``keys0`` @ the folded upscaling matrix of :func:`upscale_consts` (None when that
     path does not apply)."""
 
-    __slots__ = ("device", "full", "k0t", "k0z", "key", "keys0", "mode", "q0t", "serial", "v0")
+    __slots__ = ("device", "full", "k0t", "k0z", "key", "keys0", "mode", "q0t", "v0")
 
     def matches(self, emb, dev, mode, torch) -> bool:
         k = self.key
@@ -318,7 +292,6 @@ class _EmbeddingEntry:
     def build(cls, model, emb, dev, mode, torch, dtype):
         """The light entry for ``emb`` (1, C, h, w) on ``dev``, image tokens in ``dtype``."""
         self = cls()
-        self.serial = next(_serials)
         self.key = emb.contiguous().clone()
         self.device = dev
         self.mode = mode
@@ -333,7 +306,6 @@ class _EmbeddingEntry:
         import torch.nn.functional as F
 
         new = type(self)()
-        new.serial = self.serial  # the same embedding and mode: its box results stay valid
         new.key, new.device, new.mode, new.keys0, new.full = self.key, self.device, self.mode, self.keys0, True
         dtype = self.keys0.dtype
         keys0 = self.keys0 if dtype == torch.float32 else _keys0(model, self.key, self.device, torch)

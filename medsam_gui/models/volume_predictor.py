@@ -519,8 +519,8 @@ class VolumePredictor:
         return self._decoder.submit(token, index, box, self.axis)
 
     def speculate(self, index: int, box) -> None:
-        """Decode ``box`` on slice ``index`` ahead while the user draws it (nothing reported; see
-        :meth:`take_ahead`)."""
+        """Decode ``box`` on slice ``index`` ahead while the user draws it (nothing reported; the
+        same box submitted later takes that mask)."""
         if not self._closed:
             self._decoder.speculate(index, box, self.axis)
 
@@ -528,12 +528,6 @@ class VolumePredictor:
         """(mask, decode ms) of :meth:`segment_async` request ``gen`` of ``token`` if it is decoded
         within ``timeout_s``; else None (the listener still reports it)."""
         return self._decoder.wait_result(token, gen, timeout_s)
-
-    def take_ahead(self, token, index: int, box) -> tuple[np.ndarray, int] | None:
-        """(mask, generation) when ``box`` on slice ``index`` was the box last decoded ahead (drawn
-        and released where it rested), claimed as ``token``'s newest request; else None (then
-        :meth:`segment_async` it)."""
-        return self._decoder.take_ahead(token, index, box, self.key(index), self.slice_hw())
 
     def warm_decoder(self, index: int, delay: float | None = None) -> None:
         """Do the decoder's box-independent work for slice ``index`` on the decoder thread once
