@@ -17,7 +17,8 @@ import pytest
 import SimpleITK as sitk
 
 from medsam_gui.core import autosave as autosave_mod
-from medsam_gui.core.autosave import AutosaveManager, discard, find_recoverable, slot_owner_alive
+from medsam_gui.core.autosave import AutosaveManager
+from medsam_gui.core.autosave_slots import discard, find_recoverable, slot_owner_alive
 from medsam_gui.core.session import Session, load_session
 from medsam_gui.core.volume import Volume
 from medsam_gui.errors import ExportError, SessionError

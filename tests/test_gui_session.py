@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from medsam_gui import config
-from medsam_gui.core import autosave as core_autosave
+from medsam_gui.core.autosave_slots import find_recoverable
 from medsam_gui.core import session as core_session
 from medsam_gui.core.session import load_session
 
@@ -446,5 +446,5 @@ def test_clean_quit_leaves_nothing_to_recover(app_window, qtbot, monkeypatch, tm
     monkeypatch.setattr(c, "confirm_discard", lambda what="": True)
     w.qt_window.close()  # what the window's close button does
     qtbot.waitUntil(lambda: not slot.exists(), timeout=10000)
-    assert core_autosave.find_recoverable(config.sessions_dir()) == []
+    assert find_recoverable(config.sessions_dir()) == []
     assert not list(config.sessions_dir().iterdir())

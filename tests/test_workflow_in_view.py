@@ -133,7 +133,7 @@ def test_universeg_introduction_is_whole(win):
 
 
 def test_recovery_dialog_headers_are_whole(qapp, tmp_path):
-    from medsam_gui.core.autosave import RecoverableSession
+    from medsam_gui.core.autosave_slots import RecoverableSession
     from medsam_gui.gui.recovery_dialog import RecoveryDialog
 
     item = RecoverableSession(slot=tmp_path, session_path=tmp_path / "s.medsam", name="slot",

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core import autosave as _autosave
+from ..core import autosave_slots
 from ..core.session import read_session_summary
 from ..errors import SessionError
 from .session_files import parent_widget, restore_session
@@ -44,7 +44,7 @@ class RecoveryDialog(QDialog):
     """Lists unsaved work of crashed runs; buttons Restore / Discard / Later.
 
     After ``exec()``: ``choice`` ("restore" | "discard" | "later") and ``selected()`` (the
-    chosen :class:`~medsam_gui.core.autosave.RecoverableSession`).
+    chosen :class:`~medsam_gui.core.autosave_slots.RecoverableSession`).
     """
 
     COLUMNS = ("Scan", "Autosaved at", "Labelled voxels", "Scan location")
@@ -153,7 +153,7 @@ def recoverable(mgr) -> list:
             items.append(item)
         else:
             try:
-                _autosave.discard(item)
+                autosave_slots.discard(item)
             except SessionError:
                 pass
     return items
@@ -179,7 +179,7 @@ def offer_recovery(mgr, items=None):
             return
         if choice == "discard":
             try:
-                _autosave.discard(item)
+                autosave_slots.discard(item)
                 controller.status(f"Discarded the autosave of {item.scan_name or item.name}.", 5000)
             except SessionError as exc:
                 controller.show_error(exc)

@@ -81,6 +81,7 @@ from qtpy.QtWidgets import QLabel
 
 from .. import config
 from ..core import autosave as _autosave
+from ..core.autosave_slots import discard as discard_slot
 from ..core.labels import LabelTable
 from ..core.session import ScanRef, Session, read_session_summary
 from ..core.sparse_labels import copy_labelled
@@ -325,7 +326,7 @@ class SessionManager(QObject):
             if saved_seq >= seq:
                 self._pending_discard = None
                 try:
-                    _autosave.discard(slot)
+                    discard_slot(slot)
                 except SessionError as err:
                     log.warning("could not discard recovered slot %s: %s", slot, err)
 

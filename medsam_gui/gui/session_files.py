@@ -12,7 +12,7 @@ from typing import Callable
 
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
-from ..core import autosave as _autosave
+from ..core import autosave_slots
 from ..core.session import (
     SESSION_JSON,
     SESSION_SUFFIX,
@@ -126,13 +126,13 @@ def _resolve_session_folder(path: Path) -> Path:
 
 def restore_session(mgr, path_or_slot):
     """Open a session (``.medsamsession`` folder, an autosave slot folder, or a
-    :class:`~medsam_gui.core.autosave.RecoverableSession`) with no dialog in between, unless
+    :class:`~medsam_gui.core.autosave_slots.RecoverableSession`) with no dialog in between, unless
     the scan moved (then :func:`ask_scan_location` asks for it; another scan is refused with
     a message). Loading runs off the GUI thread; returns the WorkerHandle (None if cancelled).
     A recovered slot is deleted once this instance has autosaved the restored work.
     """
     controller = mgr.controller
-    if isinstance(path_or_slot, _autosave.RecoverableSession):
+    if isinstance(path_or_slot, autosave_slots.RecoverableSession):
         item = path_or_slot
         slot: Path | None = Path(item.slot)
         load = item.load
@@ -142,7 +142,7 @@ def restore_session(mgr, path_or_slot):
         folder = _resolve_session_folder(Path(path_or_slot).expanduser())
         source = folder
         slot = None
-        if folder.parent.name.startswith(_autosave.SLOT_PREFIX):
+        if folder.parent.name.startswith(autosave_slots.SLOT_PREFIX):
             slot = folder.parent
         load = lambda f=folder: load_session(f)  # noqa: E731
         label = folder.name
